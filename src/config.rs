@@ -1,0 +1,273 @@
+//! Configuration from environment variables, validated up front.
+//!
+//! Every variable has a default that works on a laptop and on Render, so a plain
+//! `cargo run --release` needs none of them. A bad value stops the process before it
+//! binds a port, with one line that names the variable, the value and what is allowed:
+//! a typo in a dashboard's deploy settings should fail the deploy, not start a server
+//! that silently does something else.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+/// The seed used when `SEED` is unset, so that a fresh start is reproducible.
+pub const DEFAULT_SEED: u64 = 20_250_412;
+
+/// Everything the server needs to start. Build it with [`Config::from_env`] in the
+/// binary, or from [`Config::default`] in tests (then set `port: 0`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HOST`: the address to listen on.
+    pub host: IpAddr,
+    /// `PORT`: the TCP port; 0 picks a free one (its number is in the startup log line).
+    pub port: u16,
+    /// `INTERVAL_MS`: time between two samples.
+    pub interval: Duration,
+    /// `SEED`: the simulator's seed; same seed, same samples.
+    pub seed: u64,
+    /// `LOG_LEVEL`: error, warn, info, debug or trace.
+    pub log_level: LevelFilter,
+    /// `CORS_ORIGINS`: which browser origins may read the responses.
+    pub cors: Cors,
+    /// `MAX_WS_CLIENTS`: open WebSockets beyond this are refused with 503.
+    pub max_ws_clients: usize,
+    /// `WS_MAX_SKIPPED`: consecutive samples a client may fail to accept before it is
+    /// closed with 1008.
+    pub ws_max_skipped: u32,
+}
+
+/// Which origins get an `Access-Control-Allow-Origin` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cors {
+    /// `*`: every origin (the data is public and carries no credentials).
+    Any,
+    /// Only these exact origins, echoed back with `Vary: Origin`.
+    Only(Vec<String>),
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            host: IpAddr::from([0, 0, 0, 0]),
+            port: 4000,
+            interval: Duration::from_millis(1500),
+            seed: DEFAULT_SEED,
+            log_level: LevelFilter::Info,
+            cors: Cors::Any,
+            max_ws_clients: 2000,
+            ws_max_skipped: 20,
+        }
+    }
+}
+
+/// A variable whose value is not allowed. Its `Display` is the whole message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub allowed: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid {}={:?}: expected {} (unset it to use the default)",
+            self.var, self.value, self.allowed
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `get`, so tests need not touch the process environment.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        // An empty value counts as unset: Render's dashboard and shells produce them.
+        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = var("HOST") {
+            config.host = parse(
+                "HOST",
+                &v,
+                "an IP address such as 0.0.0.0, 127.0.0.1 or ::",
+                |s| s.parse().ok(),
+            )?;
+        }
+        if let Some(v) = var("PORT") {
+            config.port = parse("PORT", &v, "an integer from 0 to 65535", |s| s.parse().ok())?;
+        }
+        if let Some(v) = var("INTERVAL_MS") {
+            let ms = parse("INTERVAL_MS", &v, "an integer from 100 to 60000", |s| {
+                s.parse().ok().filter(|ms| (100..=60_000).contains(ms))
+            })?;
+            config.interval = Duration::from_millis(ms);
+        }
+        if let Some(v) = var("SEED") {
+            config.seed = parse(
+                "SEED",
+                &v,
+                "an integer from 0 to 18446744073709551615, or \"random\"",
+                |s| match s {
+                    "random" => Some(rand::random()),
+                    _ => s.parse().ok(),
+                },
+            )?;
+        }
+        if let Some(v) = var("LOG_LEVEL") {
+            config.log_level = parse(
+                "LOG_LEVEL",
+                &v,
+                "one of error, warn, info, debug, trace, off",
+                |s| s.parse().ok(),
+            )?;
+        }
+        if let Some(v) = var("CORS_ORIGINS") {
+            config.cors = parse(
+                "CORS_ORIGINS",
+                &v,
+                "* or a comma-separated list of origins such as https://app.example.com",
+                parse_cors,
+            )?;
+        }
+        if let Some(v) = var("MAX_WS_CLIENTS") {
+            config.max_ws_clients =
+                parse("MAX_WS_CLIENTS", &v, "an integer from 1 to 100000", |s| {
+                    s.parse().ok().filter(|n| (1..=100_000).contains(n))
+                })?;
+        }
+        if let Some(v) = var("WS_MAX_SKIPPED") {
+            config.ws_max_skipped =
+                parse("WS_MAX_SKIPPED", &v, "an integer from 1 to 10000", |s| {
+                    s.parse().ok().filter(|n| (1..=10_000).contains(n))
+                })?;
+        }
+        Ok(config)
+    }
+}
+
+fn parse<T>(
+    var: &'static str,
+    value: &str,
+    allowed: &'static str,
+    f: impl FnOnce(&str) -> Option<T>,
+) -> Result<T, ConfigError> {
+    f(value.trim()).ok_or_else(|| ConfigError {
+        var,
+        value: value.to_string(),
+        allowed,
+    })
+}
+
+fn parse_cors(s: &str) -> Option<Cors> {
+    if s == "*" {
+        return Some(Cors::Any);
+    }
+    let origins: Vec<String> = s
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_string())
+        .collect();
+    let valid = |o: &String| {
+        (o.starts_with("http://") || o.starts_with("https://"))
+            && o.len() > "https://".len()
+            && !o.contains(['*', ' ', '"'])
+    };
+    origins.iter().all(valid).then_some(Cors::Only(origins))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_need_no_variables() {
+        let c = from(&[]).unwrap();
+        assert_eq!(c.port, 4000);
+        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.interval, Duration::from_millis(1500));
+        assert_eq!(c.seed, DEFAULT_SEED);
+        assert_eq!(c.cors, Cors::Any);
+        assert_eq!(c.log_level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        assert_eq!(from(&[("PORT", ""), ("HOST", " ")]).unwrap().port, 4000);
+    }
+
+    #[test]
+    fn valid_values_are_read() {
+        let c = from(&[
+            ("PORT", "10000"),
+            ("HOST", "::"),
+            ("INTERVAL_MS", "100"),
+            ("SEED", "7"),
+            ("LOG_LEVEL", "DEBUG"),
+            ("CORS_ORIGINS", "https://a.example, http://localhost:3000/"),
+            ("MAX_WS_CLIENTS", "5"),
+            ("WS_MAX_SKIPPED", "3"),
+        ])
+        .unwrap();
+        assert_eq!(c.port, 10000);
+        assert_eq!(c.host.to_string(), "::");
+        assert_eq!(c.interval, Duration::from_millis(100));
+        assert_eq!(c.seed, 7);
+        assert_eq!(c.log_level, LevelFilter::Debug);
+        assert_eq!(
+            c.cors,
+            Cors::Only(vec![
+                "https://a.example".into(),
+                "http://localhost:3000".into()
+            ])
+        );
+        assert_eq!(c.max_ws_clients, 5);
+        assert_eq!(c.ws_max_skipped, 3);
+    }
+
+    #[test]
+    fn bad_values_name_variable_value_and_what_is_allowed() {
+        let cases = [
+            ("PORT", "abc"),
+            ("PORT", "70000"),
+            ("PORT", "-1"),
+            ("HOST", "localhost:80"),
+            ("INTERVAL_MS", "99"),
+            ("INTERVAL_MS", "60001"),
+            ("SEED", "lucky"),
+            ("LOG_LEVEL", "loud"),
+            ("CORS_ORIGINS", "example.com"),
+            ("MAX_WS_CLIENTS", "0"),
+            ("WS_MAX_SKIPPED", "0"),
+        ];
+        for (var, value) in cases {
+            let err = from(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var);
+            let msg = err.to_string();
+            assert!(msg.contains(var) && msg.contains(value), "{msg}");
+            assert!(msg.contains("expected"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn random_seed_differs_between_reads() {
+        let a = from(&[("SEED", "random")]).unwrap().seed;
+        let b = from(&[("SEED", "random")]).unwrap().seed;
+        assert_ne!(a, b);
+    }
+}

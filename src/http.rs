@@ -1,0 +1,89 @@
+//! HTTP plumbing shared by REST and WebSocket: JSON responses, error bodies, headers and
+//! CORS, in one place so that REST and WebSocket refusals look alike to a client.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+use tiny_http::{Header, Request, Response, StatusCode};
+
+use crate::config::Cors;
+
+/// What every handler returns: the body is shared bytes, so a sample is not copied.
+pub type Reply = Response<Cursor<Bytes>>;
+
+/// A response whose body is already-encoded JSON.
+pub fn json_bytes(status: u16, body: Bytes) -> Reply {
+    let len = body.len();
+    Response::new(
+        StatusCode(status),
+        vec![header("Content-Type", "application/json")],
+        Cursor::new(body),
+        Some(len),
+        None,
+    )
+}
+
+/// A response whose body is `value` serialized as JSON.
+pub fn json(status: u16, value: &impl Serialize) -> Reply {
+    json_bytes(
+        status,
+        Bytes::from(serde_json::to_vec(value).unwrap_or_default()),
+    )
+}
+
+/// An error: `{"error": code, "message": message}` plus any `extra` fields.
+/// `code` is stable and machine-readable; `message` tells a person what to do next.
+pub fn error(status: u16, code: &str, message: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut body = json!({ "error": code, "message": message });
+    for (k, v) in extra {
+        body[*k] = json!(v);
+    }
+    json(status, &body)
+}
+
+/// A response with no body (204, or 101 for an upgrade).
+pub fn empty(status: u16) -> Reply {
+    Response::new(
+        StatusCode(status),
+        vec![],
+        Cursor::new(Bytes::new()),
+        Some(0),
+        None,
+    )
+}
+
+/// Builds a header. Control and non-ASCII characters are dropped from the value first
+/// (values are ours, or a client's header value that tiny_http already holds as ASCII),
+/// so building it cannot fail for any `name` used in this crate.
+pub fn header(name: &'static str, value: &str) -> Header {
+    let value: String = value
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .collect();
+    Header::from_bytes(name, value).expect("header names are ASCII tokens")
+}
+
+/// Adds `Access-Control-Allow-Origin` for the request's `Origin`, per the CORS policy.
+pub fn with_cors(reply: Reply, cors: &Cors, origin: Option<&str>) -> Reply {
+    match cors {
+        Cors::Any => reply.with_header(header("Access-Control-Allow-Origin", "*")),
+        Cors::Only(allowed) => {
+            let reply = reply.with_header(header("Vary", "Origin"));
+            match origin.filter(|o| allowed.iter().any(|a| a == o)) {
+                Some(o) => reply.with_header(header("Access-Control-Allow-Origin", o)),
+                None => reply,
+            }
+        }
+    }
+}
+
+/// The value of the first request header called `name` (case-insensitive).
+pub fn request_header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}

@@ -1,0 +1,149 @@
+//! The hub: the latest sample and the subscribers that want the next ones.
+//!
+//! The generator publishes; REST reads [`Hub::latest`]; each streaming client holds a
+//! [`Subscription`] with its own small bounded channel. Publishing never blocks: a
+//! subscriber whose channel is still full (its thread has not taken the previous samples)
+//! misses this one. So one stuck client can never delay the
+//! generator or any other client. The hub knows nothing about sockets or framing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+use crate::sample::Tick;
+
+/// How many samples may wait for a subscriber's thread. Two rides out one scheduling
+/// hiccup; more would only deliver stale data late.
+const QUEUE: usize = 2;
+
+pub struct Hub {
+    /// Lock order: `subscribers`, then `latest`.
+    subscribers: Mutex<Vec<(u64, Sender<Tick>)>>,
+    latest: Mutex<Tick>,
+    next_id: AtomicU64,
+}
+
+/// A live subscription; dropping it unsubscribes.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    id: u64,
+    pub samples: Receiver<Tick>,
+}
+
+impl Hub {
+    /// A hub that already holds its first sample, so `latest` is never empty.
+    pub fn new(first: Tick) -> Hub {
+        Hub {
+            subscribers: Mutex::new(Vec::new()),
+            latest: Mutex::new(first),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// The most recently published sample.
+    pub fn latest(&self) -> Tick {
+        lock(&self.latest).clone()
+    }
+
+    /// Subscribes, returning the latest sample together with the channel of the following
+    /// ones: taken under one lock, so nothing is missed or repeated in between.
+    pub fn subscribe(self: &Arc<Self>) -> (Tick, Subscription) {
+        let (tx, rx) = bounded(QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut subscribers = lock(&self.subscribers);
+        subscribers.push((id, tx));
+        let latest = lock(&self.latest).clone();
+        drop(subscribers);
+        let subscription = Subscription {
+            hub: Arc::clone(self),
+            id,
+            samples: rx,
+        };
+        (latest, subscription)
+    }
+
+    /// Makes `tick` the latest sample and offers it to every subscriber without waiting.
+    pub fn publish(&self, tick: Tick) {
+        let mut subscribers = lock(&self.subscribers);
+        *lock(&self.latest) = tick.clone();
+        subscribers.retain(|(_, tx)| match tx.try_send(tick.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => true,
+            Err(TrySendError::Disconnected(_)) => false,
+        });
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        lock(&self.hub.subscribers).retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Locks, ignoring poisoning: the guarded data stays consistent even if a holder panicked
+/// (every critical section here is a single assignment or `retain`).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn tick(seq: u64) -> Tick {
+        Tick {
+            seq,
+            json: Bytes::from(format!("{{\"seq\":{seq}}}")),
+        }
+    }
+
+    #[test]
+    fn subscriber_gets_latest_then_every_new_sample() {
+        let hub = Arc::new(Hub::new(tick(1)));
+        let (first, sub) = hub.subscribe();
+        assert_eq!(first.seq, 1);
+        hub.publish(tick(2));
+        hub.publish(tick(3));
+        assert_eq!(sub.samples.try_recv().unwrap().seq, 2);
+        assert_eq!(sub.samples.try_recv().unwrap().seq, 3);
+        assert_eq!(hub.latest().seq, 3);
+    }
+
+    #[test]
+    fn a_full_subscriber_never_blocks_publish() {
+        let hub = Arc::new(Hub::new(tick(0)));
+        let (_, stuck) = hub.subscribe();
+        let (_, live) = hub.subscribe();
+        for seq in 1..=10 {
+            hub.publish(tick(seq));
+            assert_eq!(live.samples.try_recv().unwrap().seq, seq);
+        }
+        assert_eq!(stuck.samples.len(), QUEUE);
+        assert_eq!(stuck.samples.recv().unwrap().seq, 1, "the oldest are kept");
+    }
+
+    #[test]
+    fn dropping_a_subscription_unsubscribes() {
+        let hub = Arc::new(Hub::new(tick(0)));
+        let (_, a) = hub.subscribe();
+        let (_, b) = hub.subscribe();
+        let count = || lock(&hub.subscribers).len();
+        assert_eq!(count(), 2);
+        drop(a);
+        assert_eq!(count(), 1);
+        drop(b);
+        assert_eq!(count(), 0);
+    }
+
+    #[test]
+    fn every_subscriber_gets_the_same_bytes() {
+        let hub = Arc::new(Hub::new(tick(0)));
+        let (_, a) = hub.subscribe();
+        let (_, b) = hub.subscribe();
+        hub.publish(tick(1));
+        let (x, y) = (a.samples.recv().unwrap(), b.samples.recv().unwrap());
+        assert_eq!(x.json.as_ptr(), y.json.as_ptr());
+    }
+}

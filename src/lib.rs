@@ -1,0 +1,23 @@
+//! A small, synchronous server of simulated website-traffic analytics: REST for polling
+//! and a WebSocket stream on the same path, fed by one generator thread.
+//!
+//! Data flows one way: [`simulator`] (pure) → `generator` (one thread) → `hub` (latest
+//! sample and subscribers) → `ws` (a thread per client) and `routes` (REST). `server` owns
+//! the listener and picks REST or WebSocket for each request. [`start`] runs it all
+//! in-process, which is how the integration tests drive the real server on port 0.
+
+pub mod config;
+mod generator;
+mod http;
+mod hub;
+mod paths;
+mod routes;
+mod sample;
+mod server;
+pub mod simulator;
+mod socket;
+mod watcher;
+mod ws;
+
+pub use config::Config;
+pub use server::{Server, StartError, start};

@@ -1,0 +1,133 @@
+//! Path normalisation and the route table, shared by REST and WebSocket.
+//!
+//! The seed's rules: repeated slashes collapse, a trailing slash is ignored, and the query
+//! string (and any fragment) plays no part in routing, so `//api` and `/api//analytics/`
+//! reach the same place as `/api` and `/api/analytics`.
+//!
+//! Nothing is decoded or resolved: `/api/%61nalytics` and `/api/../api/analytics` name no
+//! route and get 404. Decoding would let two different spellings reach one handler, which
+//! buys nothing for three fixed paths and is how path-confusion bugs start.
+
+/// The three paths of the seed's contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/`: describes the service; over WebSocket, a welcome and nothing more.
+    Root,
+    /// `/api`: same as `/`.
+    Api,
+    /// `/api/analytics`: the latest sample; over WebSocket, the stream.
+    Analytics,
+}
+
+impl Route {
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::Root => "/",
+            Route::Api => "/api",
+            Route::Analytics => "/api/analytics",
+        }
+    }
+
+    /// Whether a WebSocket on this route receives samples.
+    pub fn streams(self) -> bool {
+        self == Route::Analytics
+    }
+}
+
+/// The route a normalised path names, if any.
+pub fn route(path: &str) -> Option<Route> {
+    match path {
+        "/" => Some(Route::Root),
+        "/api" => Some(Route::Api),
+        "/api/analytics" => Some(Route::Analytics),
+        _ => None,
+    }
+}
+
+/// Normalises a request target (`/api//analytics/?x=1`) into a path (`/api/analytics`).
+///
+/// Absolute-form targets (`http://host/api`, which HTTP/1.1 servers must accept) are
+/// reduced to their path first.
+pub fn normalise(target: &str) -> String {
+    let mut path = strip_authority(target);
+    if let Some(cut) = path.find(['?', '#']) {
+        path = &path[..cut];
+    }
+    if !path.is_empty() && !path.starts_with('/') {
+        // `*` or a relative target: not a path, so it names no route.
+        return path.to_string();
+    }
+    let mut out = String::with_capacity(path.len() + 1);
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+fn strip_authority(target: &str) -> &str {
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = target
+            .get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|_| &target[scheme.len()..])
+        {
+            return rest.find('/').map_or("/", |i| &rest[i..]);
+        }
+    }
+    target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The normalisation table; the integration tests replay it over real sockets.
+    pub const TABLE: &[(&str, Option<Route>)] = &[
+        ("/", Some(Route::Root)),
+        ("", Some(Route::Root)),
+        ("//", Some(Route::Root)),
+        ("/?x=1", Some(Route::Root)),
+        ("/api", Some(Route::Api)),
+        ("/api/", Some(Route::Api)),
+        ("//api", Some(Route::Api)),
+        ("///api///", Some(Route::Api)),
+        ("/api/analytics", Some(Route::Analytics)),
+        ("/api//analytics/", Some(Route::Analytics)),
+        ("//api//analytics//", Some(Route::Analytics)),
+        ("/api/analytics?since=5&x=/../", Some(Route::Analytics)),
+        ("/api/analytics#frag", Some(Route::Analytics)),
+        ("http://example.com/api/analytics", Some(Route::Analytics)),
+        ("HTTPS://example.com", Some(Route::Root)),
+        ("/api/%61nalytics", None),
+        ("/api/analytics%2F", None),
+        ("/api/../api/analytics", None),
+        ("/api/./analytics", None),
+        ("/API/analytics", None),
+        ("/api/analytics/extra", None),
+        ("/apianalytics", None),
+        ("*", None),
+        ("api/analytics", None),
+    ];
+
+    #[test]
+    fn normalisation_table() {
+        for (target, expected) in TABLE {
+            assert_eq!(route(&normalise(target)), *expected, "target {target:?}");
+        }
+    }
+
+    #[test]
+    fn normalised_paths_are_canonical() {
+        assert_eq!(normalise("//api//analytics/?a=b"), "/api/analytics");
+        assert_eq!(normalise("/x//y/"), "/x/y");
+        assert_eq!(normalise("/api/%61nalytics"), "/api/%61nalytics");
+        for (target, _) in TABLE {
+            let once = normalise(target);
+            assert_eq!(normalise(&once), once, "idempotent for {target:?}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The REST API: plain functions from a request to a response.
+//!
+//! `GET /api/analytics` returns the hub's latest sample, the same bytes the WebSocket
+//! clients got for that tick, never a fresh random one. `/` and `/api` describe the
+//! service with absolute URLs a client can follow. Everything else is a JSON error that
+//! says what to do instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tiny_http::{Method, Request};
+
+use crate::http::{self, Reply, header, request_header};
+use crate::hub::Hub;
+use crate::paths::{self, Route};
+use crate::sample::FIELDS;
+
+const ALLOW: &str = "GET, HEAD, OPTIONS";
+
+/// What the REST handlers read.
+pub struct Service {
+    pub hub: Arc<Hub>,
+    pub interval: Duration,
+    /// `host:port` to advertise when a request has no usable `Host` header.
+    pub default_host: String,
+}
+
+/// Answers one request whose target normalised to `path`.
+pub fn handle(request: &Request, path: &str, service: &Service) -> Reply {
+    let Some(route) = paths::route(path) else {
+        return not_found(path);
+    };
+    match request.method() {
+        Method::Get | Method::Head => match route {
+            Route::Analytics => analytics(&service.hub),
+            Route::Root | Route::Api => describe(request, service),
+        },
+        Method::Options => preflight(request),
+        other => method_not_allowed(other, route),
+    }
+}
+
+/// `GET /api/analytics`: the latest sample. `no-store`, because it changes every tick.
+fn analytics(hub: &Hub) -> Reply {
+    http::json_bytes(200, hub.latest().json).with_header(header("Cache-Control", "no-store"))
+}
+
+/// `GET /` and `GET /api`: what this service is and where everything lives.
+fn describe(request: &Request, service: &Service) -> Reply {
+    let (http, ws) = base_urls(request, &service.default_host);
+    let body = json!({
+        "service": env!("CARGO_PKG_NAME"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "message": "Welcome to the Real-Time Analytics Backend",
+        "description": "Simulated website-traffic analytics: poll over REST, or stream over \
+                        WebSocket on the same path.",
+        "interval_ms": service.interval.as_millis() as u64,
+        "fields": FIELDS,
+        "endpoints": {
+            "rest": {
+                "analytics": format!("{http}/api/analytics"),
+                "service": [format!("{http}/"), format!("{http}/api")],
+            },
+            "websocket": {
+                "analytics": format!("{ws}/api/analytics"),
+                "welcome_only": [format!("{ws}/"), format!("{ws}/api")],
+            },
+        },
+    });
+    http::json(200, &body).with_header(header("Cache-Control", "no-cache"))
+}
+
+/// `OPTIONS`: a CORS preflight (or a plain capability query) on a known path.
+fn preflight(request: &Request) -> Reply {
+    let requested = request_header(request, "Access-Control-Request-Headers");
+    http::empty(204)
+        .with_header(header("Allow", ALLOW))
+        .with_header(header("Access-Control-Allow-Methods", ALLOW))
+        .with_header(header(
+            "Access-Control-Allow-Headers",
+            requested.unwrap_or("Content-Type, Last-Event-ID"),
+        ))
+        .with_header(header("Access-Control-Max-Age", "86400"))
+}
+
+fn method_not_allowed(method: &Method, route: Route) -> Reply {
+    let message = format!(
+        "{method} is not supported on {}; use GET (or HEAD, OPTIONS).",
+        route.path()
+    );
+    http::error(
+        405,
+        "method_not_allowed",
+        &message,
+        &[("path", route.path())],
+    )
+    .with_header(header("Allow", ALLOW))
+}
+
+/// 404 for a path that names no route (also used for WebSocket upgrades to such paths).
+pub fn not_found(path: &str) -> Reply {
+    let message = format!(
+        "Nothing at {path}. Try GET /api/analytics for the latest sample, a WebSocket on \
+         /api/analytics for the stream, or GET / for the list of endpoints."
+    );
+    http::error(404, "not_found", &message, &[("path", path)])
+}
+
+/// The `http(s)://host` and `ws(s)://host` this request reached us at. Behind a TLS
+/// proxy such as Render's, `X-Forwarded-Proto: https` turns them into https and wss.
+fn base_urls(request: &Request, default_host: &str) -> (String, String) {
+    let host = request_header(request, "Host")
+        .filter(|h| is_valid_host(h))
+        .unwrap_or(default_host);
+    let https = request_header(request, "X-Forwarded-Proto")
+        .and_then(|p| p.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    if https {
+        (format!("https://{host}"), format!("wss://{host}"))
+    } else {
+        (format!("http://{host}"), format!("ws://{host}"))
+    }
+}
+
+/// A `Host` value worth echoing into URLs: a name or address and an optional port.
+fn is_valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_that_could_inject_markup_or_paths_are_not_echoed() {
+        assert!(is_valid_host("example.com"));
+        assert!(is_valid_host("localhost:4000"));
+        assert!(is_valid_host("[::1]:4000"));
+        assert!(!is_valid_host(""));
+        assert!(!is_valid_host("evil.com/path"));
+        assert!(!is_valid_host("a\"b"));
+        assert!(!is_valid_host("<script>"));
+    }
+}

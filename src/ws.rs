@@ -1,0 +1,485 @@
+//! WebSocket: the handshake over tiny_http's upgrade, the welcome, and one dedicated
+//! thread per client.
+//!
+//! Each connection thread blocks in one `select!` over three channels: its hub
+//! subscription (samples), the watcher (client sent something) and the server's stop
+//! signal. Writes go straight to the non-blocking socket, so a client that stops reading
+//! costs its own thread nothing but a skipped sample: after `WS_MAX_SKIPPED` samples in a
+//! row could not be handed to the kernel, the connection is closed with 1008. Nothing a
+//! client does can delay the generator or another client.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, never, select};
+use serde_json::json;
+use tiny_http::{Method, Request};
+use tungstenite::error::ProtocolError;
+use tungstenite::handshake::derive_accept_key;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
+
+use crate::http::{self, Reply, header, request_header};
+use crate::hub::{Hub, Subscription};
+use crate::paths::Route;
+use crate::sample::{FIELDS, Tick};
+use crate::socket::{Registry, Upgraded};
+use crate::watcher::{Watch, Watcher};
+
+/// Stack for connection threads. They run a select loop and tungstenite's framing; 128 KiB
+/// is several times what they touch (in debug builds too), and only touched pages count
+/// towards RSS.
+const STACK: usize = 128 * 1024;
+/// Clients send only control frames and perhaps a small text message; anything larger is
+/// refused with 1009 rather than buffered.
+const MAX_MESSAGE: usize = 16 * 1024;
+/// Kernel send buffer per client: a stream of ~100-byte frames needs little, and a
+/// small buffer bounds the kernel memory a stalled client can pin.
+const SEND_BUFFER: usize = 16 * 1024;
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Shared by all WebSocket connections.
+pub struct Streams {
+    pub hub: Arc<Hub>,
+    pub interval: Duration,
+    pub max_clients: usize,
+    pub max_skipped: u32,
+    pub local_port: u16,
+    /// Disconnected when the server shuts down.
+    pub stop: Receiver<()>,
+    watcher: Watcher,
+    sockets: Arc<Registry>,
+    clients: AtomicUsize,
+}
+
+impl Streams {
+    pub fn new(
+        hub: Arc<Hub>,
+        interval: Duration,
+        max_clients: usize,
+        max_skipped: u32,
+        local_port: u16,
+        stop: Receiver<()>,
+    ) -> io::Result<Streams> {
+        Ok(Streams {
+            hub,
+            interval,
+            max_clients,
+            max_skipped,
+            local_port,
+            stop,
+            watcher: Watcher::start()?,
+            sockets: Arc::default(),
+            clients: AtomicUsize::new(0),
+        })
+    }
+
+    /// Open WebSocket connections.
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether the request asks to switch to WebSocket.
+pub fn is_upgrade(request: &Request) -> bool {
+    request_header(request, "Upgrade").is_some_and(|v| {
+        v.split(',')
+            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+    })
+}
+
+/// A client slot, reserved before the 101 and released when the connection ends.
+pub struct Slot(Arc<Streams>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Checks an upgrade request. On success returns the `Sec-WebSocket-Accept` value and a
+/// reserved slot; otherwise the response that refuses it.
+pub fn handshake(request: &Request, streams: &Arc<Streams>) -> Result<(String, Slot), Reply> {
+    if *request.method() != Method::Get {
+        return Err(http::error(
+            400,
+            "bad_handshake",
+            "WebSocket upgrades must use GET.",
+            &[],
+        ));
+    }
+    let connection_upgrade = request_header(request, "Connection").is_some_and(|v| {
+        v.split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    });
+    if !connection_upgrade {
+        return Err(http::error(
+            400,
+            "bad_handshake",
+            "A WebSocket upgrade needs `Connection: Upgrade`.",
+            &[],
+        ));
+    }
+    if request_header(request, "Sec-WebSocket-Version").map(str::trim) != Some("13") {
+        return Err(http::error(
+            426,
+            "unsupported_websocket_version",
+            "Only WebSocket version 13 (RFC 6455) is supported: send `Sec-WebSocket-Version: 13`.",
+            &[],
+        )
+        .with_header(header("Sec-WebSocket-Version", "13")));
+    }
+    let key = request_header(request, "Sec-WebSocket-Key")
+        .map(str::trim)
+        .filter(|k| is_valid_key(k))
+        .ok_or_else(|| {
+            http::error(
+                400,
+                "bad_handshake",
+                "Missing or malformed Sec-WebSocket-Key: it must be 16 random bytes in base64.",
+                &[],
+            )
+        })?;
+    let reserved = streams
+        .clients
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < streams.max_clients).then_some(n + 1)
+        });
+    if reserved.is_err() {
+        let message = format!(
+            "This server is at its limit of {} WebSocket clients. Retry in a few seconds, or \
+             poll GET /api/analytics.",
+            streams.max_clients
+        );
+        return Err(http::error(503, "too_many_clients", &message, &[])
+            .with_header(header("Retry-After", "5")));
+    }
+    Ok((derive_accept_key(key.as_bytes()), Slot(Arc::clone(streams))))
+}
+
+/// A key is 16 bytes in base64: 22 characters and `==`.
+fn is_valid_key(key: &str) -> bool {
+    key.len() == 24
+        && key.ends_with("==")
+        && key[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// Sends the 101 and hands the connection to a thread of its own.
+pub fn start(request: Request, accept: String, slot: Slot, route: Route) {
+    let streams = Arc::clone(&slot.0);
+    let peer = request.remote_addr().copied();
+    let response = http::empty(101).with_header(header("Sec-WebSocket-Accept", &accept));
+    let stream = request.upgrade("websocket", response);
+    let Some(peer) = peer else {
+        log::error!("WebSocket upgrade without a peer address; closing it");
+        return;
+    };
+    let spawned = thread::Builder::new()
+        .name("ws".into())
+        .stack_size(STACK)
+        .spawn(move || {
+            let _slot = slot;
+            match streams.sockets.adopt(stream, peer, streams.local_port) {
+                Ok((socket, leftover)) => serve(&streams, route, peer, socket, leftover),
+                Err(e) => log::error!("ws {peer}: cannot take over the upgraded socket: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("ws {peer}: cannot start a connection thread: {e}; connection dropped");
+    }
+}
+
+/// Why a connection ended, for the disconnect log line.
+enum End {
+    /// The client closed (with this code, if it sent one).
+    ClientClosed(Option<CloseCode>),
+    /// We close with this code and reason.
+    Close(CloseCode, String),
+    /// The socket failed (reset, timeout): no close handshake possible.
+    Lost(String),
+}
+
+fn serve(streams: &Streams, route: Route, peer: SocketAddr, socket: Upgraded, leftover: Vec<u8>) {
+    let started = Instant::now();
+    if let Err(e) = socket.socket().set_send_buffer_size(SEND_BUFFER) {
+        log::debug!("ws {peer}: cannot shrink the send buffer: {e}");
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let fd = socket.fd();
+    let ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config));
+    let watch = match streams.watcher.watch(fd) {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("ws {peer}: cannot watch the socket: {e}");
+            return;
+        }
+    };
+    let subscription = route.streams().then(|| streams.hub.subscribe());
+    log::info!(
+        "ws connect path={} peer={peer} clients={}",
+        route.path(),
+        streams.clients()
+    );
+    let mut conn = Connection {
+        watch,
+        ws,
+        sent: 0,
+        skipped: 0,
+        pending: false,
+    };
+    let end = conn.run(streams, route, subscription);
+    let code = conn.finish(end);
+    log::info!(
+        "ws disconnect path={} peer={peer} lifetime={:.1}s close={code} samples={}",
+        route.path(),
+        started.elapsed().as_secs_f64(),
+        conn.sent
+    );
+}
+
+struct Connection {
+    // Dropped before `ws`: the watch must be removed while its descriptor is still ours.
+    watch: Watch,
+    ws: WebSocket<Upgraded>,
+    /// Samples handed to the kernel.
+    sent: u64,
+    /// Samples skipped in a row because the previous one was still unsent.
+    skipped: u32,
+    /// The last frame is still in our buffer: the client is not reading.
+    pending: bool,
+}
+
+impl Connection {
+    fn run(
+        &mut self,
+        streams: &Streams,
+        route: Route,
+        subscription: Option<(Tick, Subscription)>,
+    ) -> End {
+        let welcome = welcome(route, streams.interval);
+        if let Err(end) = self.send(Message::Text(welcome.into())) {
+            return end;
+        }
+        let never = never();
+        let samples = match &subscription {
+            Some((first, sub)) => {
+                if let Err(end) = self.sample(first, streams.max_skipped) {
+                    return end;
+                }
+                &sub.samples
+            }
+            None => &never,
+        };
+        // Frames that came with the handshake are in tungstenite's buffer, where the
+        // watcher cannot see them: read once before waiting.
+        if let Err(end) = self.read() {
+            return end;
+        }
+        loop {
+            select! {
+                recv(samples) -> tick => match tick {
+                    Ok(tick) => {
+                        if let Err(end) = self.sample(&tick, streams.max_skipped) {
+                            return end;
+                        }
+                    }
+                    Err(_) => return going_away(),
+                },
+                recv(self.watch.readable) -> _ => {
+                    if let Err(end) = self.read() {
+                        return end;
+                    }
+                    if let Err(e) = self.watch.rearm() {
+                        return End::Lost(format!("cannot re-arm the watcher: {e}"));
+                    }
+                },
+                recv(streams.stop) -> _ => return going_away(),
+            }
+        }
+    }
+
+    /// Delivers one sample, or skips it if the client has not taken the previous one.
+    fn sample(&mut self, tick: &Tick, max_skipped: u32) -> Result<(), End> {
+        if self.pending {
+            match self.ws.flush() {
+                Ok(()) => self.pending = false,
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(lost(e)),
+            }
+        }
+        if self.pending {
+            self.skipped += 1;
+            if self.skipped >= max_skipped {
+                let reason = format!("client is not reading: {} samples skipped", self.skipped);
+                return Err(End::Close(CloseCode::Policy, reason));
+            }
+            return Ok(());
+        }
+        self.skipped = 0;
+        // Valid UTF-8 by construction (serde_json output); the check costs ~100 ns.
+        let text = Utf8Bytes::try_from(tick.json.clone())
+            .map_err(|_| End::Close(CloseCode::Error, "internal error".into()))?;
+        self.send(Message::Text(text))?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Writes a message; a full socket leaves it queued in tungstenite and marks us
+    /// pending instead of blocking.
+    fn send(&mut self, message: Message) -> Result<(), End> {
+        match self.ws.send(message) {
+            Ok(()) => Ok(()),
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.pending = true;
+                Ok(())
+            }
+            Err(e) => Err(lost(e)),
+        }
+    }
+
+    /// Reads everything the client sent. tungstenite queues the replies to pings and to a
+    /// close frame; the flush at the end sends them.
+    fn read(&mut self) -> Result<(), End> {
+        let mut client_close = None;
+        loop {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => client_close = Some(frame.map(|f| f.code)),
+                Ok(_) => {}
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(Error::ConnectionClosed) => {
+                    return Err(End::ClientClosed(client_close.flatten()));
+                }
+                Err(e) => return Err(refuse(e)),
+            }
+        }
+        match self.ws.flush() {
+            Ok(()) => Ok(()),
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.pending = true;
+                Ok(())
+            }
+            Err(Error::ConnectionClosed) => Err(End::ClientClosed(client_close.flatten())),
+            Err(e) => Err(lost(e)),
+        }
+    }
+
+    /// Completes the close: sends our close frame if we are the one closing, then waits
+    /// briefly for the client's. Returns the close code for the log.
+    fn finish(&mut self, end: End) -> String {
+        match end {
+            End::ClientClosed(code) => code.map_or("none".into(), |c| u16::from(c).to_string()),
+            End::Lost(why) => format!("lost ({why})"),
+            End::Close(code, reason) => {
+                let label = format!("{} ({reason})", u16::from(code));
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                if self.ws.close(Some(frame)).is_err() {
+                    return label;
+                }
+                let deadline = Instant::now() + CLOSE_GRACE;
+                loop {
+                    match self.ws.read() {
+                        Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if self.watch.rearm().is_err() {
+                                return label;
+                            }
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if self.watch.readable.recv_timeout(left).is_err() {
+                                return label;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => return label,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn going_away() -> End {
+    End::Close(CloseCode::Away, "server shutting down".into())
+}
+
+fn lost(e: Error) -> End {
+    End::Lost(e.to_string())
+}
+
+/// Maps a protocol violation by the client to the close code that says so.
+fn refuse(e: Error) -> End {
+    match e {
+        Error::Capacity(e) => End::Close(
+            CloseCode::Size,
+            format!("{e}; messages to this server are limited to {MAX_MESSAGE} bytes"),
+        ),
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            End::Lost("connection reset without a close frame".into())
+        }
+        Error::Protocol(e) => End::Close(CloseCode::Protocol, e.to_string()),
+        Error::Utf8(_) => End::Close(CloseCode::Invalid, "text frame is not valid UTF-8".into()),
+        e => lost(e),
+    }
+}
+
+/// The first frame every client gets: what this path offers and what samples look like.
+fn welcome(route: Route, interval: Duration) -> String {
+    let streaming = route.streams();
+    let message = if streaming {
+        "Connected to the Real-Time Analytics Backend: the latest sample follows, then one \
+         per interval."
+    } else {
+        "Connected to the Real-Time Analytics Backend. This path only says hello; connect to \
+         /api/analytics for the stream."
+    };
+    json!({
+        "type": "welcome",
+        "message": message,
+        "path": route.path(),
+        "streaming": streaming,
+        "interval_ms": interval.as_millis() as u64,
+        "fields": FIELDS,
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_must_be_16_bytes_of_base64() {
+        assert!(is_valid_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_valid_key(""));
+        assert!(!is_valid_key("dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!is_valid_key("dGhlIHNhbXBsZSBub25jZQ=!"));
+        assert!(!is_valid_key("dGhlIHNhbXBsZSBub25j*Q=="));
+    }
+
+    #[test]
+    fn welcome_says_whether_the_path_streams() {
+        let v: serde_json::Value =
+            serde_json::from_str(&welcome(Route::Analytics, Duration::from_millis(1500))).unwrap();
+        assert_eq!(v["type"], "welcome");
+        assert_eq!(v["streaming"], true);
+        assert_eq!(v["interval_ms"], 1500);
+        assert_eq!(v["fields"].as_array().unwrap().len(), 4);
+        let v: serde_json::Value =
+            serde_json::from_str(&welcome(Route::Api, Duration::from_millis(1500))).unwrap();
+        assert_eq!(v["streaming"], false);
+        assert_eq!(v["path"], "/api");
+    }
+}
