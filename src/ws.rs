@@ -38,9 +38,10 @@ const STACK: usize = 128 * 1024;
 /// Clients send only control frames and perhaps a small text message; anything larger is
 /// refused with 1009 rather than buffered.
 const MAX_MESSAGE: usize = 16 * 1024;
-/// Kernel send buffer per client: a stream of ~100-byte frames needs little, and a
-/// small buffer bounds the kernel memory a stalled client can pin.
-const SEND_BUFFER: usize = 16 * 1024;
+/// Kernel send buffer per client (Linux doubles it). A stream of ~100-byte frames needs
+/// little; a small buffer bounds the kernel memory a stalled client pins and how long it
+/// takes to notice one: about 150 frames (~4 minutes at 1.5 s) before writes would block.
+const SEND_BUFFER: usize = 8 * 1024;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 

@@ -1,0 +1,73 @@
+//! Memory per WebSocket client: 1000 idle clients on the built binary, RSS read from
+//! /proc. Prints the figure quoted in the README; asserts only a generous bound (the
+//! default tungstenite read buffer alone would be 128 KiB per client).
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
+
+use common::*;
+
+const CLIENTS: usize = 1000;
+
+fn status_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Opens a WebSocket with a raw socket and reads the 101 and the welcome: a client that
+/// then stays idle costs the server, not this process.
+fn open(addr: std::net::SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        &stream,
+        "GET /api/analytics HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    assert_eq!(read_response(&mut reader, false).status, 101);
+    let mut head = [0u8; 4];
+    reader.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], 0x81, "the welcome frame follows");
+    stream
+}
+
+#[test]
+fn rss_per_idle_websocket_client_is_small() {
+    let p = Process::spawn(&[
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("MAX_WS_CLIENTS", "5000"),
+    ]);
+    let addr = p.wait_until_listening();
+    let pid = p.child.id();
+    // Warm up: one client in and out, so one-time allocations are in the baseline.
+    drop(open(addr));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let before = status_field(pid, "VmRSS:");
+    let clients: Vec<TcpStream> = (0..CLIENTS).map(|_| open(addr)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = status_field(pid, "VmRSS:");
+    let threads = status_field(pid, "Threads:");
+    let per_client = (after.saturating_sub(before)) * 1024 / CLIENTS as u64;
+    println!(
+        "{CLIENTS} idle WebSocket clients: RSS {before} kB -> {after} kB, {per_client} bytes \
+         ({:.1} KiB) per client, {threads} threads",
+        per_client as f64 / 1024.0
+    );
+    assert!(threads as usize >= CLIENTS, "a thread per client");
+    assert!(
+        per_client < 64 * 1024,
+        "RSS per idle client is {per_client} bytes"
+    );
+    assert_eq!(get(addr, "/api/analytics").status, 200, "still answering");
+    drop(clients);
+}
