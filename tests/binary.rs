@@ -22,7 +22,7 @@ fn bad_configuration_names_the_variable_and_exits_2() {
     for (var, value, allowed) in cases {
         let mut p = Process::spawn(&[(var, value)]);
         assert_eq!(p.wait_exit(), Some(2), "{var}={value}");
-        let out = p.drain_lines().join("\n");
+        let out = p.rest_of_log().join("\n");
         assert!(out.contains(var) && out.contains(value), "{out}");
         assert!(out.contains(allowed), "{out}");
         assert_eq!(out.lines().count(), 1, "one line: {out}");
@@ -35,7 +35,7 @@ fn a_port_in_use_is_reported_and_exits_1() {
     let port = taken.local_addr().unwrap().port().to_string();
     let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", &port)]);
     assert_eq!(p.wait_exit(), Some(1));
-    let out = p.drain_lines().join("\n");
+    let out = p.rest_of_log().join("\n");
     assert!(
         out.contains("already in use") && out.contains(&port),
         "{out}"
@@ -61,7 +61,7 @@ fn startup_line_lists_every_endpoint_and_sigterm_closes_clients_with_1001() {
     };
     assert_eq!(frame.unwrap().code, CloseCode::Away);
     assert_eq!(p.wait_exit(), Some(0));
-    let log = p.drain_lines().join("\n");
+    let log = p.rest_of_log().join("\n");
     assert!(log.contains("SIGTERM received"), "{log}");
     assert!(log.contains("ws disconnect path=/api/analytics"), "{log}");
 }

@@ -318,9 +318,9 @@ impl Process {
         }
     }
 
-    /// Everything logged so far.
-    pub fn drain_lines(&self) -> Vec<String> {
-        self.lines.try_iter().collect()
+    /// The rest of the log, up to end of file: call after [`Process::wait_exit`].
+    pub fn rest_of_log(&self) -> Vec<String> {
+        self.lines.iter().collect()
     }
 }
 
