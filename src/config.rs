@@ -105,9 +105,12 @@ impl Config {
             config.port = parse("PORT", &v, "an integer from 0 to 65535", |s| s.parse().ok())?;
         }
         if let Some(v) = var("INTERVAL_MS") {
-            let ms = parse("INTERVAL_MS", &v, "an integer from 100 to 60000", |s| {
-                s.parse().ok().filter(|ms| (100..=60_000).contains(ms))
-            })?;
+            let ms = parse(
+                "INTERVAL_MS",
+                &v,
+                "an integer from 100 to 60000",
+                in_range(100..=60_000u64),
+            )?;
             config.interval = Duration::from_millis(ms);
         }
         if let Some(v) = var("SEED") {
@@ -164,6 +167,14 @@ fn parse<T>(
         value: value.to_string(),
         allowed,
     })
+}
+
+/// A parser for integers within `range`.
+fn in_range<T>(range: std::ops::RangeInclusive<T>) -> impl FnOnce(&str) -> Option<T>
+where
+    T: std::str::FromStr + PartialOrd,
+{
+    move |s| s.parse().ok().filter(|n| range.contains(n))
 }
 
 fn parse_cors(s: &str) -> Option<Cors> {

@@ -5,7 +5,6 @@ mod common;
 use std::net::TcpListener;
 
 use common::*;
-use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 
 #[test]
@@ -52,14 +51,7 @@ fn startup_line_lists_every_endpoint_and_sigterm_closes_clients_with_1001() {
     p.wait_for_line("ws connect path=/api/analytics");
 
     p.signal(libc::SIGTERM);
-    let frame = loop {
-        match ws.read() {
-            Ok(Message::Close(frame)) => break frame,
-            Ok(_) => {}
-            Err(e) => panic!("expected close 1001, got {e}"),
-        }
-    };
-    assert_eq!(frame.unwrap().code, CloseCode::Away);
+    assert_eq!(read_close(&mut ws).unwrap().code, CloseCode::Away);
     assert_eq!(p.wait_exit(), Some(0));
     let log = p.rest_of_log().join("\n");
     assert!(log.contains("SIGTERM received"), "{log}");

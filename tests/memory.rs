@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufReader, Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 
 use common::*;
@@ -24,16 +24,7 @@ fn status_field(pid: u32, field: &str) -> u64 {
 /// Opens a WebSocket with a raw socket and reads the 101 and the welcome: a client that
 /// then stays idle costs the server, not this process.
 fn open(addr: std::net::SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(
-        &stream,
-        "GET /api/analytics HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    )
-    .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    assert_eq!(read_response(&mut reader, false).status, 101);
+    let (stream, mut reader) = raw_upgrade(addr, "/api/analytics");
     let mut head = [0u8; 4];
     reader.read_exact(&mut head).unwrap();
     assert_eq!(head[0], 0x81, "the welcome frame follows");

@@ -12,12 +12,6 @@ use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 
-const HANDSHAKE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-
-fn upgrade_request(addr: std::net::SocketAddr, path: &str, extra: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}\r\n")
-}
-
 #[test]
 fn every_path_welcomes_but_only_analytics_streams() {
     let s = TestServer::with(|c| c.interval = Duration::from_millis(200));
@@ -185,6 +179,7 @@ fn the_101_is_a_valid_rfc6455_handshake() {
         .write_all(upgrade_request(s.addr, "/api", HANDSHAKE).as_bytes())
         .unwrap();
     let mut reader = std::io::BufReader::new(stream);
+    // Parsed here rather than with `raw_upgrade`: this test is about the 101 itself.
     let r = read_response(&mut reader, false);
     assert_eq!(r.status, 101);
     // The RFC's own example key and accept value.
@@ -240,13 +235,7 @@ fn client_close_completes_the_close_handshake() {
         reason: "bye".into(),
     }))
     .unwrap();
-    let echoed = loop {
-        match ws.read() {
-            Ok(Message::Close(frame)) => break frame,
-            Ok(_) => {}
-            Err(e) => panic!("expected the server's close frame, got {e}"),
-        }
-    };
+    let echoed = read_close(&mut ws);
     assert_eq!(echoed.map(|f| f.code), Some(CloseCode::Normal));
     // Then the server closes the TCP connection.
     assert!(matches!(
@@ -262,13 +251,7 @@ fn oversized_messages_are_closed_with_1009() {
     let (mut ws, _) = ws_connect(s.addr, "/api");
     ws.send(Message::Text("x".repeat(64 * 1024).into()))
         .unwrap();
-    let frame = loop {
-        match ws.read() {
-            Ok(Message::Close(frame)) => break frame,
-            Ok(_) => {}
-            Err(e) => panic!("expected a close frame, got {e}"),
-        }
-    };
+    let frame = read_close(&mut ws);
     let frame = frame.expect("a close code");
     assert_eq!(frame.code, CloseCode::Size);
     assert!(frame.reason.contains("16384"), "{}", frame.reason);
@@ -277,13 +260,7 @@ fn oversized_messages_are_closed_with_1009() {
 #[test]
 fn unmasked_client_frames_are_closed_with_1002() {
     let s = TestServer::start();
-    let mut stream = TcpStream::connect(s.addr).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream
-        .write_all(upgrade_request(s.addr, "/api", HANDSHAKE).as_bytes())
-        .unwrap();
-    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
-    assert_eq!(read_response(&mut reader, false).status, 101);
+    let (mut stream, mut reader) = raw_upgrade(s.addr, "/api");
     // An unmasked text frame "hi": forbidden from clients by RFC 6455 5.1.
     stream.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
     let mut all = Vec::new();
@@ -360,14 +337,7 @@ fn shutdown_closes_every_client_with_1001() {
     let _ = next_json(&mut a);
     let shutdown = std::thread::spawn(move || s.shutdown());
     for ws in [&mut a, &mut b] {
-        let frame = loop {
-            match ws.read() {
-                Ok(Message::Close(frame)) => break frame,
-                Ok(_) => {}
-                Err(e) => panic!("expected close 1001, got {e}"),
-            }
-        };
-        let frame = frame.unwrap();
+        let frame = read_close(ws).unwrap();
         assert_eq!(frame.code, CloseCode::Away);
         assert!(frame.reason.contains("shutting down"));
     }

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use realtime_analytics_backend::{Config, Server};
+use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket, client::IntoClientRequest};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,6 +158,39 @@ pub fn get(addr: SocketAddr, target: &str) -> Response {
 }
 
 pub type Ws = WebSocket<TcpStream>;
+
+/// The headers of a valid upgrade, with the RFC 6455 example key.
+pub const HANDSHAKE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+/// A GET of `path` with `headers` (each ending in CRLF).
+pub fn upgrade_request(addr: SocketAddr, path: &str, headers: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n")
+}
+
+/// Upgrades to `path` with raw bytes and asserts the 101. Returns the socket for
+/// writing and a reader positioned at the first frame.
+pub fn raw_upgrade(addr: SocketAddr, path: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    (&stream)
+        .write_all(upgrade_request(addr, path, HANDSHAKE).as_bytes())
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let response = read_response(&mut reader, false);
+    assert_eq!(response.status, 101, "{}", response.text());
+    (stream, reader)
+}
+
+/// Reads until the peer's close frame and returns it (other messages are skipped).
+pub fn read_close(ws: &mut Ws) -> Option<CloseFrame> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return frame,
+            Ok(_) => {}
+            Err(e) => panic!("expected a close frame, got {e}"),
+        }
+    }
+}
 
 /// Opens a WebSocket to `path` and returns it with the welcome message already read.
 pub fn ws_connect(addr: SocketAddr, path: &str) -> (Ws, serde_json::Value) {
