@@ -31,8 +31,18 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// `CORS_ORIGINS`: which browser origins may read the responses.
     pub cors: Cors,
-    /// `MAX_WS_CLIENTS`: open WebSockets beyond this are refused with 503.
-    pub max_ws_clients: usize,
+    /// `MAX_WS_CLIENTS`: open WebSockets beyond this are refused with 503. `None`: derived
+    /// at startup from the descriptor and memory-map limits.
+    pub max_ws_clients: Option<usize>,
+    /// `MAX_HTTP_CONNECTIONS`: HTTP connections beyond this are refused with 503. `None`:
+    /// derived like `max_ws_clients`.
+    pub max_http_connections: Option<usize>,
+    /// `IDLE_TIMEOUT_MS`: a keep-alive connection with no request for this long is closed.
+    pub idle_timeout: Duration,
+    /// `HEADER_TIMEOUT_MS`: a request head must arrive within this (408 otherwise).
+    pub header_timeout: Duration,
+    /// `MAX_HEADER_BYTES`: a larger request head is refused with 431.
+    pub max_header_bytes: u64,
     /// `WS_MAX_SKIPPED`: consecutive samples a client may fail to accept before it is
     /// closed with 1008.
     pub ws_max_skipped: u32,
@@ -56,7 +66,11 @@ impl Default for Config {
             seed: DEFAULT_SEED,
             log_level: LevelFilter::Info,
             cors: Cors::Any,
-            max_ws_clients: 2000,
+            max_ws_clients: None,
+            max_http_connections: None,
+            idle_timeout: Duration::from_secs(75),
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
             ws_max_skipped: 20,
         }
     }
@@ -140,17 +154,48 @@ impl Config {
                 parse_cors,
             )?;
         }
-        if let Some(v) = var("MAX_WS_CLIENTS") {
-            config.max_ws_clients =
-                parse("MAX_WS_CLIENTS", &v, "an integer from 1 to 100000", |s| {
-                    s.parse().ok().filter(|n| (1..=100_000).contains(n))
-                })?;
+        let count =
+            |var, lo, hi, allowed| get(var).map(|v| parse(var, &v, allowed, in_range(lo..=hi)));
+        let millis = |var, lo, hi, allowed| {
+            count(var, lo, hi, allowed).map(|r| r.map(|ms| Duration::from_millis(ms as u64)))
+        };
+        if let Some(n) = count("MAX_WS_CLIENTS", 1, 100_000, "an integer from 1 to 100000") {
+            config.max_ws_clients = Some(n?);
         }
-        if let Some(v) = var("WS_MAX_SKIPPED") {
-            config.ws_max_skipped =
-                parse("WS_MAX_SKIPPED", &v, "an integer from 1 to 10000", |s| {
-                    s.parse().ok().filter(|n| (1..=10_000).contains(n))
-                })?;
+        if let Some(n) = count(
+            "MAX_HTTP_CONNECTIONS",
+            1,
+            100_000,
+            "an integer from 1 to 100000",
+        ) {
+            config.max_http_connections = Some(n?);
+        }
+        if let Some(ms) = millis(
+            "IDLE_TIMEOUT_MS",
+            1000,
+            3_600_000,
+            "an integer from 1000 to 3600000",
+        ) {
+            config.idle_timeout = ms?;
+        }
+        if let Some(ms) = millis(
+            "HEADER_TIMEOUT_MS",
+            500,
+            600_000,
+            "an integer from 500 to 600000",
+        ) {
+            config.header_timeout = ms?;
+        }
+        if let Some(n) = count(
+            "MAX_HEADER_BYTES",
+            1024,
+            1_048_576,
+            "an integer from 1024 to 1048576",
+        ) {
+            config.max_header_bytes = n? as u64;
+        }
+        if let Some(n) = count("WS_MAX_SKIPPED", 1, 10_000, "an integer from 1 to 10000") {
+            config.ws_max_skipped = n? as u32;
         }
         Ok(config)
     }
@@ -232,6 +277,10 @@ mod tests {
             ("LOG_LEVEL", "DEBUG"),
             ("CORS_ORIGINS", "https://a.example, http://localhost:3000/"),
             ("MAX_WS_CLIENTS", "5"),
+            ("MAX_HTTP_CONNECTIONS", "6"),
+            ("IDLE_TIMEOUT_MS", "2000"),
+            ("HEADER_TIMEOUT_MS", "1500"),
+            ("MAX_HEADER_BYTES", "4096"),
             ("WS_MAX_SKIPPED", "3"),
         ])
         .unwrap();
@@ -247,7 +296,11 @@ mod tests {
                 "http://localhost:3000".into()
             ])
         );
-        assert_eq!(c.max_ws_clients, 5);
+        assert_eq!(c.max_ws_clients, Some(5));
+        assert_eq!(c.max_http_connections, Some(6));
+        assert_eq!(c.idle_timeout, Duration::from_secs(2));
+        assert_eq!(c.header_timeout, Duration::from_millis(1500));
+        assert_eq!(c.max_header_bytes, 4096);
         assert_eq!(c.ws_max_skipped, 3);
     }
 
@@ -264,6 +317,10 @@ mod tests {
             ("LOG_LEVEL", "loud"),
             ("CORS_ORIGINS", "example.com"),
             ("MAX_WS_CLIENTS", "0"),
+            ("MAX_HTTP_CONNECTIONS", "x"),
+            ("IDLE_TIMEOUT_MS", "10"),
+            ("HEADER_TIMEOUT_MS", "-5"),
+            ("MAX_HEADER_BYTES", "10"),
             ("WS_MAX_SKIPPED", "0"),
         ];
         for (var, value) in cases {

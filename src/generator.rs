@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::sample::Tick;
 use crate::simulator;
 
@@ -40,14 +41,15 @@ pub fn spawn(
     model: Model,
     first: u64,
     hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
     stop: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("generator".into())
-        .spawn(move || run(model, first, &hub, &stop))
+        .spawn(move || run(model, first, &hub, &metrics, &stop))
 }
 
-fn run(model: Model, mut last: u64, hub: &Hub, stop: &Receiver<()>) {
+fn run(model: Model, mut last: u64, hub: &Hub, metrics: &Metrics, stop: &Receiver<()>) {
     let interval_ms = model.interval.as_millis() as u64;
     loop {
         let due_ms = (last + 1) * interval_ms;
@@ -59,6 +61,7 @@ fn run(model: Model, mut last: u64, hub: &Hub, stop: &Receiver<()>) {
         // After a suspend or a clock jump, publish the tick we are in, not every missed one.
         let tick = model.current_tick().max(last + 1);
         hub.publish(model.tick(tick));
+        Metrics::count(&metrics.samples_generated);
         log::trace!("published tick {tick}");
         last = tick;
     }

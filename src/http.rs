@@ -15,10 +15,15 @@ pub type Reply = Response<Cursor<Bytes>>;
 
 /// A response whose body is already-encoded JSON.
 pub fn json_bytes(status: u16, body: Bytes) -> Reply {
+    with_body(status, "application/json", body)
+}
+
+/// A response with a body of the given content type.
+pub fn with_body(status: u16, content_type: &str, body: Bytes) -> Reply {
     let len = body.len();
     Response::new(
         StatusCode(status),
-        vec![header("Content-Type", "application/json")],
+        vec![header("Content-Type", content_type)],
         Cursor::new(body),
         Some(len),
         None,
@@ -40,7 +45,33 @@ pub fn error(status: u16, code: &str, message: &str, extra: &[(&str, &str)]) -> 
     for (k, v) in extra {
         body[*k] = json!(v);
     }
-    json(status, &body)
+    let reply = json(status, &body);
+    if status == 503 {
+        reply.with_header(header("Retry-After", RETRY_AFTER))
+    } else {
+        reply
+    }
+}
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER: &str = "5";
+
+/// The same error as [`error`], as the bytes of a whole HTTP/1.1 response that closes the
+/// connection: for connections we answer from outside tiny_http.
+pub fn raw_error(status: u16, code: &str, message: &str) -> Vec<u8> {
+    let body = json!({ "error": code, "message": message }).to_string();
+    let reason = StatusCode(status).default_reason_phrase();
+    let retry = if status == 503 {
+        format!("Retry-After: {RETRY_AFTER}\r\n")
+    } else {
+        String::new()
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Access-Control-Allow-Origin: *\r\n{retry}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// A response with no body (204, or 101 for an upgrade).

@@ -7,15 +7,18 @@
 //! in-process, which is how the integration tests drive the real server on port 0.
 
 pub mod config;
+mod connections;
 mod generator;
 mod http;
 mod hub;
+mod metrics;
 mod paths;
 mod routes;
 mod sample;
 mod server;
 pub mod simulator;
 mod socket;
+mod watchdog;
 mod watcher;
 mod ws;
 

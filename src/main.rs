@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         }
     };
     let addr = server.local_addr();
+    let (max_ws, max_http) = server.caps();
     let host = if addr.ip().is_unspecified() {
         format!("localhost:{}", addr.port())
     } else {
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
         config.seed,
         config.interval.as_millis(),
     );
+    log::info!("limits: MAX_WS_CLIENTS={max_ws} MAX_HTTP_CONNECTIONS={max_http}");
 
     let (signal_tx, signal_rx) = bounded(1);
     let spawned = thread::Builder::new()

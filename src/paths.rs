@@ -8,7 +8,7 @@
 //! route and get 404. Decoding would let two different spellings reach one handler, which
 //! buys nothing for three fixed paths and is how path-confusion bugs start.
 
-/// The three paths of the seed's contract.
+/// Every path the server answers: the seed's three, and three for operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// `/`: describes the service; over WebSocket, a welcome and nothing more.
@@ -17,7 +17,22 @@ pub enum Route {
     Api,
     /// `/api/analytics`: the latest sample; over WebSocket, the stream.
     Analytics,
+    /// `/healthz`: 200 while the process can serve.
+    Health,
+    /// `/readyz`: 200 while accepting clients, 503 while shutting down.
+    Ready,
+    /// `/metrics`: Prometheus text.
+    Metrics,
 }
+
+const ROUTES: [Route; 6] = [
+    Route::Root,
+    Route::Api,
+    Route::Analytics,
+    Route::Health,
+    Route::Ready,
+    Route::Metrics,
+];
 
 impl Route {
     pub fn path(self) -> &'static str {
@@ -25,7 +40,15 @@ impl Route {
             Route::Root => "/",
             Route::Api => "/api",
             Route::Analytics => "/api/analytics",
+            Route::Health => "/healthz",
+            Route::Ready => "/readyz",
+            Route::Metrics => "/metrics",
         }
+    }
+
+    /// Whether WebSocket upgrades are accepted here (the seed's three paths).
+    pub fn websocket(self) -> bool {
+        matches!(self, Route::Root | Route::Api | Route::Analytics)
     }
 
     /// Whether a WebSocket on this route receives samples.
@@ -36,12 +59,7 @@ impl Route {
 
 /// The route a normalised path names, if any.
 pub fn route(path: &str) -> Option<Route> {
-    match path {
-        "/" => Some(Route::Root),
-        "/api" => Some(Route::Api),
-        "/api/analytics" => Some(Route::Analytics),
-        _ => None,
-    }
+    ROUTES.into_iter().find(|r| r.path() == path)
 }
 
 /// Normalises a request target (`/api//analytics/?x=1`) into a path (`/api/analytics`).
@@ -110,6 +128,9 @@ mod tests {
         ("/api/analytics/extra", None),
         ("/apianalytics", None),
         ("*", None),
+        ("/healthz/", Some(Route::Health)),
+        ("/readyz", Some(Route::Ready)),
+        ("//metrics", Some(Route::Metrics)),
         ("api/analytics", None),
     ];
 

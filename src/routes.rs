@@ -6,6 +6,7 @@
 //! says what to do instead.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -13,6 +14,7 @@ use tiny_http::{Method, Request};
 
 use crate::http::{self, Reply, header, request_header};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::paths::{self, Route};
 use crate::sample::FIELDS;
 
@@ -24,6 +26,9 @@ pub struct Service {
     pub interval: Duration,
     /// `host:port` to advertise when a request has no usable `Host` header.
     pub default_host: String,
+    pub metrics: Arc<Metrics>,
+    /// Cleared when shutdown starts: `/readyz` turns 503.
+    pub ready: Arc<AtomicBool>,
 }
 
 /// Answers one request whose target normalised to `path`.
@@ -35,6 +40,9 @@ pub fn handle(request: &Request, path: &str, service: &Service) -> Reply {
         Method::Get | Method::Head => match route {
             Route::Analytics => analytics(&service.hub),
             Route::Root | Route::Api => describe(request, service),
+            Route::Health => http::json(200, &json!({ "status": "ok" })),
+            Route::Ready => ready(service),
+            Route::Metrics => metrics(&service.metrics),
         },
         Method::Options => preflight(request),
         other => method_not_allowed(other, route),
@@ -66,9 +74,33 @@ fn describe(request: &Request, service: &Service) -> Reply {
                 "analytics": format!("{ws}/api/analytics"),
                 "welcome_only": [format!("{ws}/"), format!("{ws}/api")],
             },
+            "operations": {
+                "health": format!("{http}/healthz"),
+                "ready": format!("{http}/readyz"),
+                "metrics": format!("{http}/metrics"),
+            },
         },
     });
     http::json(200, &body).with_header(header("Cache-Control", "no-cache"))
+}
+
+/// `GET /readyz`: whether to send new clients here (503 while shutting down).
+fn ready(service: &Service) -> Reply {
+    if service.ready.load(Ordering::SeqCst) {
+        http::json(200, &json!({ "status": "ready" }))
+    } else {
+        http::error(
+            503,
+            "shutting_down",
+            "This instance is shutting down; send new clients to another one.",
+            &[],
+        )
+    }
+}
+
+/// `GET /metrics`: Prometheus text exposition format.
+fn metrics(metrics: &Metrics) -> Reply {
+    http::with_body(200, "text/plain; version=0.0.4", metrics.render().into())
 }
 
 /// `OPTIONS`: a CORS preflight (or a plain capability query) on a known path.

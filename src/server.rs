@@ -9,9 +9,9 @@
 //! Linux, accepted sockets inherit all of them.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -20,11 +20,16 @@ use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
 use tiny_http::Request;
 
 use crate::config::Config;
+use crate::connections::{Connections, Limits};
 use crate::generator::{self, Model};
 use crate::http::{self, request_header};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::paths;
 use crate::routes::{self, Service};
+use crate::socket::Registry;
+use crate::watchdog;
+use crate::watcher::Watcher;
 use crate::ws::{self, Streams};
 
 /// Threads taking requests from tiny_http's queue. Handlers only copy a sample or build a
@@ -40,12 +45,15 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub struct Server {
     addr: SocketAddr,
     http: Arc<tiny_http::Server>,
+    /// The generator, the connections checker and the watchdog.
+    threads: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
-    generator: JoinHandle<()>,
     streams: Arc<Streams>,
     stop: Sender<()>,
+    ready: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     failed: Receiver<String>,
+    caps: (usize, usize),
 }
 
 /// Why the server could not start.
@@ -82,42 +90,76 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let failure =
         |what: &str, e: &dyn std::fmt::Display| StartError(format!("cannot start {what}: {e}"));
 
+    let (max_ws, max_http) = caps(config);
     let model = Model {
         seed: config.seed,
         interval: config.interval,
     };
     let first = model.current_tick();
     let hub = Arc::new(Hub::new(model.tick(first)));
+    let metrics = Arc::new(Metrics::default());
+    let sockets = Arc::new(Registry::new(addr.port()));
+    let ready = Arc::new(AtomicBool::new(true));
     let (stop, stopped) = bounded::<()>(0);
-    let streams = Streams::new(
-        Arc::clone(&hub),
-        config.interval,
-        config.max_ws_clients,
-        config.ws_max_skipped,
-        addr.port(),
-        stopped.clone(),
-    )
-    .map_err(|e| failure("the WebSocket watcher", &e))?;
-    let streams = Arc::new(streams);
-    let generator = generator::spawn(model, first, Arc::clone(&hub), stopped)
-        .map_err(|e| failure("the generator", &e))?;
+    let (failed_tx, failed) = bounded(WORKERS + 1);
+    let streams = Arc::new(Streams {
+        hub: Arc::clone(&hub),
+        interval: config.interval,
+        max_clients: max_ws,
+        max_skipped: config.ws_max_skipped,
+        stop: stopped.clone(),
+        ready: Arc::clone(&ready),
+        sockets: Arc::clone(&sockets),
+        metrics: Arc::clone(&metrics),
+        watcher: Watcher::start().map_err(|e| failure("the WebSocket watcher", &e))?,
+        clients: AtomicUsize::new(0),
+    });
+    let own = SocketAddr::new(loopback_for(addr.ip()), addr.port());
+    let connections = Arc::new(Connections::new(
+        Limits {
+            idle_timeout: config.idle_timeout,
+            header_timeout: config.header_timeout,
+            max_header_bytes: config.max_header_bytes,
+            max_connections: max_http,
+        },
+        sockets,
+        Arc::clone(&metrics),
+        own,
+    ));
     let http = Arc::new(
         tiny_http::Server::from_listener(listener, None).map_err(|e| failure("tiny_http", &e))?,
     );
+    let threads = vec![
+        generator::spawn(
+            model,
+            first,
+            Arc::clone(&hub),
+            Arc::clone(&metrics),
+            stopped.clone(),
+        )
+        .map_err(|e| failure("the generator", &e))?,
+        connections
+            .spawn(stopped.clone())
+            .map_err(|e| failure("the connections checker", &e))?,
+        watchdog::spawn(own, stopped, failed_tx.clone())
+            .map_err(|e| failure("the watchdog", &e))?,
+    ];
 
     let service = Arc::new(Service {
         hub,
         interval: config.interval,
         default_host: default_host(addr),
+        metrics,
+        ready: Arc::clone(&ready),
     });
     let stopping = Arc::new(AtomicBool::new(false));
-    let (failed_tx, failed) = bounded(WORKERS);
     let mut workers = Vec::with_capacity(WORKERS);
     for i in 0..WORKERS {
         let worker = Worker {
             http: Arc::clone(&http),
             service: Arc::clone(&service),
             streams: Arc::clone(&streams),
+            connections: Arc::clone(&connections),
             cors: config.cors.clone(),
             stopping: Arc::clone(&stopping),
             failed: failed_tx.clone(),
@@ -131,12 +173,14 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     Ok(Server {
         addr,
         http,
+        threads,
         workers,
-        generator,
         streams,
         stop,
+        ready,
         stopping,
         failed,
+        caps: (max_ws, max_http),
     })
 }
 
@@ -157,16 +201,25 @@ impl Server {
         self.streams.clients()
     }
 
-    /// Stops the generator, closes every WebSocket with 1001 (waiting up to 5 s for the
-    /// close handshakes), then stops the HTTP workers.
+    /// (`MAX_WS_CLIENTS`, `MAX_HTTP_CONNECTIONS`) in force, derived or configured.
+    pub fn caps(&self) -> (usize, usize) {
+        self.caps
+    }
+
+    /// Graceful shutdown: `/readyz` turns 503 and new upgrades are refused; every
+    /// WebSocket gets close 1001 with a randomised reconnect delay (up to 5 s are given
+    /// to the close handshakes); requests in progress finish; then the workers stop.
     pub fn shutdown(self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.ready.store(false, Ordering::SeqCst);
         drop(self.stop);
-        let _ = self.generator.join();
         let deadline = Instant::now() + DRAIN;
         while self.streams.clients() > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        self.stopping.store(true, Ordering::SeqCst);
         for _ in &self.workers {
             self.http.unblock();
         }
@@ -197,6 +250,51 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// The caps in force: configured, or derived from what the process can hold. Each client
+/// costs two descriptors (tiny_http dups every socket) and up to two threads of about five
+/// memory mappings each; past `vm.max_map_count` thread creation fails or the process
+/// aborts, and past the descriptor limit tiny_http's accept loop dies. A fifth of the
+/// budget goes to HTTP connections.
+fn caps(config: &Config) -> (usize, usize) {
+    let descriptors = fd_limit().saturating_sub(256) / 2;
+    let mappings = max_map_count().saturating_sub(2000) / 10;
+    let budget = descriptors.min(mappings).max(10);
+    let http = config.max_http_connections.unwrap_or(budget / 5);
+    let ws = config
+        .max_ws_clients
+        .unwrap_or_else(|| budget.saturating_sub(http).max(1));
+    (ws, http)
+}
+
+fn fd_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    }
+}
+
+fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65_530)
+}
+
+/// The address to reach our own listener at.
+fn loopback_for(ip: IpAddr) -> IpAddr {
+    if ip.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        ip
+    }
+}
+
 /// `host:port` for URLs when a request carries no usable `Host` header.
 fn default_host(addr: SocketAddr) -> String {
     if addr.ip().is_unspecified() {
@@ -210,6 +308,7 @@ struct Worker {
     http: Arc<tiny_http::Server>,
     service: Arc<Service>,
     streams: Arc<Streams>,
+    connections: Arc<Connections>,
     cors: crate::config::Cors,
     stopping: Arc<AtomicBool>,
     failed: Sender<String>,
@@ -233,18 +332,25 @@ impl Worker {
     }
 
     fn handle(&self, request: Request) {
+        if let Some(peer) = request.remote_addr() {
+            self.connections.saw_request(*peer);
+        }
         let path = paths::normalise(request.url());
         let route = paths::route(&path);
-        let reply = match route {
-            Some(route) if ws::is_upgrade(&request) => {
-                match ws::handshake(&request, &self.streams) {
+        let reply = if ws::is_upgrade(&request) {
+            match route.filter(|r| r.websocket()) {
+                Some(route) => match ws::handshake(&request, &self.streams) {
                     Ok((accept, slot)) => return ws::start(request, accept, slot, route),
                     Err(refusal) => refusal,
-                }
+                },
+                None => routes::not_found(&path),
             }
-            _ => routes::handle(&request, &path, &self.service),
+        } else {
+            routes::handle(&request, &path, &self.service)
         };
         let status = reply.status_code().0;
+        let label = route.map_or("other", |r| r.path());
+        self.service.metrics.request(label, status);
         if !(200..300).contains(&status) {
             let level = if status >= 500 {
                 log::Level::Warn

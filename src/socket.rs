@@ -6,29 +6,46 @@
 //! non-blocking (so one thread can both stream samples and answer pings), to be told by
 //! epoll when the client sends something, and to write each frame with one syscall.
 //!
-//! So [`Registry::adopt`] finds the descriptor: it asks `getpeername` of each open
-//! descriptor until two match the request's peer address (the accepted socket and
-//! tiny_http's dup of it). Descriptors already adopted are skipped, so the scan costs one
-//! syscall per *other* open descriptor (HTTP connections), not per WebSocket client.
+//! So [`Registry::adopt`] finds the descriptor: a scan of /proc/self/fd asks
+//! `getpeername` of each open descriptor and keeps the accepted sockets by peer address
+//! (each appears twice: the accepted socket and tiny_http's dup of it). Adopted
+//! descriptors are skipped, so a scan costs syscalls per *HTTP* connection, not per
+//! WebSocket client; and one scan serves a whole burst of upgrades. The same table is
+//! what `connections` inspects to enforce timeouts and limits on HTTP connections.
 //! The boxed stream stays alive inside [`Upgraded`], which owns the descriptors; we only
 //! borrow one. Alternatives weighed and rejected: a patched tiny_http (the user chose the
 //! crate), interposing `accept4` (process-global), and splitting the box across threads
 //! (undefined behaviour).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use socket2::{SockAddr, SockRef};
 use tiny_http::ReadWrite;
 
-/// Descriptors that belong to adopted sockets, so later scans skip them.
-#[derive(Default)]
+/// The sockets tiny_http accepted on our port, as last seen, and which of them we adopted.
 pub struct Registry {
-    adopted: Mutex<HashSet<RawFd>>,
+    local_port: u16,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Descriptors of adopted (WebSocket) sockets: scans skip them.
+    adopted: HashSet<RawFd>,
+    /// Every other accepted socket at the last scan: peer -> its descriptors.
+    by_peer: HashMap<SocketAddr, Vec<RawFd>>,
+}
+
+/// An accepted, not adopted connection as seen by [`Registry::connections`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Accepted {
+    pub fd: RawFd,
+    pub peer: SocketAddr,
 }
 
 /// An upgraded connection: tiny_http's stream (which owns the socket) and a non-blocking
@@ -42,18 +59,33 @@ pub struct Upgraded {
 }
 
 impl Registry {
+    pub fn new(local_port: u16) -> Registry {
+        Registry {
+            local_port,
+            state: Mutex::default(),
+        }
+    }
+
     /// Finds the socket behind `owner`, whose peer is `peer`, and makes it non-blocking.
     /// Returns the connection and any bytes tiny_http had already read past the request.
     pub fn adopt(
         self: &Arc<Self>,
         owner: Box<dyn ReadWrite + Send>,
         peer: SocketAddr,
-        local_port: u16,
     ) -> io::Result<(Upgraded, Vec<u8>)> {
         let fds = {
-            let mut adopted = self.lock();
-            let fds = find(peer, local_port, &adopted)?;
-            adopted.extend(fds);
+            let mut state = self.lock();
+            let fds = match self.lookup(&state, peer) {
+                Some(fds) => fds,
+                None => {
+                    self.rescan(&mut state)?;
+                    self.lookup(&state, peer).ok_or_else(|| {
+                        io::Error::other(format!("no open socket is connected to {peer}"))
+                    })?
+                }
+            };
+            state.by_peer.remove(&peer);
+            state.adopted.extend(fds);
             fds
         };
         // SAFETY: `fds[0]` is open and stays open while `owner` lives; `Upgraded` keeps
@@ -74,8 +106,72 @@ impl Registry {
         Ok((upgraded, leftover))
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashSet<RawFd>> {
-        self.adopted.lock().unwrap_or_else(|e| e.into_inner())
+    /// Scans the open descriptors and returns every accepted connection we have not
+    /// adopted, one descriptor each.
+    pub fn connections(&self) -> io::Result<Vec<Accepted>> {
+        let mut state = self.lock();
+        self.rescan(&mut state)?;
+        Ok(state
+            .by_peer
+            .iter()
+            .filter_map(|(peer, fds)| fds.first().map(|&fd| Accepted { fd, peer: *peer }))
+            .collect())
+    }
+
+    /// The two descriptors of `peer`'s connection if the last scan saw them and they
+    /// still are that connection's (a number may have been closed and reused since).
+    fn lookup(&self, state: &State, peer: SocketAddr) -> Option<[RawFd; 2]> {
+        match state.by_peer.get(&peer)?.as_slice() {
+            &[a, b] if self.is_connection(a, peer) && self.is_connection(b, peer) => Some([a, b]),
+            _ => None,
+        }
+    }
+
+    fn is_connection(&self, fd: RawFd, peer: SocketAddr) -> bool {
+        address(fd, libc::getpeername) == Some(peer)
+            && address(fd, libc::getsockname).map(|a| a.port()) == Some(self.local_port)
+    }
+
+    /// Rebuilds `by_peer` from /proc/self/fd. Costs two syscalls per open descriptor that
+    /// is not an adopted socket.
+    fn rescan(&self, state: &mut State) -> io::Result<()> {
+        state.by_peer.clear();
+        for entry in std::fs::read_dir("/proc/self/fd")? {
+            let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if state.adopted.contains(&fd) {
+                continue;
+            }
+            let Some(peer) = address(fd, libc::getpeername) else {
+                continue;
+            };
+            if address(fd, libc::getsockname).map(|a| a.port()) == Some(self.local_port) {
+                state.by_peer.entry(peer).or_default().push(fd);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Accepted {
+    /// A descriptor of our own for this connection, or `None` if `fd` no longer is it.
+    /// Acting through the duplicate, never the number, means a closed and reused number
+    /// can never make us touch someone else's connection.
+    pub fn claim(&self) -> Option<OwnedFd> {
+        // SAFETY: F_DUPFD_CLOEXEC on any number either fails or returns a new descriptor
+        // that we own.
+        let dup = unsafe { libc::fcntl(self.fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return None;
+        }
+        // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        (address(owned.as_raw_fd(), libc::getpeername) == Some(self.peer)).then_some(owned)
     }
 }
 
@@ -110,33 +206,11 @@ impl Drop for Upgraded {
     fn drop(&mut self) {
         // Forget the descriptors before `owner` closes them, so that a scan never skips
         // a reused number that now belongs to someone else.
-        let mut adopted = self.registry.lock();
+        let mut state = self.registry.lock();
         for fd in self.fds {
-            adopted.remove(&fd);
+            state.adopted.remove(&fd);
         }
     }
-}
-
-/// The two descriptors of the connection from `peer` to `local_port`.
-fn find(peer: SocketAddr, local_port: u16, skip: &HashSet<RawFd>) -> io::Result<[RawFd; 2]> {
-    let limit = fd_limit();
-    let mut found = Vec::with_capacity(2);
-    for fd in 0..limit {
-        if skip.contains(&fd) {
-            continue;
-        }
-        if address(fd, libc::getpeername) == Some(peer)
-            && address(fd, libc::getsockname).map(|a| a.port()) == Some(local_port)
-        {
-            found.push(fd);
-            if found.len() == 2 {
-                return Ok([found[0], found[1]]);
-            }
-        }
-    }
-    Err(io::Error::other(format!(
-        "no socket connected to {peer} among {limit} descriptors"
-    )))
 }
 
 type AddressFn =
@@ -158,20 +232,6 @@ fn address(fd: RawFd, get: AddressFn) -> Option<SocketAddr> {
     }
     .ok()?;
     addr.as_socket()
-}
-
-fn fd_limit() -> RawFd {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit`.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if ok {
-        RawFd::try_from(limit.rlim_cur).unwrap_or(RawFd::MAX)
-    } else {
-        1024
-    }
 }
 
 /// Reads everything `stream` yields before it would block.

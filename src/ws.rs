@@ -11,7 +11,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 
 use crate::http::{self, Reply, header, request_header};
 use crate::hub::{Hub, Subscription};
+use crate::metrics::Metrics;
 use crate::paths::Route;
 use crate::sample::{FIELDS, Tick};
 use crate::socket::{Registry, Upgraded};
@@ -44,6 +45,9 @@ const MAX_MESSAGE: usize = 16 * 1024;
 const SEND_BUFFER: usize = 8 * 1024;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// On shutdown each client is told to reconnect after a random delay up to this, so that
+/// a deploy does not bring every dashboard back in the same instant.
+const RECONNECT_SPREAD_MS: u64 = 5000;
 
 /// Shared by all WebSocket connections.
 pub struct Streams {
@@ -51,36 +55,18 @@ pub struct Streams {
     pub interval: Duration,
     pub max_clients: usize,
     pub max_skipped: u32,
-    pub local_port: u16,
     /// Disconnected when the server shuts down.
     pub stop: Receiver<()>,
-    watcher: Watcher,
-    sockets: Arc<Registry>,
-    clients: AtomicUsize,
+    /// Cleared when shutdown starts: new upgrades get 503.
+    pub ready: Arc<AtomicBool>,
+    pub sockets: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub watcher: Watcher,
+    /// Open connections (slots reserved by [`handshake`]).
+    pub clients: AtomicUsize,
 }
 
 impl Streams {
-    pub fn new(
-        hub: Arc<Hub>,
-        interval: Duration,
-        max_clients: usize,
-        max_skipped: u32,
-        local_port: u16,
-        stop: Receiver<()>,
-    ) -> io::Result<Streams> {
-        Ok(Streams {
-            hub,
-            interval,
-            max_clients,
-            max_skipped,
-            local_port,
-            stop,
-            watcher: Watcher::start()?,
-            sockets: Arc::default(),
-            clients: AtomicUsize::new(0),
-        })
-    }
-
     /// Open WebSocket connections.
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
@@ -147,19 +133,28 @@ pub fn handshake(request: &Request, streams: &Arc<Streams>) -> Result<(String, S
                 &[],
             )
         })?;
+    if !streams.ready.load(Ordering::SeqCst) {
+        Metrics::count(&streams.metrics.ws_rejected);
+        return Err(http::error(
+            503,
+            "shutting_down",
+            "This instance is shutting down. Reconnect in a few seconds.",
+            &[],
+        ));
+    }
     let reserved = streams
         .clients
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
             (n < streams.max_clients).then_some(n + 1)
         });
     if reserved.is_err() {
+        Metrics::count(&streams.metrics.ws_rejected);
         let message = format!(
             "This server is at its limit of {} WebSocket clients. Retry in a few seconds, or \
              poll GET /api/analytics.",
             streams.max_clients
         );
-        return Err(http::error(503, "too_many_clients", &message, &[])
-            .with_header(header("Retry-After", "5")));
+        return Err(http::error(503, "too_many_clients", &message, &[]));
     }
     Ok((derive_accept_key(key.as_bytes()), Slot(Arc::clone(streams))))
 }
@@ -188,7 +183,7 @@ pub fn start(request: Request, accept: String, slot: Slot, route: Route) {
         .stack_size(STACK)
         .spawn(move || {
             let _slot = slot;
-            match streams.sockets.adopt(stream, peer, streams.local_port) {
+            match streams.sockets.adopt(stream, peer) {
                 Ok((socket, leftover)) => serve(&streams, route, peer, socket, leftover),
                 Err(e) => log::error!("ws {peer}: cannot take over the upgraded socket: {e}"),
             }
@@ -228,6 +223,7 @@ fn serve(streams: &Streams, route: Route, peer: SocketAddr, socket: Upgraded, le
         }
     };
     let subscription = route.streams().then(|| streams.hub.subscribe());
+    streams.metrics.ws_client(route.path(), 1);
     log::info!(
         "ws connect path={} peer={peer} clients={}",
         route.path(),
@@ -236,14 +232,17 @@ fn serve(streams: &Streams, route: Route, peer: SocketAddr, socket: Upgraded, le
     let mut conn = Connection {
         watch,
         ws,
+        metrics: Arc::clone(&streams.metrics),
         sent: 0,
         skipped: 0,
         pending: false,
     };
     let end = conn.run(streams, route, subscription);
-    let code = conn.finish(end);
+    let (code, detail) = conn.finish(end);
+    streams.metrics.ws_client(route.path(), -1);
+    streams.metrics.close(code.clone());
     log::info!(
-        "ws disconnect path={} peer={peer} lifetime={:.1}s close={code} samples={}",
+        "ws disconnect path={} peer={peer} lifetime={:.1}s close={code}{detail} samples={}",
         route.path(),
         started.elapsed().as_secs_f64(),
         conn.sent
@@ -254,6 +253,7 @@ struct Connection {
     // Dropped before `ws`: the watch must be removed while its descriptor is still ours.
     watch: Watch,
     ws: WebSocket<Upgraded>,
+    metrics: Arc<Metrics>,
     /// Samples handed to the kernel.
     sent: u64,
     /// Samples skipped in a row because the previous one was still unsent.
@@ -322,6 +322,7 @@ impl Connection {
         }
         if self.pending {
             self.skipped += 1;
+            Metrics::count(&self.metrics.frames_skipped);
             if self.skipped >= max_skipped {
                 let reason = format!("client is not reading: {} samples skipped", self.skipped);
                 return Err(End::Close(CloseCode::Policy, reason));
@@ -334,6 +335,7 @@ impl Connection {
             .map_err(|_| End::Close(CloseCode::Error, "internal error".into()))?;
         self.send(Message::Text(text))?;
         self.sent += 1;
+        Metrics::count(&self.metrics.frames_sent);
         Ok(())
     }
 
@@ -377,13 +379,16 @@ impl Connection {
     }
 
     /// Completes the close: sends our close frame if we are the one closing, then waits
-    /// briefly for the client's. Returns the close code for the log.
-    fn finish(&mut self, end: End) -> String {
+    /// briefly for the client's. Returns the close code and a detail for the log.
+    fn finish(&mut self, end: End) -> (String, String) {
         match end {
-            End::ClientClosed(code) => code.map_or("none".into(), |c| u16::from(c).to_string()),
-            End::Lost(why) => format!("lost ({why})"),
+            End::ClientClosed(code) => (
+                code.map_or("none".into(), |c| u16::from(c).to_string()),
+                " (client)".into(),
+            ),
+            End::Lost(why) => ("lost".into(), format!(" ({why})")),
             End::Close(code, reason) => {
-                let label = format!("{} ({reason})", u16::from(code));
+                let label = (u16::from(code).to_string(), format!(" ({reason})"));
                 let frame = CloseFrame {
                     code,
                     reason: reason.into(),
@@ -412,8 +417,11 @@ impl Connection {
     }
 }
 
+/// Close 1001 with a JSON reason that tells the client when to come back.
 fn going_away() -> End {
-    End::Close(CloseCode::Away, "server shutting down".into())
+    let delay = rand::random_range(RECONNECT_SPREAD_MS / 5..=RECONNECT_SPREAD_MS);
+    let reason = json!({ "reason": "server shutting down", "reconnect_after_ms": delay });
+    End::Close(CloseCode::Away, reason.to_string())
 }
 
 fn lost(e: Error) -> End {

@@ -346,7 +346,7 @@ fn shutdown_closes_every_client_with_1001() {
 
 #[test]
 fn clients_beyond_the_cap_get_503_with_retry_after() {
-    let s = TestServer::with(|c| c.max_ws_clients = 2);
+    let s = TestServer::with(|c| c.max_ws_clients = Some(2));
     let (_a, _) = ws_connect(s.addr, "/api");
     let (_b, _) = ws_connect(s.addr, "/api");
     let r = send_raw(

@@ -1,0 +1,225 @@
+//! Counters and gauges, rendered in Prometheus text format at `GET /metrics`.
+//!
+//! Every part of the server writes here (atomics, or a short lock for labelled
+//! counters); only `/metrics` reads. Process RSS and thread count are read from
+//! /proc/self/status at scrape time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub samples_generated: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub frames_skipped: AtomicU64,
+    pub ws_rejected: AtomicU64,
+    pub http_rejected: AtomicU64,
+    pub http_connections: AtomicI64,
+    pub accept_pokes: AtomicU64,
+    ws_clients: Mutex<BTreeMap<&'static str, i64>>,
+    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    closes: Mutex<BTreeMap<String, u64>>,
+    http_closed: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
+    *map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default() += 1;
+}
+
+impl Metrics {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A WebSocket on `path` opened (`+1`) or closed (`-1`).
+    pub fn ws_client(&self, path: &'static str, delta: i64) {
+        *self
+            .ws_clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path)
+            .or_default() += delta;
+    }
+
+    /// A response to a request for `route` (a route's path, or "other").
+    pub fn request(&self, route: &'static str, status: u16) {
+        bump(&self.requests, (route, status));
+    }
+
+    /// A WebSocket closed with `code` ("1000", or "lost" when there was no close frame).
+    pub fn close(&self, code: String) {
+        bump(&self.closes, code);
+    }
+
+    /// An HTTP connection closed by us, and why ("idle", "header_timeout", ...).
+    pub fn http_closed(&self, reason: &'static str) {
+        bump(&self.http_closed, reason);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        metric(
+            &mut out,
+            "analytics_samples_generated_total",
+            "counter",
+            "Samples the generator published.",
+            &[("", get(&self.samples_generated) as f64)],
+        );
+        metric(
+            &mut out,
+            "analytics_ws_frames_sent_total",
+            "counter",
+            "Sample frames handed to the kernel, over all WebSocket clients.",
+            &[("", get(&self.frames_sent) as f64)],
+        );
+        metric(
+            &mut out,
+            "analytics_ws_frames_skipped_total",
+            "counter",
+            "Samples not sent to a client because it had not taken the previous ones (slow consumer).",
+            &[("", get(&self.frames_skipped) as f64)],
+        );
+        let clients = self.ws_clients.lock().unwrap_or_else(|e| e.into_inner());
+        let by_path: Vec<(String, f64)> = ["/", "/api", "/api/analytics"]
+            .iter()
+            .map(|p| {
+                (
+                    format!("path=\"{p}\""),
+                    *clients.get(p).unwrap_or(&0) as f64,
+                )
+            })
+            .collect();
+        drop(clients);
+        labelled(
+            &mut out,
+            "analytics_ws_clients",
+            "gauge",
+            "Open WebSocket connections by path.",
+            &by_path,
+        );
+        let closes: Vec<(String, f64)> = self
+            .closes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(code, n)| (format!("code=\"{code}\""), *n as f64))
+            .collect();
+        labelled(
+            &mut out,
+            "analytics_ws_closes_total",
+            "counter",
+            "Closed WebSocket connections by close code (\"lost\": no close frame).",
+            &closes,
+        );
+        metric(
+            &mut out,
+            "analytics_ws_rejected_total",
+            "counter",
+            "WebSocket upgrades refused with 503 (at MAX_WS_CLIENTS, or shutting down).",
+            &[("", get(&self.ws_rejected) as f64)],
+        );
+        metric(
+            &mut out,
+            "analytics_http_connections",
+            "gauge",
+            "Open HTTP connections (WebSockets not included), as of the last check.",
+            &[("", self.http_connections.load(Ordering::Relaxed) as f64)],
+        );
+        metric(
+            &mut out,
+            "analytics_http_rejected_total",
+            "counter",
+            "HTTP connections refused with 503 at MAX_HTTP_CONNECTIONS.",
+            &[("", get(&self.http_rejected) as f64)],
+        );
+        let closed: Vec<(String, f64)> = self
+            .http_closed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(why, n)| (format!("reason=\"{why}\""), *n as f64))
+            .collect();
+        labelled(
+            &mut out,
+            "analytics_http_closed_total",
+            "counter",
+            "HTTP connections closed by the server, by reason.",
+            &closed,
+        );
+        metric(
+            &mut out,
+            "analytics_accept_pokes_total",
+            "counter",
+            "Self-connections made to release connections tiny_http left unserved.",
+            &[("", get(&self.accept_pokes) as f64)],
+        );
+        let requests: Vec<(String, f64)> = self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((route, status), n)| {
+                (format!("route=\"{route}\",status=\"{status}\""), *n as f64)
+            })
+            .collect();
+        labelled(
+            &mut out,
+            "analytics_http_requests_total",
+            "counter",
+            "HTTP responses by route and status.",
+            &requests,
+        );
+        let (rss, threads) = process_status();
+        metric(
+            &mut out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident set size.",
+            &[("", rss as f64)],
+        );
+        metric(
+            &mut out,
+            "process_threads",
+            "gauge",
+            "Threads in the process.",
+            &[("", threads as f64)],
+        );
+        out
+    }
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, values: &[(&str, f64)]) {
+    let values: Vec<(String, f64)> = values.iter().map(|(l, v)| (l.to_string(), *v)).collect();
+    labelled(out, name, kind, help, &values);
+}
+
+fn labelled(out: &mut String, name: &str, kind: &str, help: &str, values: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in values {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
+/// (RSS in bytes, thread count) from /proc/self/status.
+pub fn process_status() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:") * 1024, field("Threads:"))
+}
