@@ -70,6 +70,8 @@ struct Tracked {
     started: Option<Instant>,
     /// (bytes received, bytes unread) at the previous check.
     previous: (u64, u32),
+    /// We closed it; tiny_http has not noticed yet.
+    closed: bool,
 }
 
 /// The kernel's view of one socket.
@@ -97,6 +99,22 @@ impl Connections {
     /// Called by the HTTP workers for every request, so that a connection's timers restart.
     pub fn saw_request(&self, peer: SocketAddr) {
         self.lock().insert(peer, Instant::now());
+    }
+
+    /// Closes `peer`'s connection after the response to its request was written: for
+    /// requests whose framing we refuse, where reading on could desynchronise.
+    pub fn hang_up(&self, peer: SocketAddr) {
+        match self.registry.connections() {
+            Ok(open) => open.iter().filter(|c| c.peer == peer).for_each(|c| {
+                close(c, None);
+            }),
+            Err(e) => log::warn!("cannot hang up on {peer}: {e}"),
+        }
+    }
+
+    /// The largest request head accepted.
+    pub fn max_header_bytes(&self) -> u64 {
+        self.limits.max_header_bytes
     }
 
     /// Starts the checking thread; it stops when `stop` is disconnected.
@@ -141,7 +159,11 @@ impl Connections {
                 mark: 0,
                 started: None,
                 previous: (u64::MAX, 0),
+                closed: false,
             });
+            if t.closed {
+                continue;
+            }
             if let Some(&at) = requests.get(&conn.peer)
                 && t.last_request.is_none_or(|last| at > last)
             {
@@ -176,18 +198,23 @@ impl Connections {
                 fresh.push((t.first_seen, *conn));
             }
         }
-        let over = open.len().saturating_sub(self.limits.max_connections);
+        let live = tracked.values().filter(|t| !t.closed).count();
+        let over = live.saturating_sub(self.limits.max_connections);
         if over > 0 {
-            // The newest connections that have not sent a request yet get the 503.
-            fresh.sort_by_key(|(first_seen, _)| std::cmp::Reverse(*first_seen));
+            // The newest connections that have not sent a request yet get the 503. Within
+            // one check, a higher descriptor number is usually a later accept.
+            fresh.sort_by_key(|(first_seen, conn)| std::cmp::Reverse((*first_seen, conn.fd)));
             for (_, conn) in fresh.into_iter().take(over) {
-                self.refuse(&conn, 503, "too_many_connections", "over_capacity");
+                if let Some(t) = tracked.get_mut(&conn) {
+                    t.closed = self.refuse(&conn, 503, "too_many_connections", "over_capacity");
+                }
                 Metrics::count(&self.metrics.http_rejected);
             }
         }
+        let live = tracked.values().filter(|t| !t.closed).count();
         self.metrics
             .http_connections
-            .store(open.len() as i64, Ordering::Relaxed);
+            .store(live as i64, Ordering::Relaxed);
     }
 
     /// Connects to our own listener and hangs up: tiny_http's accept loop hands the new
@@ -200,7 +227,8 @@ impl Connections {
         }
     }
 
-    fn refuse(&self, conn: &Accepted, status: u16, error: &str, reason: &'static str) {
+    /// Answers `status` and closes; returns whether the connection was still there.
+    fn refuse(&self, conn: &Accepted, status: u16, error: &str, reason: &'static str) -> bool {
         let message = match status {
             408 => format!(
                 "No complete request within {} s. Send the whole request head at once.",
@@ -214,8 +242,8 @@ impl Connections {
         };
         let response = http::raw_error(status, error, &message);
         log::info!("{} -> {status} ({reason}), connection closed", conn.peer);
-        close(conn, Some(&response));
         self.metrics.http_closed(reason);
+        close(conn, Some(&response))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Instant>> {
@@ -251,8 +279,9 @@ fn observe(conn: &Accepted) -> Option<Seen> {
 }
 
 /// Writes `response` (if any) and shuts the connection down, through a checked duplicate.
-fn close(conn: &Accepted, response: Option<&[u8]>) {
-    let Some(fd) = conn.claim() else { return };
+/// Returns false if the connection was already gone.
+fn close(conn: &Accepted, response: Option<&[u8]>) -> bool {
+    let Some(fd) = conn.claim() else { return false };
     if let Some(bytes) = response {
         send(&fd, bytes);
     }
@@ -260,6 +289,7 @@ fn close(conn: &Accepted, response: Option<&[u8]>) {
     unsafe {
         libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR);
     }
+    true
 }
 
 fn send(fd: &OwnedFd, bytes: &[u8]) {

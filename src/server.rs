@@ -22,7 +22,7 @@ use tiny_http::Request;
 use crate::config::Config;
 use crate::connections::{Connections, Limits};
 use crate::generator::{self, Model};
-use crate::http::{self, request_header};
+use crate::http::{self, Reply, request_header};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::paths;
@@ -335,6 +335,14 @@ impl Worker {
         if let Some(peer) = request.remote_addr() {
             self.connections.saw_request(*peer);
         }
+        if let Some(refusal) = self.refuse(&request) {
+            let peer = request.remote_addr().copied();
+            self.respond(request, refusal, None);
+            if let Some(peer) = peer {
+                self.connections.hang_up(peer);
+            }
+            return;
+        }
         let path = paths::normalise(request.url());
         let route = paths::route(&path);
         let reply = if ws::is_upgrade(&request) {
@@ -348,6 +356,44 @@ impl Worker {
         } else {
             routes::handle(&request, &path, &self.service)
         };
+        self.respond(request, reply, route);
+    }
+
+    /// Requests refused before routing: a head larger than the limit (the connections
+    /// checker catches heads that are still arriving; this catches those that arrived
+    /// whole), and ambiguous framing, which request smuggling relies on.
+    fn refuse(&self, request: &Request) -> Option<Reply> {
+        let head: usize = request.url().len()
+            + request
+                .headers()
+                .iter()
+                .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
+                .sum::<usize>();
+        let max = self.connections.max_header_bytes();
+        if head as u64 > max {
+            let message = format!("Request head over {max} bytes. Send fewer or smaller headers.");
+            return Some(http::error(431, "headers_too_large", &message, &[]));
+        }
+        let count = |name| {
+            request
+                .headers()
+                .iter()
+                .filter(|h| h.field.equiv(name))
+                .count()
+        };
+        let lengths = count("Content-Length");
+        if lengths > 1 || (lengths == 1 && count("Transfer-Encoding") > 0) {
+            return Some(http::error(
+                400,
+                "ambiguous_framing",
+                "Send either one Content-Length or Transfer-Encoding, not both.",
+                &[],
+            ));
+        }
+        None
+    }
+
+    fn respond(&self, request: Request, reply: Reply, route: Option<paths::Route>) {
         let status = reply.status_code().0;
         let label = route.map_or("other", |r| r.path());
         self.service.metrics.request(label, status);

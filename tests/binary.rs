@@ -87,3 +87,122 @@ fn sigint_also_stops_gracefully() {
     p.signal(libc::SIGINT);
     assert_eq!(p.wait_exit(), Some(0));
 }
+
+#[test]
+fn sigterm_drains_readiness_refuses_upgrades_and_spreads_reconnects() {
+    let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INTERVAL_MS", "200")]);
+    let addr = p.wait_until_listening();
+    assert_eq!(get(addr, "/readyz").status, 200);
+    let mut clients: Vec<_> = (0..5)
+        .map(|_| ws_connect(addr, "/api/analytics").0)
+        .collect();
+    // A client that will not answer the close frame keeps the drain open for a while.
+    let (_silent, _) = raw_upgrade(addr, "/api");
+    let started = std::time::Instant::now();
+    p.signal(libc::SIGTERM);
+
+    assert!(eventually(TIMEOUT, || get(addr, "/readyz").status == 503));
+    let refused = send_raw(
+        addr,
+        upgrade_request(addr, "/api/analytics", HANDSHAKE).as_bytes(),
+    );
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"], "shutting_down");
+    assert_eq!(
+        get(addr, "/api/analytics").status,
+        200,
+        "REST still answers while draining"
+    );
+
+    let mut delays = Vec::new();
+    for ws in &mut clients {
+        let frame = read_close(ws).unwrap();
+        assert_eq!(frame.code, CloseCode::Away);
+        let reason: serde_json::Value = serde_json::from_str(&frame.reason).unwrap();
+        assert_eq!(reason["reason"], "server shutting down");
+        let delay = reason["reconnect_after_ms"].as_u64().unwrap();
+        assert!((1000..=5000).contains(&delay), "{delay}");
+        delays.push(delay);
+    }
+    delays.dedup();
+    assert!(delays.len() > 1, "reconnect delays are spread: {delays:?}");
+    assert_eq!(p.wait_exit(), Some(0));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn a_dead_accept_loop_is_detected_and_the_process_exits_1() {
+    // Caps set far above what 64 descriptors allow, so a flood exhausts them.
+    let mut p = Process::spawn_limited(
+        &[
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("MAX_HTTP_CONNECTIONS", "1000"),
+            ("MAX_WS_CLIENTS", "1000"),
+        ],
+        Some(64),
+    );
+    let addr = p.wait_until_listening();
+    let flood: Vec<_> = (0..100)
+        .filter_map(|_| std::net::TcpStream::connect(addr).ok())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server neither answers nor exits"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(flood);
+    assert_eq!(code, Some(1));
+    let log = p.rest_of_log().join("\n");
+    assert!(
+        log.contains("accept loop stopped")
+            || log.contains("stopped answering its own health probe"),
+        "{log}"
+    );
+}
+
+#[test]
+fn caps_derived_from_a_low_descriptor_limit_refuse_instead_of_crashing() {
+    let mut p = Process::spawn_limited(&[("HOST", "127.0.0.1"), ("PORT", "0")], Some(64));
+    let addr = p.wait_until_listening();
+    let limits = p.wait_for_line("limits:");
+    assert!(
+        limits.contains("MAX_WS_CLIENTS=8 MAX_HTTP_CONNECTIONS=2"),
+        "{limits}"
+    );
+    let mut open = Vec::new();
+    let mut refused = 0;
+    for _ in 0..20 {
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        std::io::Write::write_all(
+            &mut &stream,
+            upgrade_request(addr, "/api", HANDSHAKE).as_bytes(),
+        )
+        .unwrap();
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let r = read_response(&mut reader, false);
+        match r.status {
+            101 => open.push(stream),
+            503 => {
+                assert_eq!(r.json()["error"], "too_many_clients");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        refused > 0 && open.len() <= 8,
+        "{} open, {refused} refused",
+        open.len()
+    );
+    assert_eq!(get(addr, "/api/analytics").status, 200);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(), Some(0));
+}

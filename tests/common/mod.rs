@@ -289,7 +289,29 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(env: &[(&str, &str)]) -> Process {
+        Process::spawn_limited(env, None)
+    }
+
+    /// Spawns with the open-file limit (soft and hard) set to `nofile`, if given.
+    pub fn spawn_limited(env: &[(&str, &str)], nofile: Option<u64>) -> Process {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-analytics-backend"));
+        if let Some(n) = nofile {
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .stdin(Stdio::null())

@@ -1,0 +1,237 @@
+//! Timeouts, limits, health, readiness and metrics over real sockets.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Reads until the server closes the connection; returns what it sent.
+fn read_until_closed(stream: &TcpStream, limit: Duration) -> Option<String> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut all = Vec::new();
+    match (&*stream).read_to_end(&mut all) {
+        Ok(_) => Some(String::from_utf8_lossy(&all).into_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Some(String::new()),
+        Err(_) => None,
+    }
+}
+
+#[test]
+fn idle_and_trickling_connections_are_closed_while_others_are_served() {
+    let header_timeout = Duration::from_millis(2000);
+    let s = TestServer::with(|c| {
+        c.header_timeout = header_timeout;
+        c.max_http_connections = Some(3000);
+    });
+    // 1000 connections that send nothing.
+    let idle: Vec<TcpStream> = (0..1000)
+        .map(|_| TcpStream::connect(s.addr).unwrap())
+        .collect();
+    // 200 that trickle a request head one byte at a time, never finishing it.
+    let mut trickling: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let t = TcpStream::connect(s.addr).unwrap();
+            (&t).write_all(b"GET /api/analytics HTTP/1.1\r\nX-Slow: ")
+                .unwrap();
+            t
+        })
+        .collect();
+    let started = Instant::now();
+    let trickler = thread::spawn(move || {
+        while started.elapsed() < Duration::from_secs(5) {
+            for t in &mut trickling {
+                let _ = t.write_all(b"a");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        trickling
+    });
+
+    // Meanwhile a normal client is served promptly.
+    thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let r = get(s.addr, "/api/analytics");
+    assert_eq!(r.status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // Every idle connection is answered 408 and closed after the header timeout.
+    for conn in idle.iter().step_by(50) {
+        let answer = read_until_closed(conn, header_timeout * 3).expect("closed by the server");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        assert!(answer.contains("request_timeout"), "{answer:?}");
+    }
+    let trickling = trickler.join().unwrap();
+    let t0 = Instant::now();
+    for conn in &trickling {
+        read_until_closed(conn, header_timeout * 3).expect("trickler closed by the server");
+    }
+    assert!(t0.elapsed() < header_timeout * 3);
+    assert!(eventually(Duration::from_secs(5), || {
+        get(s.addr, "/metrics")
+            .text()
+            .contains("analytics_http_closed_total{reason=\"header_timeout\"} 1200")
+    }));
+}
+
+#[test]
+fn idle_keep_alive_connections_are_closed_and_busy_ones_are_not() {
+    let s = TestServer::with(|c| c.idle_timeout = Duration::from_millis(1000));
+    let busy = TcpStream::connect(s.addr).unwrap();
+    busy.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut busy_reader = BufReader::new(busy.try_clone().unwrap());
+    let idle = TcpStream::connect(s.addr).unwrap();
+    write!(&idle, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut idle_reader = BufReader::new(idle.try_clone().unwrap());
+    assert_eq!(read_response(&mut idle_reader, false).status, 200);
+    let started = Instant::now();
+    // The busy connection makes a request every 400 ms for 2.5 s.
+    while started.elapsed() < Duration::from_millis(2500) {
+        write!(&busy, "GET /api/analytics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut busy_reader, false).status, 200);
+        thread::sleep(Duration::from_millis(400));
+    }
+    // The idle one was closed (EOF, no response) after about a second.
+    idle.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        idle_reader.read(&mut buf).unwrap(),
+        0,
+        "idle connection closed"
+    );
+}
+
+#[test]
+fn oversized_request_heads_get_431() {
+    let s = TestServer::with(|c| c.max_header_bytes = 8 * 1024);
+    // Arriving whole: parsed by tiny_http, refused by the worker.
+    let big = format!(
+        "GET /api/analytics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(16 * 1024)
+    );
+    let r = send_raw(s.addr, big.as_bytes());
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"], "headers_too_large");
+    // Never finishing: refused by the connections checker.
+    let stream = TcpStream::connect(s.addr).unwrap();
+    (&stream)
+        .write_all(b"GET / HTTP/1.1\r\nX-Endless: ")
+        .unwrap();
+    for _ in 0..4 {
+        let _ = (&stream).write_all(&[b'a'; 4096]);
+    }
+    let answer = read_until_closed(&stream, TIMEOUT).expect("closed");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer:?}"
+    );
+    assert_eq!(get(s.addr, "/api/analytics").status, 200);
+}
+
+#[test]
+fn connections_over_the_cap_get_503_and_the_server_keeps_answering() {
+    let s = TestServer::with(|c| c.max_http_connections = Some(20));
+    assert_eq!(s.server().caps().1, 20);
+    let conns: Vec<TcpStream> = (0..30)
+        .map(|_| TcpStream::connect(s.addr).unwrap())
+        .collect();
+    // Ten of them (the newest that have sent nothing) get 503 at the next check; the rest
+    // stay open. At the cap, a client that sends a request (such as the watchdog's
+    // probe) costs the newest idle connection its place, so allow one more.
+    thread::sleep(Duration::from_millis(500));
+    let mut refused = 0;
+    for c in &conns {
+        c.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut answer = String::new();
+        if (&*c).read_to_string(&mut answer).is_ok() {
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+            assert!(answer.contains("Retry-After: 5") && answer.contains("too_many_connections"));
+            refused += 1;
+        }
+    }
+    assert!(refused == 10 || refused == 11, "{refused} refused");
+    drop(conns);
+    assert_eq!(get(s.addr, "/api/analytics").status, 200);
+    let metrics = get(s.addr, "/metrics").text();
+    let rejected = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("analytics_http_rejected_total "))
+        .unwrap();
+    assert!(rejected == "10" || rejected == "11", "{rejected}");
+}
+
+#[test]
+fn health_readiness_and_metrics_answer() {
+    let s = TestServer::start();
+    let r = get(s.addr, "/healthz");
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
+    let r = get(s.addr, "//readyz/");
+    assert_eq!(
+        (r.status, r.json()["status"].as_str()),
+        (200, Some("ready"))
+    );
+    let (mut ws, _) = ws_connect(s.addr, "/api/analytics");
+    let _ = next_json(&mut ws);
+    let _ = get(s.addr, "/nope");
+    let r = get(s.addr, "/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("text/plain; version=0.0.4"));
+    let text = r.text();
+    for needle in [
+        "analytics_ws_clients{path=\"/api/analytics\"} 1",
+        "analytics_ws_frames_sent_total ",
+        "analytics_ws_frames_skipped_total 0",
+        "analytics_samples_generated_total ",
+        "analytics_http_connections ",
+        "analytics_http_requests_total{route=\"other\",status=\"404\"} 1",
+        "analytics_http_requests_total{route=\"/healthz\",status=\"200\"}",
+        "analytics_ws_rejected_total 0",
+        "analytics_http_rejected_total 0",
+        "process_resident_memory_bytes ",
+        "process_threads ",
+        "# TYPE analytics_ws_closes_total counter",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in\n{text}");
+    }
+    // Every line is a comment or `name{labels} value`.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    // Operators' paths do not take WebSocket upgrades.
+    let r = send_raw(
+        s.addr,
+        upgrade_request(s.addr, "/metrics", HANDSHAKE).as_bytes(),
+    );
+    assert_eq!(r.status, 404);
+    drop(ws);
+    assert!(eventually(TIMEOUT, || get(s.addr, "/metrics")
+        .text()
+        .contains("analytics_ws_closes_total{code=\"lost\"} 1")));
+}
+
+#[test]
+fn ambiguous_framing_is_refused_and_the_connection_closed() {
+    let s = TestServer::start();
+    let raw = "POST /api/analytics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /api/analytics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let stream = TcpStream::connect(s.addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    (&stream).write_all(raw.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let r = read_response(&mut reader, false);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "ambiguous_framing");
+    // The smuggled second request is never answered: the connection is closed.
+    let mut rest = String::new();
+    let _ = reader.read_line(&mut rest);
+    assert!(!rest.starts_with("HTTP/1.1 200"), "{rest:?}");
+}
