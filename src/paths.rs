@@ -152,3 +152,64 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Request targets built from the characters that matter to routing, plus anything.
+    fn target() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("/"),
+                    Just("//"),
+                    Just("api"),
+                    Just("analytics"),
+                    Just("healthz"),
+                    Just(".."),
+                    Just("."),
+                    Just("%2F"),
+                    Just("%61"),
+                    Just("?"),
+                    Just("#"),
+                    Just("&x=/api"),
+                    Just("http://h"),
+                    Just("é"),
+                ],
+                0..12
+            )
+            .prop_map(|parts| parts.concat()),
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        #[test]
+        fn normalising_is_idempotent_and_canonical(t in target()) {
+            let path = normalise(&t);
+            prop_assert_eq!(normalise(&path), path.clone());
+            if path.starts_with('/') {
+                prop_assert!(!path.contains("//"));
+                prop_assert!(path == "/" || !path.ends_with('/'));
+                prop_assert!(!path.contains(['?', '#']));
+            }
+        }
+
+        /// A target reaches a route only if its raw path's segments are exactly the
+        /// route's: no decoding, no dot segments, no other spelling.
+        #[test]
+        fn only_the_routes_own_segments_reach_it(t in target()) {
+            if let Some(r) = route(&normalise(&t)) {
+                let raw = strip_authority(&t);
+                let raw = &raw[..raw.find(['?', '#']).unwrap_or(raw.len())];
+                let segments: Vec<&str> = raw.split('/').filter(|s| !s.is_empty()).collect();
+                let expected: Vec<&str> = r.path().split('/').filter(|s| !s.is_empty()).collect();
+                prop_assert_eq!(segments, expected, "target {:?}", t);
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Hostile input over real sockets. One test, run case by case: after each case the server
+//! must still answer `GET /api/analytics` with a sample, and its thread and descriptor
+//! counts must return to where they were (this binary holds only this test, so the counts
+//! are the server's and ours).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tungstenite::Message;
+
+/// Sends `bytes` on a new connection (ignoring write errors: the server may hang up
+/// first) and returns whatever comes back before the server closes.
+fn exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let _ = stream.write_all(bytes);
+    let _ = stream.shutdown(Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    out
+}
+
+fn status_of(answer: &[u8]) -> Option<u16> {
+    std::str::from_utf8(answer.get(..12)?)
+        .ok()?
+        .get(9..12)?
+        .parse()
+        .ok()
+}
+
+/// A masked client frame.
+fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Upgrades, sends `bytes` after the handshake, and returns the close code the server
+/// sent (None if it closed without one).
+fn ws_exchange(addr: std::net::SocketAddr, bytes: &[u8]) -> Option<u16> {
+    let (mut stream, mut reader) = raw_upgrade(addr, "/api");
+    let _ = stream.write_all(bytes);
+    let mut all = Vec::new();
+    let _ = reader.read_to_end(&mut all);
+    // Find the server's close frame (0x88) after the welcome.
+    let at = all.windows(2).position(|w| w[0] == 0x88 && w[1] >= 2)?;
+    Some(u16::from_be_bytes([all[at + 2], all[at + 3]]))
+}
+
+#[test]
+fn the_server_survives_hostile_input_and_returns_to_baseline() {
+    let s = TestServer::with(|c| {
+        c.interval = Duration::from_millis(200);
+        c.header_timeout = Duration::from_millis(1000);
+        c.idle_timeout = Duration::from_millis(1000);
+    });
+    let addr = s.addr;
+    let check = |case: &str, baseline: (usize, usize)| {
+        let r = get(addr, "/api/analytics");
+        assert_eq!(r.status, 200, "{case}: still answering");
+        assert_sample(&r.json());
+        let back = eventually(Duration::from_secs(20), || {
+            let (t, f) = threads_and_fds();
+            t <= baseline.0 && f <= baseline.1
+        });
+        assert!(
+            back,
+            "{case}: baseline {baseline:?}, now {:?}",
+            threads_and_fds()
+        );
+        eprintln!("ok: {case}");
+    };
+    // Baseline after a warm-up, once every lazily started thread exists and pool threads
+    // above tiny_http's minimum have exited.
+    let _ = get(addr, "/api/analytics");
+    drop(ws_connect(addr, "/api/analytics"));
+    thread::sleep(Duration::from_secs(6));
+    let baseline = threads_and_fds();
+
+    let answer = exchange(addr, b"GARBAGE\r\n\r\n");
+    assert_eq!(status_of(&answer), Some(400), "malformed request line");
+    check("malformed request line", baseline);
+
+    let garbage: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let answer = exchange(addr, &garbage);
+    assert!(
+        matches!(status_of(&answer), None | Some(400)),
+        "binary garbage"
+    );
+    check("binary garbage", baseline);
+
+    for size in [64 * 1024, 10 * 1024 * 1024] {
+        let mut req = b"GET /api/analytics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        req.extend(std::iter::repeat_n(b'a', size));
+        req.extend_from_slice(b"\r\n\r\n");
+        let answer = exchange(addr, &req);
+        assert!(
+            matches!(status_of(&answer), None | Some(431)),
+            "{size}-byte header: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        check(&format!("{size}-byte header"), baseline);
+    }
+
+    let answer = exchange(
+        addr,
+        b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert_eq!(
+        status_of(&answer),
+        Some(400),
+        "conflicting Content-Length and Transfer-Encoding"
+    );
+    let answer = exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    );
+    assert_eq!(status_of(&answer), Some(400), "two Content-Lengths");
+    check("conflicting framing", baseline);
+
+    let answer = exchange(
+        addr,
+        b"GET /api/analytics HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&answer);
+    assert_eq!(
+        text.matches("HTTP/1.1 200").count(),
+        2,
+        "a body on GET is skipped: {text}"
+    );
+    check("body on GET", baseline);
+
+    for headers in [
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 99\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: \u{7f}\u{7f}\r\n",
+    ] {
+        let answer = exchange(
+            addr,
+            upgrade_request(addr, "/api/analytics", headers).as_bytes(),
+        );
+        assert!(matches!(status_of(&answer), Some(400 | 426)), "{headers:?}");
+    }
+    check("invalid handshakes", baseline);
+
+    assert_eq!(
+        ws_exchange(addr, &[0x81, 0x02, b'h', b'i']),
+        Some(1002),
+        "unmasked frame"
+    );
+    check("unmasked client frame", baseline);
+
+    let mut huge = vec![0x82, 0x80 | 127];
+    huge.extend_from_slice(&(64u64 << 20).to_be_bytes());
+    huge.extend_from_slice(&[0, 0, 0, 0]);
+    assert_eq!(ws_exchange(addr, &huge), Some(1009), "64 MiB frame header");
+    check("frame declaring 64 MiB", baseline);
+
+    assert_eq!(
+        ws_exchange(addr, &frame(0x1, &[0xff, 0xfe, 0xfd])),
+        Some(1007),
+        "invalid UTF-8"
+    );
+    check("invalid UTF-8 text", baseline);
+
+    {
+        let (mut ws, _) = ws_connect(addr, "/api/analytics");
+        for _ in 0..10_000 {
+            ws.write(Message::Ping("flood".into())).unwrap();
+        }
+        ws.flush().unwrap();
+        // Still streaming afterwards, and closes cleanly.
+        let started = Instant::now();
+        let sample = loop {
+            if let Message::Text(t) = ws.read().unwrap() {
+                break t;
+            }
+            assert!(started.elapsed() < TIMEOUT);
+        };
+        assert!(sample.contains("active_users"));
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+    }
+    check("ping flood", baseline);
+
+    for _ in 0..2000 {
+        drop(TcpStream::connect(addr).unwrap());
+    }
+    check("2000 rapid connect/disconnects", baseline);
+
+    {
+        // Half-closed HTTP and WebSocket connections: the client stops sending but keeps
+        // the socket.
+        let http = TcpStream::connect(addr).unwrap();
+        (&http)
+            .write_all(b"GET /api/analytics HTTP/1.1\r\nHo")
+            .unwrap();
+        http.shutdown(Shutdown::Write).unwrap();
+        let (ws, _reader) = raw_upgrade(addr, "/api/analytics");
+        ws.shutdown(Shutdown::Write).unwrap();
+        assert!(eventually(TIMEOUT, || s.server().ws_clients() == 0));
+        thread::sleep(Duration::from_millis(500));
+        drop((http, ws));
+    }
+    check("half-closed sockets", baseline);
+
+    // The close codes the cases above produced were all counted.
+    let metrics = get(addr, "/metrics").text();
+    for code in ["1002", "1007", "1009"] {
+        assert!(
+            metrics.contains(&format!("analytics_ws_closes_total{{code=\"{code}\"}} 1")),
+            "{code}\n{metrics}"
+        );
+    }
+}
