@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust suite (unit + integration over real sockets), then the release
-# binary started on a free port and smoke-tested with curl and websocat. Exits non-zero on
-# the first failure.
+# Runs every test: the Rust suite (unit + integration over real sockets), the release
+# binary started on a free port and smoke-tested with curl and websocat, then a short
+# soak (100 clients with churn for 20 s). Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== cargo test (release)"
-cargo test --release --locked
+cargo test --release --locked --workspace
 
 echo "== smoke test of the release binary"
 bin=target/release/realtime-analytics-backend
@@ -35,4 +35,9 @@ kill -TERM "$pid"
 status=0
 wait "$pid" || status=$?
 [ "$status" = 0 ] || { cat "$log" >&2; echo "the server exited with $status on SIGTERM" >&2; exit 1; }
+trap - EXIT
+rm -f "$log"
+
+echo "== short soak"
+scripts/soak.sh --clients 100 --minutes 0.34 --churn 10
 echo "== all tests passed"
