@@ -60,8 +60,11 @@ fn run(model: Model, mut last: u64, hub: &Hub, metrics: &Metrics, stop: &Receive
         }
         // After a suspend or a clock jump, publish the tick we are in, not every missed one.
         let tick = model.current_tick().max(last + 1);
-        hub.publish(model.tick(tick));
+        let missed = hub.publish(model.tick(tick));
         Metrics::count(&metrics.samples_generated);
+        metrics
+            .frames_skipped
+            .fetch_add(missed as u64, std::sync::atomic::Ordering::Relaxed);
         log::trace!("published tick {tick}");
         last = tick;
     }

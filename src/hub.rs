@@ -64,14 +64,20 @@ impl Hub {
     }
 
     /// Makes `tick` the latest sample and offers it to every subscriber without waiting.
-    pub fn publish(&self, tick: Tick) {
+    /// Returns how many subscribers missed it because their queue was full.
+    pub fn publish(&self, tick: Tick) -> usize {
         let mut subscribers = lock(&self.subscribers);
         *lock(&self.latest) = tick.clone();
+        let mut missed = 0;
         subscribers.retain(|(_, tx)| match tx.try_send(tick.clone()) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => true,
+            Err(TrySendError::Full(_)) => {
+                missed += 1;
+                true
+            }
             Err(TrySendError::Disconnected(_)) => false,
         });
+        missed
     }
 }
 
@@ -116,10 +122,16 @@ mod tests {
         let hub = Arc::new(Hub::new(tick(0)));
         let (_, stuck) = hub.subscribe();
         let (_, live) = hub.subscribe();
+        let mut missed = 0;
         for seq in 1..=10 {
-            hub.publish(tick(seq));
+            missed += hub.publish(tick(seq));
             assert_eq!(live.samples.try_recv().unwrap().seq, seq);
         }
+        assert_eq!(
+            missed,
+            10 - QUEUE,
+            "the stuck subscriber's misses are reported"
+        );
         assert_eq!(stuck.samples.len(), QUEUE);
         assert_eq!(stuck.samples.recv().unwrap().seq, 1, "the oldest are kept");
     }
