@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::simulator::{self, Profile, Scenario};
+
 /// The seed used when `SEED` is unset, so that a fresh start is reproducible.
 pub const DEFAULT_SEED: u64 = 20_250_412;
 
@@ -27,6 +29,12 @@ pub struct Config {
     pub interval: Duration,
     /// `SEED`: the simulator's seed; same seed, same samples.
     pub seed: u64,
+    /// `PROFILE`: the simulated site's scale and rhythm.
+    pub profile: Profile,
+    /// `SCENARIO`: the shape imposed on the shared stream.
+    pub scenario: Scenario,
+    /// `UTC_OFFSET_HOURS`: the simulated audience's time zone (where the daily peak falls).
+    pub utc_offset_hours: f64,
     /// `LOG_LEVEL`: error, warn, info, debug or trace.
     pub log_level: LevelFilter,
     /// `CORS_ORIGINS`: which browser origins may read the responses.
@@ -64,6 +72,9 @@ impl Default for Config {
             port: 4000,
             interval: Duration::from_millis(1500),
             seed: DEFAULT_SEED,
+            profile: Profile::Blog,
+            scenario: Scenario::Normal,
+            utc_offset_hours: 0.0,
             log_level: LevelFilter::Info,
             cors: Cors::Any,
             max_ws_clients: None,
@@ -97,6 +108,17 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The traffic model this configuration describes.
+    pub fn model(&self) -> simulator::Model {
+        simulator::Model {
+            seed: self.seed,
+            interval: self.interval,
+            profile: self.profile,
+            scenario: self.scenario,
+            utc_offset_hours: self.utc_offset_hours,
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::from_vars(|name| std::env::var(name).ok())
@@ -136,6 +158,27 @@ impl Config {
                     "random" => Some(rand::random()),
                     _ => s.parse().ok(),
                 },
+            )?;
+        }
+        if let Some(v) = var("PROFILE") {
+            config.profile = parse("PROFILE", &v, "one of blog, shop, news", |s| {
+                simulator::parse(&Profile::ALL, Profile::name, s)
+            })?;
+        }
+        if let Some(v) = var("SCENARIO") {
+            config.scenario = parse(
+                "SCENARIO",
+                &v,
+                "one of normal, spike, outage, flatline, ramp",
+                |s| simulator::parse(&Scenario::ALL, Scenario::name, s),
+            )?;
+        }
+        if let Some(v) = var("UTC_OFFSET_HOURS") {
+            config.utc_offset_hours = parse(
+                "UTC_OFFSET_HOURS",
+                &v,
+                "a number of hours from -12 to 14, such as 5.5",
+                |s| s.parse().ok().filter(|h: &f64| (-12.0..=14.0).contains(h)),
             )?;
         }
         if let Some(v) = var("LOG_LEVEL") {
@@ -258,6 +301,7 @@ mod tests {
         assert_eq!(c.host.to_string(), "0.0.0.0");
         assert_eq!(c.interval, Duration::from_millis(1500));
         assert_eq!(c.seed, DEFAULT_SEED);
+        assert_eq!((c.profile, c.scenario), (Profile::Blog, Scenario::Normal));
         assert_eq!(c.cors, Cors::Any);
         assert_eq!(c.log_level, LevelFilter::Info);
     }
@@ -274,6 +318,9 @@ mod tests {
             ("HOST", "::"),
             ("INTERVAL_MS", "100"),
             ("SEED", "7"),
+            ("PROFILE", "News"),
+            ("SCENARIO", "outage"),
+            ("UTC_OFFSET_HOURS", "-5.5"),
             ("LOG_LEVEL", "DEBUG"),
             ("CORS_ORIGINS", "https://a.example, http://localhost:3000/"),
             ("MAX_WS_CLIENTS", "5"),
@@ -288,6 +335,9 @@ mod tests {
         assert_eq!(c.host.to_string(), "::");
         assert_eq!(c.interval, Duration::from_millis(100));
         assert_eq!(c.seed, 7);
+        assert_eq!(c.profile, Profile::News);
+        assert_eq!(c.scenario, Scenario::Outage);
+        assert_eq!(c.utc_offset_hours, -5.5);
         assert_eq!(c.log_level, LevelFilter::Debug);
         assert_eq!(
             c.cors,
@@ -314,6 +364,9 @@ mod tests {
             ("INTERVAL_MS", "99"),
             ("INTERVAL_MS", "60001"),
             ("SEED", "lucky"),
+            ("PROFILE", "forum"),
+            ("SCENARIO", "chaos"),
+            ("UTC_OFFSET_HOURS", "15"),
             ("LOG_LEVEL", "loud"),
             ("CORS_ORIGINS", "example.com"),
             ("MAX_WS_CLIENTS", "0"),

@@ -6,33 +6,21 @@
 //! the sequence number a pure function of time, shared by every instance.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::options::now_ms;
 use crate::sample::Tick;
-use crate::simulator;
+use crate::simulator::Model;
 
-/// What the generator needs to compute a tick.
-#[derive(Debug, Clone, Copy)]
-pub struct Model {
-    pub seed: u64,
-    pub interval: Duration,
-}
-
-impl Model {
-    /// The tick at `now` and its encoded sample.
-    pub fn tick(&self, tick: u64) -> Tick {
-        Tick::new(tick, &simulator::sample(self.seed, tick, self.interval))
-    }
-
-    /// The tick the wall clock is in.
-    pub fn current_tick(&self) -> u64 {
-        simulator::tick_at(unix_ms(), self.interval)
-    }
+/// The shared stream's tick: the configured scenario, the seed's four fields.
+pub fn tick(model: &Model, tick: u64) -> Tick {
+    Tick::new(&model.sample(tick, model.scenario, false))
 }
 
 /// Starts the generator thread. It publishes the tick after `first` and every one after
@@ -50,28 +38,22 @@ pub fn spawn(
 }
 
 fn run(model: Model, mut last: u64, hub: &Hub, metrics: &Metrics, stop: &Receiver<()>) {
-    let interval_ms = model.interval.as_millis() as u64;
+    let interval_ms = model.interval_ms();
     loop {
         let due_ms = (last + 1) * interval_ms;
-        let wait = Duration::from_millis(due_ms.saturating_sub(unix_ms()));
+        let wait = Duration::from_millis(due_ms.saturating_sub(now_ms()));
         match stop.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
         // After a suspend or a clock jump, publish the tick we are in, not every missed one.
-        let tick = model.current_tick().max(last + 1);
-        let missed = hub.publish(model.tick(tick));
+        let next = model.tick_at(now_ms()).max(last + 1);
+        let missed = hub.publish(tick(&model, next));
         Metrics::count(&metrics.samples_generated);
         metrics
             .frames_skipped
-            .fetch_add(missed as u64, std::sync::atomic::Ordering::Relaxed);
-        log::trace!("published tick {tick}");
-        last = tick;
+            .fetch_add(missed as u64, Ordering::Relaxed);
+        log::trace!("published tick {next}");
+        last = next;
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 use tiny_http::{Header, Request, Response, StatusCode};
 
 use crate::config::Cors;
+use crate::options::Invalid;
 
 /// What every handler returns: the body is shared bytes, so a sample is not copied.
 pub type Reply = Response<Cursor<Bytes>>;
@@ -51,6 +52,11 @@ pub fn error(status: u16, code: &str, message: &str, extra: &[(&str, &str)]) -> 
     } else {
         reply
     }
+}
+
+/// 400 for a query parameter we cannot use.
+pub fn bad_query(e: &Invalid) -> Reply {
+    error(400, "bad_query", &e.message, &[("parameter", e.parameter)])
 }
 
 /// Seconds a client should wait before retrying a 503.

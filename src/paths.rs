@@ -17,6 +17,8 @@ pub enum Route {
     Api,
     /// `/api/analytics`: the latest sample; over WebSocket, the stream.
     Analytics,
+    /// `/api/analytics/history`: samples over a time range, computed.
+    History,
     /// `/healthz`: 200 while the process can serve.
     Health,
     /// `/readyz`: 200 while accepting clients, 503 while shutting down.
@@ -25,10 +27,11 @@ pub enum Route {
     Metrics,
 }
 
-const ROUTES: [Route; 6] = [
+const ROUTES: [Route; 7] = [
     Route::Root,
     Route::Api,
     Route::Analytics,
+    Route::History,
     Route::Health,
     Route::Ready,
     Route::Metrics,
@@ -40,6 +43,7 @@ impl Route {
             Route::Root => "/",
             Route::Api => "/api",
             Route::Analytics => "/api/analytics",
+            Route::History => "/api/analytics/history",
             Route::Health => "/healthz",
             Route::Ready => "/readyz",
             Route::Metrics => "/metrics",
@@ -126,6 +130,7 @@ mod tests {
         ("/api/./analytics", None),
         ("/API/analytics", None),
         ("/api/analytics/extra", None),
+        ("/api//analytics/history/?last=5m", Some(Route::History)),
         ("/apianalytics", None),
         ("*", None),
         ("/healthz/", Some(Route::Health)),
@@ -167,6 +172,7 @@ mod properties {
                     Just("//"),
                     Just("api"),
                     Just("analytics"),
+                    Just("history"),
                     Just("healthz"),
                     Just(".."),
                     Just("."),

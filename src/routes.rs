@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use serde_json::json;
 use tiny_http::{Method, Request};
@@ -15,15 +14,17 @@ use tiny_http::{Method, Request};
 use crate::http::{self, Reply, header, request_header};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::options::{self, Invalid};
 use crate::paths::{self, Route};
-use crate::sample::FIELDS;
+use crate::sample::{FIELDS, encode, timestamp};
+use crate::simulator::Model;
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 
 /// What the REST handlers read.
 pub struct Service {
     pub hub: Arc<Hub>,
-    pub interval: Duration,
+    pub model: Model,
     /// `host:port` to advertise when a request has no usable `Host` header.
     pub default_host: String,
     pub metrics: Arc<Metrics>,
@@ -38,7 +39,8 @@ pub fn handle(request: &Request, path: &str, service: &Service) -> Reply {
     };
     match request.method() {
         Method::Get | Method::Head => match route {
-            Route::Analytics => analytics(&service.hub),
+            Route::Analytics => analytics(request, service).unwrap_or_else(|e| http::bad_query(&e)),
+            Route::History => history(request, service).unwrap_or_else(|e| http::bad_query(&e)),
             Route::Root | Route::Api => describe(request, service),
             Route::Health => http::json(200, &json!({ "status": "ok" })),
             Route::Ready => ready(service),
@@ -49,9 +51,51 @@ pub fn handle(request: &Request, path: &str, service: &Service) -> Reply {
     }
 }
 
-/// `GET /api/analytics`: the latest sample. `no-store`, because it changes every tick.
-fn analytics(hub: &Hub) -> Reply {
-    http::json_bytes(200, hub.latest().json).with_header(header("Cache-Control", "no-store"))
+/// `GET /api/analytics`: the latest sample, the shared stream's bytes unless the query
+/// asks for another scenario, other fields or the sequence number. `no-store`, because it
+/// changes every tick.
+fn analytics(request: &Request, service: &Service) -> Result<Reply, Invalid> {
+    let latest = service.hub.latest();
+    let pairs = options::pairs(options::query(request.url()));
+    let o = options::parse(&pairs, &service.model, latest.seq)?;
+    let body = if o.is_shared(&service.model) {
+        latest.json
+    } else {
+        let sample = service
+            .model
+            .sample(latest.seq, o.scenario, o.fields.needs_details());
+        encode(&sample, o.fields, o.seq)
+    };
+    Ok(http::json_bytes(200, body).with_header(header("Cache-Control", "no-store")))
+}
+
+/// `GET /api/analytics/history`: the samples of a time range, computed (nothing is
+/// stored), at most 10 000 points.
+fn history(request: &Request, service: &Service) -> Result<Reply, Invalid> {
+    let latest = service.hub.latest().seq;
+    let pairs = options::pairs(options::query(request.url()));
+    let o = options::parse(&pairs, &service.model, latest)?;
+    let range = options::range(&pairs, &service.model, latest)?;
+    let model = &service.model;
+    let ms = |tick: u64| timestamp((tick * model.interval_ms()) as i64);
+    let count = range.ticks().count();
+    let mut body = format!(
+        r#"{{"interval_ms":{},"step_ms":{},"from":"{}","to":"{}","count":{count},"samples":["#,
+        model.interval_ms(),
+        range.step * model.interval_ms(),
+        ms(range.first),
+        ms(range.last.max(range.first)),
+    )
+    .into_bytes();
+    for (i, tick) in range.ticks().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        let sample = model.sample(tick, o.scenario, o.fields.needs_details());
+        body.extend_from_slice(&encode(&sample, o.fields, o.seq));
+    }
+    body.extend_from_slice(b"]}");
+    Ok(http::json_bytes(200, body.into()).with_header(header("Cache-Control", "no-cache")))
 }
 
 /// `GET /` and `GET /api`: what this service is and where everything lives.
@@ -63,11 +107,15 @@ fn describe(request: &Request, service: &Service) -> Reply {
         "message": "Welcome to the Real-Time Analytics Backend",
         "description": "Simulated website-traffic analytics: poll over REST, or stream over \
                         WebSocket on the same path.",
-        "interval_ms": service.interval.as_millis() as u64,
-        "fields": FIELDS,
+        "interval_ms": service.model.interval_ms(),
+        "profile": service.model.profile.name(),
+        "scenario": service.model.scenario.name(),
+        "fields": &FIELDS[..4],
+        "detail_fields": &FIELDS[4..],
         "endpoints": {
             "rest": {
                 "analytics": format!("{http}/api/analytics"),
+                "history": format!("{http}/api/analytics/history?last=15m"),
                 "service": [format!("{http}/"), format!("{http}/api")],
             },
             "websocket": {

@@ -21,10 +21,11 @@ use tiny_http::Request;
 
 use crate::config::Config;
 use crate::connections::{Connections, Limits};
-use crate::generator::{self, Model};
+use crate::generator;
 use crate::http::{self, Reply, request_header};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::options;
 use crate::paths;
 use crate::routes::{self, Service};
 use crate::socket::Registry;
@@ -91,12 +92,9 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         |what: &str, e: &dyn std::fmt::Display| StartError(format!("cannot start {what}: {e}"));
 
     let (max_ws, max_http) = caps(config);
-    let model = Model {
-        seed: config.seed,
-        interval: config.interval,
-    };
-    let first = model.current_tick();
-    let hub = Arc::new(Hub::new(model.tick(first)));
+    let model = config.model();
+    let first = model.tick_at(options::now_ms());
+    let hub = Arc::new(Hub::new(generator::tick(&model, first)));
     let metrics = Arc::new(Metrics::default());
     let sockets = Arc::new(Registry::new(addr.port()));
     let ready = Arc::new(AtomicBool::new(true));
@@ -104,7 +102,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let (failed_tx, failed) = bounded(WORKERS + 1);
     let streams = Arc::new(Streams {
         hub: Arc::clone(&hub),
-        interval: config.interval,
+        model,
         max_clients: max_ws,
         max_skipped: config.ws_max_skipped,
         stop: stopped.clone(),
@@ -147,7 +145,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
 
     let service = Arc::new(Service {
         hub,
-        interval: config.interval,
+        model,
         default_host: default_host(addr),
         metrics,
         ready: Arc::clone(&ready),
@@ -347,9 +345,14 @@ impl Worker {
         let route = paths::route(&path);
         let reply = if ws::is_upgrade(&request) {
             match route.filter(|r| r.websocket()) {
-                Some(route) => match ws::handshake(&request, &self.streams) {
-                    Ok((accept, slot)) => return ws::start(request, accept, slot, route),
-                    Err(refusal) => refusal,
+                Some(route) => match self.upgrade_options(&request) {
+                    Ok(options) => match ws::handshake(&request, &self.streams) {
+                        Ok((accept, slot)) => {
+                            return ws::start(request, accept, slot, route, options);
+                        }
+                        Err(refusal) => refusal,
+                    },
+                    Err(e) => http::bad_query(&e),
                 },
                 None => routes::not_found(&path),
             }
@@ -357,6 +360,12 @@ impl Worker {
             routes::handle(&request, &path, &self.service)
         };
         self.respond(request, reply, route);
+    }
+
+    /// The options of a WebSocket upgrade, from its query string.
+    fn upgrade_options(&self, request: &Request) -> Result<options::Options, options::Invalid> {
+        let pairs = options::pairs(options::query(request.url()));
+        options::parse(&pairs, &self.streams.model, self.streams.hub.latest().seq)
     }
 
     /// Requests refused before routing: a head larger than the limit (the connections

@@ -180,6 +180,11 @@ impl Upgraded {
         self.view.as_raw_fd()
     }
 
+    /// Switches the socket (and tiny_http's view of it) between blocking and not.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.view.set_nonblocking(nonblocking)
+    }
+
     /// Socket options for a long-lived, low-rate stream, applied after the upgrade.
     pub fn socket(&self) -> SockRef<'_> {
         SockRef::from(&*self.view)

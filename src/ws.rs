@@ -27,8 +27,10 @@ use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 use crate::http::{self, Reply, header, request_header};
 use crate::hub::{Hub, Subscription};
 use crate::metrics::Metrics;
+use crate::options::{MAX_POINTS, Options};
 use crate::paths::Route;
-use crate::sample::{FIELDS, Tick};
+use crate::sample::{Tick, encode};
+use crate::simulator::Model;
 use crate::socket::{Registry, Upgraded};
 use crate::watcher::{Watch, Watcher};
 
@@ -45,6 +47,8 @@ const MAX_MESSAGE: usize = 16 * 1024;
 const SEND_BUFFER: usize = 8 * 1024;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long one write may block while replaying missed samples to a resuming client.
+const REPLAY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown each client is told to reconnect after a random delay up to this, so that
 /// a deploy does not bring every dashboard back in the same instant.
 const RECONNECT_SPREAD_MS: u64 = 5000;
@@ -52,7 +56,7 @@ const RECONNECT_SPREAD_MS: u64 = 5000;
 /// Shared by all WebSocket connections.
 pub struct Streams {
     pub hub: Arc<Hub>,
-    pub interval: Duration,
+    pub model: Model,
     pub max_clients: usize,
     pub max_skipped: u32,
     /// Disconnected when the server shuts down.
@@ -169,7 +173,7 @@ fn is_valid_key(key: &str) -> bool {
 }
 
 /// Sends the 101 and hands the connection to a thread of its own.
-pub fn start(request: Request, accept: String, slot: Slot, route: Route) {
+pub fn start(request: Request, accept: String, slot: Slot, route: Route, options: Options) {
     let streams = Arc::clone(&slot.0);
     let peer = request.remote_addr().copied();
     let response = http::empty(101).with_header(header("Sec-WebSocket-Accept", &accept));
@@ -184,7 +188,9 @@ pub fn start(request: Request, accept: String, slot: Slot, route: Route) {
         .spawn(move || {
             let _slot = slot;
             match streams.sockets.adopt(stream, peer) {
-                Ok((socket, leftover)) => serve(&streams, route, peer, socket, leftover),
+                Ok((socket, leftover)) => {
+                    serve(&streams, route, peer, socket, leftover, options);
+                }
                 Err(e) => log::error!("ws {peer}: cannot take over the upgraded socket: {e}"),
             }
         });
@@ -203,7 +209,14 @@ enum End {
     Lost(String),
 }
 
-fn serve(streams: &Streams, route: Route, peer: SocketAddr, socket: Upgraded, leftover: Vec<u8>) {
+fn serve(
+    streams: &Streams,
+    route: Route,
+    peer: SocketAddr,
+    socket: Upgraded,
+    leftover: Vec<u8>,
+    options: Options,
+) {
     let started = Instant::now();
     if let Err(e) = socket.socket().set_send_buffer_size(SEND_BUFFER) {
         log::debug!("ws {peer}: cannot shrink the send buffer: {e}");
@@ -233,6 +246,8 @@ fn serve(streams: &Streams, route: Route, peer: SocketAddr, socket: Upgraded, le
         watch,
         ws,
         metrics: Arc::clone(&streams.metrics),
+        model: streams.model,
+        options,
         sent: 0,
         skipped: 0,
         pending: false,
@@ -254,6 +269,8 @@ struct Connection {
     watch: Watch,
     ws: WebSocket<Upgraded>,
     metrics: Arc<Metrics>,
+    model: Model,
+    options: Options,
     /// Samples handed to the kernel.
     sent: u64,
     /// Samples skipped in a row because the previous one was still unsent.
@@ -269,14 +286,26 @@ impl Connection {
         route: Route,
         subscription: Option<(Tick, Subscription)>,
     ) -> End {
-        let welcome = welcome(route, streams.interval);
+        let latest = subscription
+            .as_ref()
+            .map_or_else(|| streams.hub.latest().seq, |(first, _)| first.seq);
+        let replay = self
+            .options
+            .since
+            .filter(|_| route.streams())
+            .map(|since| (since + 1).max((latest + 1).saturating_sub(MAX_POINTS))..=latest);
+        let welcome = welcome(route, &self.model, &self.options, latest, replay.clone());
         if let Err(end) = self.send(Message::Text(welcome.into())) {
             return end;
         }
         let never = never();
         let samples = match &subscription {
             Some((first, sub)) => {
-                if let Err(end) = self.sample(first, streams.max_skipped) {
+                let sent = match replay {
+                    Some(ticks) => self.replay(ticks),
+                    None => self.deliver(first, streams.max_skipped),
+                };
+                if let Err(end) = sent {
                     return end;
                 }
                 &sub.samples
@@ -291,11 +320,12 @@ impl Connection {
         loop {
             select! {
                 recv(samples) -> tick => match tick {
-                    Ok(tick) => {
-                        if let Err(end) = self.sample(&tick, streams.max_skipped) {
+                    Ok(tick) if tick.seq % self.options.every == 0 => {
+                        if let Err(end) = self.deliver(&tick, streams.max_skipped) {
                             return end;
                         }
                     }
+                    Ok(_) => {}
                     Err(_) => return going_away(),
                 },
                 recv(self.watch.readable) -> _ => {
@@ -311,8 +341,55 @@ impl Connection {
         }
     }
 
+    /// This connection's bytes for `tick`: the shared stream's, or its own encoding when
+    /// it asked for another scenario, other fields or sequence numbers.
+    fn bytes(&self, seq: u64, shared: Option<&Tick>) -> bytes::Bytes {
+        match shared {
+            Some(tick) if self.options.is_shared(&self.model) => tick.json.clone(),
+            _ => {
+                let o = &self.options;
+                let sample = self.model.sample(seq, o.scenario, o.fields.needs_details());
+                encode(&sample, o.fields, o.seq)
+            }
+        }
+    }
+
+    /// Sends the samples a resuming client missed, in order. The socket is blocking (with
+    /// a timeout) meanwhile: these frames must not be skipped.
+    fn replay(&mut self, ticks: std::ops::RangeInclusive<u64>) -> Result<(), End> {
+        let socket = self.ws.get_ref();
+        let blocking = socket.set_nonblocking(false).and_then(|()| {
+            socket
+                .socket()
+                .set_write_timeout(Some(REPLAY_WRITE_TIMEOUT))
+        });
+        if let Err(e) = blocking {
+            return Err(End::Lost(format!("cannot replay: {e}")));
+        }
+        for seq in ticks.filter(|seq| seq % self.options.every == 0) {
+            let text = utf8(self.bytes(seq, None))?;
+            match self.ws.write(Message::Text(text)) {
+                Ok(()) => {
+                    self.sent += 1;
+                    Metrics::count(&self.metrics.frames_sent);
+                }
+                Err(Error::Io(e)) if is_timeout(&e) => {
+                    let reason = "client too slow to take the missed samples".to_string();
+                    return Err(End::Close(CloseCode::Policy, reason));
+                }
+                Err(e) => return Err(lost(e)),
+            }
+        }
+        self.ws.flush().map_err(lost)?;
+        let socket = self.ws.get_ref();
+        socket
+            .set_nonblocking(true)
+            .and_then(|()| socket.socket().set_write_timeout(None))
+            .map_err(|e| End::Lost(format!("cannot resume streaming: {e}")))
+    }
+
     /// Delivers one sample, or skips it if the client has not taken the previous one.
-    fn sample(&mut self, tick: &Tick, max_skipped: u32) -> Result<(), End> {
+    fn deliver(&mut self, tick: &Tick, max_skipped: u32) -> Result<(), End> {
         if self.pending {
             match self.ws.flush() {
                 Ok(()) => self.pending = false,
@@ -330,9 +407,7 @@ impl Connection {
             return Ok(());
         }
         self.skipped = 0;
-        // Valid UTF-8 by construction (serde_json output); the check costs ~100 ns.
-        let text = Utf8Bytes::try_from(tick.json.clone())
-            .map_err(|_| End::Close(CloseCode::Error, "internal error".into()))?;
+        let text = utf8(self.bytes(tick.seq, Some(tick)))?;
         self.send(Message::Text(text))?;
         self.sent += 1;
         Metrics::count(&self.metrics.frames_sent);
@@ -418,6 +493,18 @@ impl Connection {
 }
 
 /// Close 1001 with a JSON reason that tells the client when to come back.
+/// Valid UTF-8 by construction (serde_json output); the check costs ~100 ns a frame.
+fn utf8(json: bytes::Bytes) -> Result<Utf8Bytes, End> {
+    Utf8Bytes::try_from(json).map_err(|_| End::Close(CloseCode::Error, "internal error".into()))
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 fn going_away() -> End {
     let delay = rand::random_range(RECONNECT_SPREAD_MS / 5..=RECONNECT_SPREAD_MS);
     let reason = json!({ "reason": "server shutting down", "reconnect_after_ms": delay });
@@ -444,8 +531,15 @@ fn refuse(e: Error) -> End {
     }
 }
 
-/// The first frame every client gets: what this path offers and what samples look like.
-fn welcome(route: Route, interval: Duration) -> String {
+/// The first frame every client gets: what this path offers, what samples look like, and
+/// how to resume.
+fn welcome(
+    route: Route,
+    model: &Model,
+    options: &Options,
+    latest: u64,
+    replay: Option<std::ops::RangeInclusive<u64>>,
+) -> String {
     let streaming = route.streams();
     let message = if streaming {
         "Connected to the Real-Time Analytics Backend: the latest sample follows, then one \
@@ -454,15 +548,23 @@ fn welcome(route: Route, interval: Duration) -> String {
         "Connected to the Real-Time Analytics Backend. This path only says hello; connect to \
          /api/analytics for the stream."
     };
-    json!({
+    let mut welcome = json!({
         "type": "welcome",
         "message": message,
         "path": route.path(),
         "streaming": streaming,
-        "interval_ms": interval.as_millis() as u64,
-        "fields": FIELDS,
-    })
-    .to_string()
+        "interval_ms": model.interval_ms() * options.every,
+        "fields": options.fields.names(),
+        "profile": model.profile.name(),
+        "scenario": options.scenario.name(),
+        "seq": latest,
+        "resume": "Reconnect with ?since=SEQ (the seq of the last sample you got; add seq=1 to \
+                   receive it in each sample) to get every sample you missed, then the stream.",
+    });
+    if let Some(ticks) = replay {
+        welcome["replay"] = json!({ "from": ticks.start(), "to": ticks.end() });
+    }
+    welcome.to_string()
 }
 
 #[cfg(test)]
@@ -480,15 +582,25 @@ mod tests {
 
     #[test]
     fn welcome_says_whether_the_path_streams() {
+        let model = Model {
+            seed: 1,
+            interval: Duration::from_millis(1500),
+            profile: crate::simulator::Profile::Blog,
+            scenario: crate::simulator::Scenario::Normal,
+            utc_offset_hours: 0.0,
+        };
+        let options = crate::options::parse(&[], &model, 10).unwrap();
         let v: serde_json::Value =
-            serde_json::from_str(&welcome(Route::Analytics, Duration::from_millis(1500))).unwrap();
+            serde_json::from_str(&welcome(Route::Analytics, &model, &options, 10, None)).unwrap();
         assert_eq!(v["type"], "welcome");
         assert_eq!(v["streaming"], true);
         assert_eq!(v["interval_ms"], 1500);
+        assert_eq!(v["seq"], 10);
         assert_eq!(v["fields"].as_array().unwrap().len(), 4);
         let v: serde_json::Value =
-            serde_json::from_str(&welcome(Route::Api, Duration::from_millis(1500))).unwrap();
+            serde_json::from_str(&welcome(Route::Api, &model, &options, 10, Some(5..=10))).unwrap();
         assert_eq!(v["streaming"], false);
         assert_eq!(v["path"], "/api");
+        assert_eq!(v["replay"]["from"], 5);
     }
 }

@@ -1,0 +1,431 @@
+//! What a client can ask for in the query string, parsed and checked in one place for
+//! REST, history and WebSocket alike.
+//!
+//! | parameter | meaning |
+//! |---|---|
+//! | `scenario=spike` | this request's or connection's scenario (others are unaffected) |
+//! | `fields=active_users,devices` or `fields=all` | which fields each sample carries |
+//! | `seq=1` | add the sequence number (`"seq"`) to each sample |
+//! | `every=N` or `interval_ms=M` | WebSocket: only every N-th tick (M a multiple of the interval) |
+//! | `since=SEQ` | WebSocket: first replay every sample after SEQ (at most 10 000), then go live |
+//! | `from`, `to`, `last`, `step` | history: the range and the spacing of the points |
+//!
+//! Unknown parameters are ignored (cache-busters such as `_=1700000000` are common); a
+//! known parameter with a bad value is an error that lists what is allowed.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::sample::{FIELDS, Fields};
+use crate::simulator::{self, Model, Scenario};
+
+/// At most this many samples are replayed on resume or returned by one history request.
+pub const MAX_POINTS: u64 = 10_000;
+/// `every` at most: one sample in a thousand ticks.
+const MAX_EVERY: u64 = 1000;
+
+/// A query parameter with a value we cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub parameter: &'static str,
+    pub message: String,
+}
+
+/// Options for samples, over REST or WebSocket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    pub scenario: Scenario,
+    pub fields: Fields,
+    pub seq: bool,
+    pub every: u64,
+    pub since: Option<u64>,
+}
+
+impl Options {
+    /// Whether samples are the shared stream's bytes (no per-client encoding needed).
+    pub fn is_shared(&self, model: &Model) -> bool {
+        self.scenario == model.scenario && self.fields == Fields::SEED && !self.seq
+    }
+}
+
+/// A history request: ticks `first..=last` every `step` ticks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    pub first: u64,
+    pub last: u64,
+    pub step: u64,
+}
+
+impl Range {
+    pub fn ticks(&self) -> impl Iterator<Item = u64> {
+        (self.first..=self.last).step_by(self.step as usize)
+    }
+}
+
+/// The decoded `key=value` pairs of a query string.
+pub fn pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// The query string of a request target, without the `?`.
+pub fn query(target: &str) -> Option<&str> {
+    let q = target.split_once('?')?.1;
+    Some(q.split_once('#').map_or(q, |(q, _)| q))
+}
+
+/// Parses the sample options. `latest` is the newest published tick.
+pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<Options, Invalid> {
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut options = Options {
+        scenario: model.scenario,
+        fields: Fields::SEED,
+        seq: false,
+        every: 1,
+        since: None,
+    };
+    if let Some(v) = get("scenario") {
+        options.scenario =
+            simulator::parse(&Scenario::ALL, Scenario::name, v).ok_or_else(|| Invalid {
+                parameter: "scenario",
+                message: format!(
+                    "Unknown scenario {v:?}. Use one of: {}.",
+                    simulator::names(&Scenario::ALL, Scenario::name)
+                ),
+            })?;
+    }
+    if let Some(v) = get("fields") {
+        options.fields = Fields::parse(v).map_err(|name| Invalid {
+            parameter: "fields",
+            message: format!(
+                "Unknown field {name:?}. Use a comma-separated list of: {}, or \"all\".",
+                FIELDS.join(", ")
+            ),
+        })?;
+    }
+    if let Some(v) = get("seq") {
+        options.seq = match v {
+            "1" | "true" | "" => true,
+            "0" | "false" => false,
+            _ => {
+                return Err(invalid(
+                    "seq",
+                    "Use seq=1 to add sequence numbers, or seq=0.",
+                ));
+            }
+        };
+    }
+    let interval = model.interval_ms();
+    if let Some(v) = get("every") {
+        options.every = v
+            .parse()
+            .ok()
+            .filter(|n| (1..=MAX_EVERY).contains(n))
+            .ok_or_else(|| {
+                invalid(
+                    "every",
+                    &format!("Use every=N with N from 1 to {MAX_EVERY}."),
+                )
+            })?;
+    }
+    if let Some(v) = get("interval_ms") {
+        let every = v
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms > 0 && ms % interval == 0 && ms / interval <= MAX_EVERY)
+            .map(|ms| ms / interval)
+            .ok_or_else(|| {
+                invalid(
+                    "interval_ms",
+                    &format!(
+                        "Use a multiple of the server's interval, {interval} ms, up to {} ms.",
+                        interval * MAX_EVERY
+                    ),
+                )
+            })?;
+        if get("every").is_some() && every != options.every {
+            return Err(invalid(
+                "interval_ms",
+                "every and interval_ms disagree; send one of them.",
+            ));
+        }
+        options.every = every;
+    }
+    if let Some(v) = get("since") {
+        let since = v.parse::<u64>().map_err(|_| {
+            invalid(
+                "since",
+                "Use since=SEQ with the \"seq\" of the last sample you received.",
+            )
+        })?;
+        if since > latest {
+            return Err(invalid(
+                "since",
+                &format!("since={since} is in the future: the latest sample is {latest}."),
+            ));
+        }
+        options.since = Some(since);
+    }
+    Ok(options)
+}
+
+/// Parses a history range. Without `from` or `last`, the last 15 minutes.
+pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<Range, Invalid> {
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let interval = model.interval_ms();
+    let latest_ms = latest * interval;
+    let to_ms = match get("to") {
+        Some(v) => time(v).ok_or_else(|| invalid("to", TIME_FORMATS))?,
+        None => latest_ms,
+    };
+    if to_ms > latest_ms + interval {
+        return Err(invalid(
+            "to",
+            &format!(
+                "The range ends in the future; the latest sample is at {}.",
+                crate::sample::timestamp(latest_ms as i64)
+            ),
+        ));
+    }
+    let to_ms = to_ms.min(latest_ms);
+    let from_ms = match (get("from"), get("last")) {
+        (Some(_), Some(_)) => return Err(invalid("last", "Send from (and to) or last, not both.")),
+        (Some(v), None) => time(v).ok_or_else(|| invalid("from", TIME_FORMATS))?,
+        (None, Some(v)) => {
+            let span = duration_ms(v)
+                .ok_or_else(|| invalid("last", "Use a duration such as 90s, 15m, 6h or 1d."))?;
+            to_ms.saturating_sub(span)
+        }
+        (None, None) => to_ms.saturating_sub(15 * 60 * 1000),
+    };
+    if from_ms > to_ms {
+        return Err(invalid("from", "from is after to."));
+    }
+    let step = match get("step") {
+        Some(v) => duration_ms(v)
+            .filter(|ms| *ms > 0 && ms % interval == 0)
+            .map(|ms| ms / interval)
+            .ok_or_else(|| {
+                invalid(
+                    "step",
+                    &format!(
+                        "Use a multiple of the interval, {interval} ms (e.g. step={}ms).",
+                        interval * 10
+                    ),
+                )
+            })?,
+        None => 1,
+    };
+    // Points sit on the step's grid, so that charts from different requests line up.
+    let first = from_ms.div_ceil(interval).div_ceil(step) * step;
+    let last = to_ms / interval / step * step;
+    let points = if last >= first {
+        (last - first) / step + 1
+    } else {
+        0
+    };
+    if points > MAX_POINTS {
+        return Err(invalid(
+            "step",
+            &format!(
+                "This range holds {points} points; at most {MAX_POINTS} are returned. Narrow it, \
+                 or raise step to at least {} ms.",
+                (last - first) / MAX_POINTS * step * interval + step * interval
+            ),
+        ));
+    }
+    Ok(Range { first, last, step })
+}
+
+const TIME_FORMATS: &str = "Use an RFC 3339 time (2025-04-12T12:00:00Z) or Unix milliseconds.";
+
+fn invalid(parameter: &'static str, message: &str) -> Invalid {
+    Invalid {
+        parameter,
+        message: message.to_string(),
+    }
+}
+
+/// An RFC 3339 time or Unix milliseconds.
+fn time(v: &str) -> Option<u64> {
+    if let Ok(ms) = v.parse::<u64>() {
+        return Some(ms);
+    }
+    let t = chrono::DateTime::parse_from_rfc3339(v).ok()?;
+    u64::try_from(t.timestamp_millis()).ok()
+}
+
+/// `90s`, `15m`, `6h`, `1d`, `500ms`, or plain milliseconds.
+fn duration_ms(v: &str) -> Option<u64> {
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let scale = match unit {
+        "" | "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+/// Percent-decoding (and `+` as space), invalid escapes kept as they are.
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulator::Profile;
+    use std::time::Duration;
+
+    fn model() -> Model {
+        Model {
+            seed: 1,
+            interval: Duration::from_millis(1500),
+            profile: Profile::Blog,
+            scenario: Scenario::Normal,
+            utc_offset_hours: 0.0,
+        }
+    }
+
+    fn opts(q: &str) -> Result<Options, Invalid> {
+        parse(&pairs(Some(q)), &model(), 1_000_000)
+    }
+
+    fn hist(q: &str) -> Result<Range, Invalid> {
+        range(&pairs(Some(q)), &model(), 1_000_000)
+    }
+
+    #[test]
+    fn defaults_are_the_shared_stream() {
+        let o = opts("").unwrap();
+        assert!(o.is_shared(&model()));
+        assert_eq!((o.every, o.since), (1, None));
+        assert!(opts("_=123&utm_source=x").unwrap().is_shared(&model()));
+    }
+
+    #[test]
+    fn options_are_read_and_decoded() {
+        let o = opts("scenario=SPIKE&fields=active_users%2Cdevices&seq=1&every=4&since=999990")
+            .unwrap();
+        assert_eq!(o.scenario, Scenario::Spike);
+        assert_eq!(o.fields, Fields::parse("active_users,devices").unwrap());
+        assert!(o.seq && !o.is_shared(&model()));
+        assert_eq!((o.every, o.since), (4, Some(999_990)));
+        assert_eq!(opts("interval_ms=6000").unwrap().every, 4);
+        assert_eq!(opts("interval_ms=6000&every=4").unwrap().every, 4);
+    }
+
+    #[test]
+    fn bad_values_say_what_is_allowed() {
+        for (q, parameter, hint) in [
+            (
+                "scenario=boom",
+                "scenario",
+                "normal, spike, outage, flatline, ramp",
+            ),
+            ("fields=visits", "fields", "active_users"),
+            ("every=0", "every", "1 to 1000"),
+            ("every=x", "every", "1 to 1000"),
+            ("interval_ms=1000", "interval_ms", "1500 ms"),
+            ("interval_ms=3000&every=3", "interval_ms", "disagree"),
+            ("since=abc", "since", "seq"),
+            ("since=1000001", "since", "future"),
+            ("seq=maybe", "seq", "seq=1"),
+        ] {
+            let e = opts(q).unwrap_err();
+            assert_eq!(e.parameter, parameter, "{q}");
+            assert!(e.message.contains(hint), "{q}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn history_ranges() {
+        // Default: the last 15 minutes, one point per tick.
+        let r = hist("").unwrap();
+        assert_eq!((r.last, r.step), (1_000_000, 1));
+        assert_eq!(r.ticks().count(), 601);
+        let r = hist("last=1m&step=15s").unwrap();
+        assert_eq!(r.step, 10);
+        assert!(r.ticks().all(|t| t % 10 == 0));
+        assert_eq!(r.ticks().count(), 5);
+        let from = (999_000 * 1500).to_string();
+        let r = hist(&format!("from={from}&to=1970-01-18T08:40:00Z")).unwrap();
+        assert_eq!((r.first, r.last), (999_000, 1_000_000));
+        assert_eq!(hist("last=1d").unwrap_err().parameter, "step");
+        assert!(hist("last=1d").unwrap_err().message.contains("at least"));
+        assert!(hist("last=1d&step=9s").is_ok());
+        assert_eq!(hist("to=2999-01-01T00:00:00Z").unwrap_err().parameter, "to");
+        assert_eq!(
+            hist("from=1500000000&to=1400000000").unwrap_err().parameter,
+            "from"
+        );
+        assert_eq!(hist("step=1s").unwrap_err().parameter, "step");
+        assert_eq!(hist("last=soon").unwrap_err().parameter, "last");
+        assert_eq!(hist("from=yesterday").unwrap_err().parameter, "from");
+    }
+
+    #[test]
+    fn queries_are_split_and_decoded() {
+        assert_eq!(query("/api?a=1&b=2#f"), Some("a=1&b=2"));
+        assert_eq!(query("/api"), None);
+        assert_eq!(
+            pairs(Some("a=x%20y&b&c=1+2&d=%zz")),
+            vec![
+                ("a".into(), "x y".into()),
+                ("b".into(), "".into()),
+                ("c".into(), "1 2".into()),
+                ("d".into(), "%zz".into())
+            ]
+        );
+    }
+}
