@@ -95,7 +95,7 @@ fn history_is_computed_bounded_and_agrees_with_the_live_samples() {
     let points = stepped["samples"].as_array().unwrap();
     assert!((60..=61).contains(&points.len()));
     assert!(
-        points.iter().all(|p| seq_of(p) % 40 == 0),
+        points.iter().all(|p| seq_of(p).is_multiple_of(40)),
         "on the step's grid"
     );
     let r = get(s.addr, "/api/analytics/history?last=1d");
@@ -190,7 +190,7 @@ fn cadence_delivers_every_nth_tick_from_the_one_generator() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 3), "{seqs:?}");
     let (mut ws, _) = ws_connect(s.addr, "/api/analytics?interval_ms=500&seq=1");
     let _immediate = next_json(&mut ws);
-    assert!((0..3).all(|_| seq_of(&next_json(&mut ws)) % 5 == 0));
+    assert!((0..3).all(|_| seq_of(&next_json(&mut ws)).is_multiple_of(5)));
     for bad in [
         "every=0",
         "every=x",
