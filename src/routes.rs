@@ -28,6 +28,8 @@ pub struct Service {
     /// `host:port` to advertise when a request has no usable `Host` header.
     pub default_host: String,
     pub metrics: Arc<Metrics>,
+    /// (`MAX_WS_CLIENTS`, `MAX_HTTP_CONNECTIONS`) in force.
+    pub caps: (usize, usize),
     /// Cleared when shutdown starts: `/readyz` turns 503.
     pub ready: Arc<AtomicBool>,
 }
@@ -112,6 +114,10 @@ fn describe(request: &Request, service: &Service) -> Reply {
         "scenario": service.model.scenario.name(),
         "fields": &FIELDS[..4],
         "detail_fields": &FIELDS[4..],
+        "limits": {
+            "max_ws_clients": service.caps.0,
+            "max_http_connections": service.caps.1,
+        },
         "endpoints": {
             "rest": {
                 "analytics": format!("{http}/api/analytics"),

@@ -148,6 +148,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         model,
         default_host: default_host(addr),
         metrics,
+        caps: (max_ws, max_http),
         ready: Arc::clone(&ready),
     });
     let stopping = Arc::new(AtomicBool::new(false));

@@ -222,7 +222,7 @@ fn serve(
         log::debug!("ws {peer}: cannot shrink the send buffer: {e}");
     }
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));

@@ -13,8 +13,11 @@
 //!
 //! ```text
 //! loadgen --url ws://127.0.0.1:4000/api/analytics --clients 1000 --seconds 60 [--ramp 1000] [--churn 10]
+//! loadgen startup --port 4000 --log server.log -- COMMAND ARGS...
 //! ```
-//! Prints one JSON object on stdout; progress goes to stderr.
+//! The first form prints one JSON object on stdout. `startup` starts COMMAND (which must
+//! listen on `--port`), polls `GET /api/analytics` every millisecond until it answers 200,
+//! and prints `{"pid": ..., "first_answer_ms": ...}`, leaving the server running.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
@@ -104,6 +107,16 @@ struct Stats {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("startup") {
+        match startup(std::env::args().skip(2).collect()) {
+            Ok(report) => println!("{report}"),
+            Err(e) => {
+                eprintln!("loadgen startup: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -115,11 +128,61 @@ fn main() {
     println!("{report}");
 }
 
+/// Starts a server and measures the time to its first successful answer.
+fn startup(args: Vec<String>) -> Result<serde_json::Value, String> {
+    let split = args
+        .iter()
+        .position(|a| a == "--")
+        .ok_or("usage: startup --port N --log FILE -- CMD")?;
+    let (flags, command) = (&args[..split], &args[split + 1..]);
+    let flag = |name: &str| {
+        flags
+            .iter()
+            .position(|f| f == name)
+            .and_then(|i| flags.get(i + 1))
+            .ok_or(format!("{name} is required"))
+    };
+    let port: u16 = flag("--port")?.parse().map_err(|_| "--port: not a port")?;
+    let log = std::fs::File::create(flag("--log")?).map_err(|e| e.to_string())?;
+    let (program, rest) = command.split_first().ok_or("no command")?;
+    let started = Instant::now();
+    let child = std::process::Command::new(program)
+        .args(rest)
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("{program}: {e}"))?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while started.elapsed() < Duration::from_secs(10) {
+        if answers(addr) {
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            return Ok(json!({ "pid": child.id(), "first_answer_ms": ms }));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Err(format!("no answer from {addr} within 10 s"))
+}
+
+fn answers(addr: SocketAddr) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = b"GET /api/analytics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    let mut head = [0u8; 12];
+    s.write_all(request).is_ok() && s.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+}
+
 fn run(args: &Args) -> serde_json::Value {
     let mut poll = Poll::new().expect("epoll");
     let mut events = Events::with_capacity(1024);
     let mut clients: Vec<Option<Client>> = Vec::new();
-    let mut stats = Stats::default();
+    // Servers that do not announce their interval in the welcome (the Node original) tick
+    // every 1.5 s.
+    let mut stats = Stats {
+        interval_ms: 1500,
+        ..Stats::default()
+    };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -195,7 +258,8 @@ fn run(args: &Args) -> serde_json::Value {
     if let Some(last) = last_tick {
         for c in clients.iter().flatten() {
             if let Some(ts) = c.last_ts {
-                stats.lost += ((last - ts).max(0) / stats.interval_ms.max(1)) as u64;
+                let behind = (last - ts).max(0) as f64 / stats.interval_ms.max(1) as f64;
+                stats.lost += behind.round() as u64;
             }
         }
     }
@@ -341,12 +405,15 @@ fn on_text(c: &mut Client, stats: &mut Stats, text: &str, now: Instant) {
         let tick = stats.ticks.entry(ts).or_insert((now, now, 0));
         tick.1 = now;
         tick.2 += 1;
+        // Gaps in whole intervals, rounded: a server whose timestamps are wall-clock times
+        // rather than a tick grid (the Node original) is measured the same way.
         let interval = stats.interval_ms.max(1);
+        let gap = ((ts - prev) as f64 / interval as f64).round() as i64;
         if ts <= prev {
             stats.duplicates += 1;
         } else {
-            stats.lost += ((ts - prev) / interval - 1).max(0) as u64;
-            if ts - prev == interval
+            stats.lost += (gap - 1).max(0) as u64;
+            if gap == 1
                 && let Some(at) = c.last_arrival.filter(|_| c.live)
             {
                 let gap = (now - at).as_micros() as i64;

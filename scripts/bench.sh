@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Benchmarks our release binary and the Node peer (../shared/peers/node-seed, broadcast
+# variant) side by side, one server at a time on this machine, and writes the tables.
+#
+#   scripts/bench.sh           # the full run, about 12 minutes: writes BENCHMARKS.md
+#   scripts/bench.sh --quick   # seconds, at tiny scale: writes out/bench.md (what CI runs,
+#                              # so that the benchmark never rots; it asserts nothing)
+#
+# Needs: wrk, node and npm, jq, curl, python3. Load comes from target/release/loadgen
+# (bench/), one thread for every client; its own CPU is reported with each run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=no
+[ "${1:-}" = --quick ] && quick=yes
+if [ $quick = yes ]; then
+  counts="10 50"; window=4; wrk_time=2s; hold=4; out=out/bench.md
+else
+  counts="100 1000 5000"; window=20; wrk_time=10s; hold=60; out=BENCHMARKS.md
+fi
+for tool in wrk node npm jq curl python3; do
+  command -v $tool >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
+done
+
+cargo build --release --locked -q --workspace
+mkdir -p out
+peer=out/node-seed
+rm -rf "$peer"
+cp -r ../shared/peers/node-seed "$peer"
+chmod -R u+w "$peer"
+(cd "$peer" && npm ci --silent --no-audit --no-fund >/dev/null)
+
+hz=$(getconf CLK_TCK)
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+results=out/bench-results.jsonl
+: > "$results"
+
+# bench NAME COMMAND...: measures one server and appends a JSON line per measurement.
+bench() {
+  local name=$1
+  shift
+  local port started pid
+  port=$(free_port)
+  started=$(env PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warn \
+    target/release/loadgen startup --port "$port" --log "out/$name.log" -- "$@")
+  pid=$(jq .pid <<<"$started")
+  sleep 2
+  local idle
+  idle=$(rss_kb "$pid")
+  jq -c --arg s "$name" --argjson idle "$idle" '{server: $s, kind: "start", first_answer_ms, idle_rss_kb: $idle}' \
+    <<<"$started" >>"$results"
+  echo "$name: first answer after $(jq .first_answer_ms <<<"$started") ms, idle RSS $idle kB" >&2
+
+  wrk -t2 -c64 -d"$wrk_time" --latency "http://127.0.0.1:$port/api/analytics" >"out/$name-wrk.txt"
+  python3 - "$name" "out/$name-wrk.txt" >>"$results" <<'EOF'
+import json, re, sys
+name, text = sys.argv[1], open(sys.argv[2]).read()
+def ms(label):
+    m = re.search(r"^\s*%s\s+([\d.]+)(us|ms|s)\s*$" % re.escape(label), text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+print(json.dumps({
+    "server": name, "kind": "rest",
+    "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+    "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+    "timeouts": int(errors.group(4)) if errors else 0,
+    "errors": sum(int(x) for x in errors.groups()[:3]) if errors else 0,
+}))
+EOF
+  echo "$name: REST $(tail -1 "$results")" >&2
+
+  for n in $counts; do
+    local ramp settle run lg t0 t1 rss
+    ramp=$(awk -v n="$n" 'BEGIN { printf "%.1f", n / 1000 }')
+    settle=$(awk -v r="$ramp" 'BEGIN { printf "%.1f", r + 3 }')
+    run=$(awk -v s="$settle" -v w="$window" 'BEGIN { printf "%.1f", s + w }')
+    target/release/loadgen --url "ws://127.0.0.1:$port/api/analytics" --clients "$n" \
+      --seconds "$run" --ramp 1000 >"out/$name-$n.json" &
+    lg=$!
+    sleep "$settle"
+    t0=$(cpu_ticks "$pid")
+    sleep "$window"
+    t1=$(cpu_ticks "$pid")
+    rss=$(rss_kb "$pid")
+    wait $lg
+    jq -c --arg s "$name" --argjson n "$n" --argjson cpu "$(awk -v a="$t0" -v b="$t1" -v hz="$hz" -v w="$window" 'BEGIN { printf "%.2f", (b - a) / hz / w * 100 }')" \
+      --argjson rss "$rss" --argjson idle "$idle" \
+      '{server: $s, kind: "fanout", clients: $n, cpu_pct: $cpu, rss_kb: $rss,
+        rss_per_client_bytes: ((($rss - $idle) * 1024 / $n) | floor),
+        spread_p50_ms: .spread_ms.p50, spread_p99_ms: .spread_ms.p99,
+        jitter_p50_ms: .jitter_ms.p50, jitter_p99_ms: .jitter_ms.p99,
+        lost: .samples_lost, connected, refused, loadgen_cpu_pct}' "out/$name-$n.json" >>"$results"
+    echo "$name: $n clients $(tail -1 "$results")" >&2
+    sleep 3
+  done
+
+  # Capacity: hold the cap (ours: MAX_WS_CLIENTS; Node has none, so the same count) for
+  # $hold seconds, then try one step above it.
+  local cap step
+  cap=${CAPACITY:-$(curl -s "http://127.0.0.1:$port/" | jq .limits.max_ws_clients)}
+  target/release/loadgen --url "ws://127.0.0.1:$port/api/analytics" --clients "$cap" \
+    --seconds $((hold + cap / 1000 + 3)) --ramp 1000 >"out/$name-hold.json"
+  step=$((cap / 10 + 1))
+  target/release/loadgen --url "ws://127.0.0.1:$port/api/analytics" --clients $((cap + step)) \
+    --seconds $((cap / 1000 + 5)) --ramp 1000 >"out/$name-above.json"
+  local alive=no
+  curl -sf "http://127.0.0.1:$port/api/analytics" >/dev/null && alive=yes
+  jq -c -s --arg s "$name" --argjson cap "$cap" --argjson step "$step" --arg alive "$alive" \
+    '{server: $s, kind: "capacity", clients: $cap, held_s: .[0].seconds, lost: .[0].samples_lost,
+      above: ($cap + $step), above_connected: .[1].connected, above_refused: .[1].refused,
+      answering_after: $alive}' "out/$name-hold.json" "out/$name-above.json" >>"$results"
+  echo "$name: capacity $(tail -1 "$results")" >&2
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+}
+
+if [ $quick = yes ]; then
+  bench ours env MAX_WS_CLIENTS=50 target/release/realtime-analytics-backend
+else
+  bench ours target/release/realtime-analytics-backend
+fi
+CAPACITY=$(jq -s 'map(select(.server == "ours" and .kind == "capacity"))[0].clients' "$results") \
+  bench node node "$peer/server-broadcast.js"
+
+python3 scripts/bench_report.py "$results" "$quick" >"$out"
+echo "bench: wrote $out" >&2

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Turns scripts/bench.sh's measurements (JSON lines) into the Markdown of BENCHMARKS.md:
+the machine, the commands, the raw numbers side by side, and each goal met or not."""
+import json
+import platform
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+rows = [json.loads(line) for line in open(sys.argv[1])]
+quick = sys.argv[2] == "yes"
+
+
+def pick(server, kind, clients=None):
+    for r in rows:
+        if r["server"] == server and r["kind"] == kind and (clients is None or r.get("clients") == clients):
+            return r
+    return None
+
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def f(x, digits=1):
+    return "–" if x is None else f"{x:,.{digits}f}"
+
+
+ours_start, node_start = pick("ours", "start"), pick("node", "start")
+ours_rest, node_rest = pick("ours", "rest"), pick("node", "rest")
+fanouts = sorted({r["clients"] for r in rows if r["kind"] == "fanout"})
+node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+wrk_line = "wrk -t2 -c64 -d2s --latency" if quick else "wrk -t2 -c64 -d10s --latency"
+
+out = []
+w = out.append
+w("# Benchmarks" + (" (quick run: tiny scale, not for comparison)" if quick else ""))
+w("")
+w(f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {subprocess.getoutput('nproc')} cores "
+  f"({cpu_model()}), Linux {platform.release()}, Node {node_version}. Command: "
+  f"`scripts/bench.sh{' --quick' if quick else ''}`. One server at a time on the same machine, "
+  f"loopback. Ours: `target/release/realtime-analytics-backend` (defaults, `LOG_LEVEL=warn`). "
+  f"Node: `PORT=N node server-broadcast.js` from `../shared/peers/node-seed` (one shared 1.5 s timer, "
+  f"the best the original design does). Raw numbers: `out/bench-results.jsonl`.")
+w("")
+w("## Goals")
+w("")
+w("| goal | ours | Node | met? |")
+w("|---|---|---|---|")
+
+
+def goal(name, ours, node, ok, gap=""):
+    w(f"| {name} | {ours} | {node} | {'met' if ok else 'not met' + (f' ({gap})' if gap else '')} |")
+
+
+if ours_start and node_start:
+    rss = ours_start["idle_rss_kb"] / 1024
+    goal("idle RSS ≤ 3 MB", f"{rss:.1f} MB", f"{node_start['idle_rss_kb'] / 1024:.1f} MB", rss <= 3.0,
+         f"{rss - 3:.1f} MB over")
+    ms = ours_start["first_answer_ms"]
+    goal("start to first answer ≤ 10 ms", f"{ms:.1f} ms", f"{node_start['first_answer_ms']:.1f} ms", ms <= 10,
+         f"{ms - 10:.1f} ms over")
+if ours_rest and node_rest:
+    ratio = ours_rest["rps"] / node_rest["rps"]
+    served = ours_rest["timeouts"] == 0 and ours_rest["errors"] == 0
+    goal("REST ≥ 2× Node's requests/s, every connection served",
+         f"{ours_rest['rps']:,.0f}/s ({ratio:.2f}×), {ours_rest['timeouts']} timeouts",
+         f"{node_rest['rps']:,.0f}/s", ratio >= 2 and served, f"{ratio:.2f}×")
+for n, cpu_x, p99 in [(1000, 1.5, 40), (5000, 3.0, 200)]:
+    o, d = pick("ours", "fanout", n), pick("node", "fanout", n)
+    if not (o and d):
+        continue
+    ratio = o["cpu_pct"] / max(d["cpu_pct"], 0.01)
+    goal(f"{n} clients: CPU ≤ {cpu_x}× Node's", f"{o['cpu_pct']:.2f} % ({ratio:.1f}×)", f"{d['cpu_pct']:.2f} %",
+         ratio <= cpu_x, f"{ratio:.1f}×")
+    goal(f"{n} clients: fan-out p99 ≤ {p99} ms", f"{o['spread_p99_ms']:.1f} ms", f"{d['spread_p99_ms']:.1f} ms",
+         o["spread_p99_ms"] <= p99, f"{o['spread_p99_ms'] - p99:.1f} ms over")
+    if n == 5000:
+        goal("5000 clients: zero samples lost", str(o["lost"]), str(d["lost"]), o["lost"] == 0)
+biggest = max(fanouts) if fanouts else None
+o = pick("ours", "fanout", biggest) if biggest else None
+if o:
+    kb = o["rss_per_client_bytes"] / 1024
+    d = pick("node", "fanout", biggest)
+    goal(f"RSS per WebSocket client ≤ 24 KiB (at {biggest})", f"{kb:.1f} KiB",
+         f"{d['rss_per_client_bytes'] / 1024:.1f} KiB" if d else "–", kb <= 24, f"{kb - 24:.1f} KiB over")
+
+w("")
+w("## REST")
+w("")
+w(f"`{wrk_line} http://127.0.0.1:PORT/api/analytics`")
+w("")
+w("| server | requests/s | p50 | p99 | timeouts | socket errors |")
+w("|---|---|---|---|---|---|")
+for name, r in [("ours", ours_rest), ("Node", node_rest)]:
+    if r:
+        w(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['timeouts']} | {r['errors']} |")
+w("")
+w("## WebSocket fan-out on /api/analytics")
+w("")
+w("Clients ramp at 1000/s; CPU is the server's, over the steady window after the ramp; spread is, per "
+  "tick, the time from the first to the last client receiving that tick's sample; jitter is how far each "
+  "arrival is from one interval after the previous one.")
+w("")
+w("| clients | server | CPU (% of a core) | RSS | RSS/client | spread p50 / p99 | jitter p50 / p99 | lost | loadgen CPU |")
+w("|---|---|---|---|---|---|---|---|---|")
+for n in fanouts:
+    for name, label in [("ours", "ours"), ("node", "Node")]:
+        r = pick(name, "fanout", n)
+        if r:
+            w(f"| {n} | {label} | {r['cpu_pct']:.2f} | {r['rss_kb'] / 1024:.1f} MB | {r['rss_per_client_bytes'] / 1024:.1f} KiB | "
+              f"{r['spread_p50_ms']:.1f} / {r['spread_p99_ms']:.1f} ms | {r['jitter_p50_ms']:.1f} / {r['jitter_p99_ms']:.1f} ms | "
+              f"{r['lost']} | {r['loadgen_cpu_pct']:.1f} % |")
+w("")
+w("## Capacity")
+w("")
+w("| server | clients held | for | samples lost | one step above | connected | refused | answering after |")
+w("|---|---|---|---|---|---|---|---|")
+for name, label in [("ours", "ours"), ("node", "Node")]:
+    r = pick(name, "capacity")
+    if r:
+        refused = ", ".join(f"{k}: {v}" for k, v in r["above_refused"].items()) or "none"
+        w(f"| {label} | {r['clients']} | {r['held_s']:.0f} s | {r['lost']} | {r['above']} | {r['above_connected']} | {refused} | {r['answering_after']} |")
+print("\n".join(out))
