@@ -104,8 +104,10 @@ EOF
   target/release/loadgen --url "ws://127.0.0.1:$port/api/analytics" --clients "$cap" \
     --seconds $((hold + cap / 1000 + 3)) --ramp 1000 >"out/$name-hold.json"
   step=$((cap / 10 + 1))
+  # Let the held clients' connections wind down before trying one step above the cap.
+  sleep $((cap / 500 + 5))
   target/release/loadgen --url "ws://127.0.0.1:$port/api/analytics" --clients $((cap + step)) \
-    --seconds $((cap / 1000 + 5)) --ramp 1000 >"out/$name-above.json"
+    --seconds $((cap / 500 + 10)) --ramp 1000 >"out/$name-above.json"
   local alive=no
   curl -sf "http://127.0.0.1:$port/api/analytics" >/dev/null && alive=yes
   jq -c -s --arg s "$name" --argjson cap "$cap" --argjson step "$step" --arg alive "$alive" \

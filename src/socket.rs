@@ -118,6 +118,11 @@ impl Registry {
             .collect())
     }
 
+    /// How many descriptors belong to adopted sockets (two per WebSocket).
+    pub fn adopted(&self) -> usize {
+        self.lock().adopted.len()
+    }
+
     /// The two descriptors of `peer`'s connection if the last scan saw them and they
     /// still are that connection's (a number may have been closed and reused since).
     fn lookup(&self, state: &State, peer: SocketAddr) -> Option<[RawFd; 2]> {
