@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use realtime_analytics_backend::config::DEFAULT_SEED;
-use realtime_analytics_backend::simulator::{Model, Profile, Scenario};
+use realtime_analytics_backend::simulator::{Model, Profile, Scenario, correlation};
 
 fn main() {
     let day = std::env::args()
@@ -52,8 +52,8 @@ fn main() {
             "{} profile, {day} (UTC): lag-1 autocorrelation of active_users {:.4}, \
              correlation of page_views with active_users {:.3}, busiest/quietest half hour {:.1}x",
             profile.name(),
-            pearson(&users[..users.len() - 1], &users[1..]),
-            pearson(&views, &users),
+            correlation(&users[..users.len() - 1], &users[1..]),
+            correlation(&views, &users),
             max / min,
         );
         for (i, users) in bars.iter().enumerate().step_by(2) {
@@ -63,13 +63,4 @@ fn main() {
         }
         println!();
     }
-}
-
-fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    let n = x.len() as f64;
-    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-    let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
-    let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
-    let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
-    cov / (vx * vy).sqrt()
 }

@@ -31,6 +31,15 @@ fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
         .or_default() += 1;
 }
 
+/// A labelled counter's values, each key turned into its label set by `label`.
+fn values<K>(map: &Mutex<BTreeMap<K, u64>>, label: impl Fn(&K) -> String) -> Vec<(String, f64)> {
+    map.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, n)| (label(k), *n as f64))
+        .collect()
+}
+
 impl Metrics {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
@@ -103,13 +112,7 @@ impl Metrics {
             "Open WebSocket connections by path.",
             &by_path,
         );
-        let closes: Vec<(String, f64)> = self
-            .closes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(code, n)| (format!("code=\"{code}\""), *n as f64))
-            .collect();
+        let closes = values(&self.closes, |code| format!("code=\"{code}\""));
         labelled(
             &mut out,
             "analytics_ws_closes_total",
@@ -138,13 +141,7 @@ impl Metrics {
             "HTTP connections refused with 503 at MAX_HTTP_CONNECTIONS.",
             &[("", get(&self.http_rejected) as f64)],
         );
-        let closed: Vec<(String, f64)> = self
-            .http_closed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(why, n)| (format!("reason=\"{why}\""), *n as f64))
-            .collect();
+        let closed = values(&self.http_closed, |why| format!("reason=\"{why}\""));
         labelled(
             &mut out,
             "analytics_http_closed_total",
@@ -159,15 +156,9 @@ impl Metrics {
             "Self-connections made to release connections tiny_http left unserved.",
             &[("", get(&self.accept_pokes) as f64)],
         );
-        let requests: Vec<(String, f64)> = self
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|((route, status), n)| {
-                (format!("route=\"{route}\",status=\"{status}\""), *n as f64)
-            })
-            .collect();
+        let requests = values(&self.requests, |(route, status)| {
+            format!("route=\"{route}\",status=\"{status}\"")
+        });
         labelled(
             &mut out,
             "analytics_http_requests_total",

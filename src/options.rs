@@ -82,13 +82,7 @@ pub fn query(target: &str) -> Option<&str> {
 
 /// Parses the sample options. `latest` is the newest published tick.
 pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<Options, Invalid> {
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name| get(pairs, name);
     let mut options = Options {
         scenario: model.scenario,
         fields: Fields::SEED,
@@ -183,13 +177,7 @@ pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<O
 
 /// Parses a history range. Without `from` or `last`, the last 15 minutes.
 pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<Range, Invalid> {
-    let get = |name: &str| {
-        pairs
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let get = |name| get(pairs, name);
     let interval = model.interval_ms();
     let latest_ms = latest * interval;
     let to_ms = match get("to") {
@@ -253,6 +241,15 @@ pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<R
         ));
     }
     Ok(Range { first, last, step })
+}
+
+/// The value of the last `name=` parameter.
+fn get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 const TIME_FORMATS: &str = "Use an RFC 3339 time (2025-04-12T12:00:00Z) or Unix milliseconds.";

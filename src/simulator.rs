@@ -136,6 +136,17 @@ impl Scenario {
     }
 }
 
+/// Pearson's correlation of two series: how the model's properties are checked (lag-1
+/// autocorrelation is the correlation of a series with itself shifted by one).
+pub fn correlation(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
+    cov / (vx * vy).sqrt()
+}
+
 /// Names for error messages: `blog, shop, news`.
 pub fn names<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> String {
     all.iter().map(|&x| name(x)).collect::<Vec<_>>().join(", ")
@@ -402,15 +413,6 @@ mod tests {
             .collect()
     }
 
-    fn pearson(x: &[f64], y: &[f64]) -> f64 {
-        let n = x.len() as f64;
-        let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-        let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
-        let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
-        let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
-        cov / (vx * vy).sqrt()
-    }
-
     /// Fixed seed and tick, exact JSON. If this changes, every deployed series changes:
     /// change it deliberately, and say so in the release notes.
     #[test]
@@ -464,13 +466,13 @@ mod tests {
             let samples = day(&m, Scenario::Normal);
             let users: Vec<f64> = samples.iter().map(|s| f64::from(s.active_users)).collect();
             let views: Vec<f64> = samples.iter().map(|s| f64::from(s.page_views)).collect();
-            let lag1 = pearson(&users[..users.len() - 1], &users[1..]);
+            let lag1 = correlation(&users[..users.len() - 1], &users[1..]);
             assert!(
                 lag1 >= 0.9,
                 "{}: lag-1 autocorrelation {lag1}",
                 profile.name()
             );
-            let r = pearson(&views, &users);
+            let r = correlation(&views, &users);
             assert!(r >= 0.7, "{}: views~users correlation {r}", profile.name());
             for s in &samples {
                 assert!(s.avg_session_duration.is_finite() && s.avg_session_duration > 0.0);
