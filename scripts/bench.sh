@@ -6,7 +6,8 @@
 #   scripts/bench.sh --quick   # seconds, at tiny scale: writes out/bench.md (what CI runs,
 #                              # so that the benchmark never rots; it asserts nothing)
 #
-# Needs: wrk, node and npm, jq, curl, python3. Load comes from target/release/loadgen
+# Needs: wrk, node and npm, jq, curl, python3, and the Node peer (NODE_PEER, by default
+# ../shared/peers/node-seed; it is copied, since shared/ may be read-only). Load comes from target/release/loadgen
 # (bench/), one thread for every client; its own CPU is reported with each run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,9 +25,12 @@ done
 
 cargo build --release --locked -q --workspace
 mkdir -p out
+peer_src=${NODE_PEER:-../shared/peers/node-seed}
+[ -f "$peer_src/server-broadcast.js" ] ||
+  { echo "bench: no Node peer at $peer_src: set NODE_PEER to the node-seed folder" >&2; exit 1; }
 peer=out/node-seed
 rm -rf "$peer"
-cp -r ../shared/peers/node-seed "$peer"
+cp -r "$peer_src" "$peer"
 chmod -R u+w "$peer"
 (cd "$peer" && npm ci --silent --no-audit --no-fund >/dev/null)
 

@@ -5,7 +5,8 @@
 //! timeouts, no header size limit and no connection cap, and its task pool can lose a
 //! wake-up and leave a new connection queued with no thread at all. It shows us a
 //! connection only once a whole request has been parsed, which is too late for all four.
-//! So a thread of ours looks at every accepted socket every 100 ms through the kernel
+//! So a thread of ours looks at every accepted socket every 100 ms (more, with thousands
+//! of WebSockets open: see `CHECK_EVERY`) through the kernel
 //! (`TCP_INFO`, `FIONREAD`) and acts on the socket directly:
 //!
 //! | what it sees | what it does |
