@@ -343,9 +343,15 @@ fn drive(c: &mut Client, stats: &mut Stats) -> Result<(), String> {
         }
     }
     let mut chunk = [0u8; 16 * 1024];
+    // Bytes that arrived with the end of the stream (a 503 and the server's close, say)
+    // are parsed before the end is reported.
+    let mut eof = false;
     loop {
         match c.stream.read(&mut chunk) {
-            Ok(0) => return Err("eof".into()),
+            Ok(0) => {
+                eof = true;
+                break;
+            }
             Ok(n) => c.buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(()),
@@ -354,7 +360,7 @@ fn drive(c: &mut Client, stats: &mut Stats) -> Result<(), String> {
     }
     if let State::Handshake(_) = c.state {
         let Some(end) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-            return Ok(());
+            return if eof { Err("eof".into()) } else { Ok(()) };
         };
         let status = String::from_utf8_lossy(&c.buf[9..12.min(end)]).into_owned();
         if status != "101" {
@@ -385,7 +391,7 @@ fn drive(c: &mut Client, stats: &mut Stats) -> Result<(), String> {
         }
         c.buf.drain(..used);
     }
-    Ok(())
+    if eof { Err("eof".into()) } else { Ok(()) }
 }
 
 fn on_text(c: &mut Client, stats: &mut Stats, text: &str, now: Instant) {
