@@ -8,13 +8,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::options::now_ms;
 use crate::sample::Tick;
 use crate::simulator::Model;
 
@@ -56,4 +55,11 @@ fn run(model: Model, mut last: u64, hub: &Hub, metrics: &Metrics, stop: &Receive
         log::trace!("published tick {next}");
         last = next;
     }
+}
+
+/// Unix milliseconds now: the clock every tick index is read from.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

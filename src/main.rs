@@ -49,11 +49,7 @@ fn main() -> ExitCode {
     };
     let addr = server.local_addr();
     let (max_ws, max_http) = server.caps();
-    let host = if addr.ip().is_unspecified() {
-        format!("localhost:{}", addr.port())
-    } else {
-        addr.to_string()
-    };
+    let host = server.host();
     log::info!(
         "{} {} listening on http://{addr} (seed {}, interval {} ms): REST http://{host}/api/analytics, \
          WebSocket ws://{host}/api/analytics, service info http://{host}/ and http://{host}/api",

@@ -13,8 +13,6 @@
 //! Unknown parameters are ignored (cache-busters such as `_=1700000000` are common); a
 //! known parameter with a bad value is an error that lists what is allowed.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use crate::sample::{FIELDS, Fields};
 use crate::simulator::{self, Model, Scenario};
 
@@ -309,13 +307,6 @@ fn decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -93,7 +93,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
 
     let (max_ws, max_http) = caps(config);
     let model = config.model();
-    let first = model.tick_at(options::now_ms());
+    let first = model.tick_at(generator::now_ms());
     let hub = Arc::new(Hub::new(generator::tick(&model, first)));
     let metrics = Arc::new(Metrics::default());
     let sockets = Arc::new(Registry::new(addr.port()));
@@ -187,6 +187,12 @@ impl Server {
     /// The address the server listens on (with the real port when `PORT=0`).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `host:port` for URLs to this server: `localhost:PORT` when listening on every
+    /// interface.
+    pub fn host(&self) -> String {
+        default_host(self.addr)
     }
 
     /// Receives a message if the server can no longer accept connections (tiny_http's
