@@ -104,14 +104,21 @@ pub fn header(name: &'static str, value: &str) -> Header {
 
 /// Adds `Access-Control-Allow-Origin` for the request's `Origin`, per the CORS policy.
 pub fn with_cors(reply: Reply, cors: &Cors, origin: Option<&str>) -> Reply {
+    cors_headers(cors, origin)
+        .into_iter()
+        .fold(reply, Response::with_header)
+}
+
+/// The CORS headers for a response to a request from `origin`.
+pub fn cors_headers(cors: &Cors, origin: Option<&str>) -> Vec<Header> {
     match cors {
-        Cors::Any => reply.with_header(header("Access-Control-Allow-Origin", "*")),
+        Cors::Any => vec![header("Access-Control-Allow-Origin", "*")],
         Cors::Only(allowed) => {
-            let reply = reply.with_header(header("Vary", "Origin"));
-            match origin.filter(|o| allowed.iter().any(|a| a == o)) {
-                Some(o) => reply.with_header(header("Access-Control-Allow-Origin", o)),
-                None => reply,
+            let mut headers = vec![header("Vary", "Origin")];
+            if let Some(o) = origin.filter(|o| allowed.iter().any(|a| a == o)) {
+                headers.push(header("Access-Control-Allow-Origin", o));
             }
+            headers
         }
     }
 }

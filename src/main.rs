@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     select! {
         recv(signal_rx) -> signal => {
             let name = if signal == Ok(SIGINT) { "SIGINT" } else { "SIGTERM" };
-            log::info!("{name} received: closing {} WebSocket clients and stopping", server.ws_clients());
+            log::info!("{name} received: closing {} streaming clients and stopping", server.ws_clients());
             server.shutdown();
             log::info!("stopped");
             ExitCode::SUCCESS

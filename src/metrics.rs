@@ -18,6 +18,9 @@ pub struct Metrics {
     pub http_rejected: AtomicU64,
     pub http_connections: AtomicI64,
     pub accept_pokes: AtomicU64,
+    pub sse_clients: AtomicI64,
+    pub sse_events_sent: AtomicU64,
+    pub sse_events_skipped: AtomicU64,
     ws_clients: Mutex<BTreeMap<&'static str, i64>>,
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     closes: Mutex<BTreeMap<String, u64>>,
@@ -124,8 +127,29 @@ impl Metrics {
             &mut out,
             "analytics_ws_rejected_total",
             "counter",
-            "WebSocket upgrades refused with 503 (at MAX_WS_CLIENTS, or shutting down).",
+            "WebSocket upgrades and SSE streams refused with 503 (at MAX_WS_CLIENTS, or shutting down).",
             &[("", get(&self.ws_rejected) as f64)],
+        );
+        metric(
+            &mut out,
+            "analytics_sse_clients",
+            "gauge",
+            "Open Server-Sent Events streams.",
+            &[("", self.sse_clients.load(Ordering::Relaxed) as f64)],
+        );
+        metric(
+            &mut out,
+            "analytics_sse_events_sent_total",
+            "counter",
+            "Sample events handed to the kernel, over all SSE clients.",
+            &[("", get(&self.sse_events_sent) as f64)],
+        );
+        metric(
+            &mut out,
+            "analytics_sse_events_skipped_total",
+            "counter",
+            "Samples not sent to an SSE client because it had not taken the previous ones.",
+            &[("", get(&self.sse_events_skipped) as f64)],
         );
         metric(
             &mut out,

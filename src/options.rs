@@ -43,6 +43,13 @@ impl Options {
     pub fn is_shared(&self, model: &Model) -> bool {
         self.scenario == model.scenario && self.fields == Fields::SEED && !self.seq
     }
+
+    /// The ticks a client resuming with `since` missed, up to `latest`: at most the last
+    /// 10 000.
+    pub fn replay(&self, latest: u64) -> Option<std::ops::RangeInclusive<u64>> {
+        self.since
+            .map(|since| (since + 1).max((latest + 1).saturating_sub(MAX_POINTS))..=latest)
+    }
 }
 
 /// A history request: ticks `first..=last` every `step` ticks.

@@ -29,6 +29,7 @@ use crate::options;
 use crate::paths;
 use crate::routes::{self, Service};
 use crate::socket::Registry;
+use crate::sse;
 use crate::watchdog;
 use crate::watcher::Watcher;
 use crate::ws::{self, Streams};
@@ -256,12 +257,13 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// The caps in force: configured, or derived from what the process can hold. Each client
-/// costs two descriptors (tiny_http dups every socket) and up to two threads of about five
-/// memory mappings each; past `vm.max_map_count` thread creation fails or the process
-/// aborts, and past the descriptor limit tiny_http's accept loop dies. A fifth of the
-/// budget goes to HTTP connections.
+/// costs up to three descriptors (tiny_http dups every socket, an event stream dups it
+/// once more) and up to two threads of about five memory mappings each; past
+/// `vm.max_map_count` thread creation fails or the process aborts, and past the
+/// descriptor limit tiny_http's accept loop dies. A fifth of the budget goes to HTTP
+/// connections.
 fn caps(config: &Config) -> (usize, usize) {
-    let descriptors = fd_limit().saturating_sub(256) / 2;
+    let descriptors = fd_limit().saturating_sub(256) / 3;
     let mappings = max_map_count().saturating_sub(2000) / 10;
     let budget = descriptors.min(mappings).max(10);
     let http = config.max_http_connections.unwrap_or(budget / 5);
@@ -352,7 +354,7 @@ impl Worker {
         let route = paths::route(&path);
         let reply = if ws::is_upgrade(&request) {
             match route.filter(|r| r.websocket()) {
-                Some(route) => match self.upgrade_options(&request) {
+                Some(route) => match self.stream_options(&request) {
                     Ok(options) => match ws::handshake(&request, &self.streams) {
                         Ok((accept, slot)) => {
                             return ws::start(request, accept, slot, route, options);
@@ -363,15 +365,31 @@ impl Worker {
                 },
                 None => routes::not_found(&path),
             }
+        } else if route.is_some_and(|r| r.streams()) && sse::is_event_stream(&request) {
+            match self.stream_options(&request) {
+                Ok(options) => match self.streams.reserve() {
+                    Ok(slot) => {
+                        let origin = request_header(&request, "Origin");
+                        let cors = http::cors_headers(&self.cors, origin);
+                        return sse::start(request, slot, options, cors);
+                    }
+                    Err(refusal) => refusal,
+                },
+                Err(e) => http::bad_query(&e),
+            }
         } else {
             routes::handle(&request, &path, &self.service)
         };
         self.respond(request, reply, route);
     }
 
-    /// The options of a WebSocket upgrade, from its query string.
-    fn upgrade_options(&self, request: &Request) -> Result<options::Options, options::Invalid> {
-        let pairs = options::pairs(options::query(request.url()));
+    /// The options of a stream (WebSocket or SSE), from its query string. A resuming
+    /// `EventSource`'s `Last-Event-ID` stands for `since` when the query has none.
+    fn stream_options(&self, request: &Request) -> Result<options::Options, options::Invalid> {
+        let mut pairs = options::pairs(options::query(request.url()));
+        if !pairs.iter().any(|(k, _)| k == "since") {
+            pairs.extend(sse::last_event_id(request).map(|id| ("since".to_string(), id)));
+        }
         options::parse(&pairs, &self.streams.model, self.streams.hub.latest().seq)
     }
 

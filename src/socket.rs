@@ -1,4 +1,4 @@
-//! The TCP socket behind a tiny_http upgrade.
+//! The TCP socket behind a tiny_http upgrade or event stream.
 //!
 //! `Request::upgrade` hands back a `Box<dyn ReadWrite>`: two dup'd descriptors of the
 //! client's socket wrapped in tiny_http's buffered, mutex-guarded reader and writer, with
@@ -16,6 +16,11 @@
 //! borrow one. Alternatives weighed and rejected: a patched tiny_http (the user chose the
 //! crate), interposing `accept4` (process-global), and splitting the box across threads
 //! (undefined behaviour).
+//!
+//! An event stream (SSE) is a plain response, not an upgrade, so tiny_http goes on reading
+//! the connection for a next request and closes its descriptors whenever it stops.
+//! [`Registry::stream`] therefore gives the stream a descriptor of its own (a dup), which
+//! it uses with per-call `MSG_DONTWAIT` so as not to make tiny_http's reads non-blocking.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
@@ -24,7 +29,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use socket2::{SockAddr, SockRef};
+use socket2::{SockAddr, SockRef, Socket};
 use tiny_http::ReadWrite;
 
 /// The sockets tiny_http accepted on our port, as last seen, and which of them we adopted.
@@ -39,6 +44,8 @@ struct State {
     adopted: HashSet<RawFd>,
     /// Every other accepted socket at the last scan: peer -> its descriptors.
     by_peer: HashMap<SocketAddr, Vec<RawFd>>,
+    /// Peers of event streams: scans skip their descriptors.
+    streaming: HashSet<SocketAddr>,
 }
 
 /// An accepted, not adopted connection as seen by [`Registry::connections`].
@@ -56,6 +63,14 @@ pub struct Upgraded {
     registry: Arc<Registry>,
     // Declared last so it is dropped last: it closes the descriptors `view` borrows.
     owner: Box<dyn ReadWrite + Send>,
+}
+
+/// An event stream's connection: a descriptor of our own, hidden from scans (and so from
+/// the connections checker's timeouts) while this lives.
+pub struct Streamed {
+    socket: Socket,
+    peer: SocketAddr,
+    registry: Arc<Registry>,
 }
 
 impl Registry {
@@ -106,6 +121,33 @@ impl Registry {
         Ok((upgraded, leftover))
     }
 
+    /// Takes `peer`'s connection for an event stream (see the module docs).
+    pub fn stream(self: &Arc<Self>, peer: SocketAddr) -> io::Result<Streamed> {
+        // Any descriptor of the connection will do: after a last request tiny_http may
+        // already have closed its reading one.
+        let claim = |state: &State| {
+            state
+                .by_peer
+                .get(&peer)
+                .and_then(|fds| fds.iter().find_map(|&fd| Accepted { fd, peer }.claim()))
+        };
+        let mut state = self.lock();
+        let mut socket = claim(&state);
+        if socket.is_none() {
+            self.rescan(&mut state)?;
+            socket = claim(&state);
+        }
+        let socket = socket
+            .ok_or_else(|| io::Error::other(format!("no open socket is connected to {peer}")))?;
+        state.by_peer.remove(&peer);
+        state.streaming.insert(peer);
+        Ok(Streamed {
+            socket: Socket::from(socket),
+            peer,
+            registry: Arc::clone(self),
+        })
+    }
+
     /// Scans the open descriptors and returns every accepted connection we have not
     /// adopted, one descriptor each.
     pub fn connections(&self) -> io::Result<Vec<Accepted>> {
@@ -148,7 +190,9 @@ impl Registry {
             if state.adopted.contains(&fd) {
                 continue;
             }
-            let Some(peer) = address(fd, libc::getpeername) else {
+            let Some(peer) =
+                address(fd, libc::getpeername).filter(|p| !state.streaming.contains(p))
+            else {
                 continue;
             };
             if address(fd, libc::getsockname).map(|a| a.port()) == Some(self.local_port) {
@@ -220,6 +264,18 @@ impl Drop for Upgraded {
         for fd in self.fds {
             state.adopted.remove(&fd);
         }
+    }
+}
+
+impl Streamed {
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        self.registry.lock().streaming.remove(&self.peer);
     }
 }
 

@@ -27,7 +27,7 @@ use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 use crate::http::{self, Reply, header, request_header};
 use crate::hub::{Hub, Subscription};
 use crate::metrics::Metrics;
-use crate::options::{MAX_POINTS, Options};
+use crate::options::Options;
 use crate::paths::Route;
 use crate::sample::{Tick, encode};
 use crate::simulator::Model;
@@ -53,7 +53,7 @@ const REPLAY_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// a deploy does not bring every dashboard back in the same instant.
 const RECONNECT_SPREAD_MS: u64 = 5000;
 
-/// Shared by all WebSocket connections.
+/// Shared by all streaming connections (WebSocket and SSE).
 pub struct Streams {
     pub hub: Arc<Hub>,
     pub model: Model,
@@ -71,9 +71,38 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// Open WebSocket connections.
+    /// Open streaming connections (WebSocket and SSE).
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Reserves a client slot, or returns the 503 that refuses the client: while
+    /// shutting down, or at `MAX_WS_CLIENTS` (WebSocket and SSE clients together).
+    pub fn reserve(self: &Arc<Self>) -> Result<Slot, Reply> {
+        if !self.ready.load(Ordering::SeqCst) {
+            Metrics::count(&self.metrics.ws_rejected);
+            return Err(http::error(
+                503,
+                "shutting_down",
+                "This instance is shutting down. Reconnect in a few seconds.",
+                &[],
+            ));
+        }
+        let reserved = self
+            .clients
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max_clients).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            Metrics::count(&self.metrics.ws_rejected);
+            let message = format!(
+                "This server is at its limit of {} streaming clients. Retry in a few seconds, \
+                 or poll GET /api/analytics.",
+                self.max_clients
+            );
+            return Err(http::error(503, "too_many_clients", &message, &[]));
+        }
+        Ok(Slot(Arc::clone(self)))
     }
 }
 
@@ -85,8 +114,15 @@ pub fn is_upgrade(request: &Request) -> bool {
     })
 }
 
-/// A client slot, reserved before the 101 and released when the connection ends.
+/// A client slot, reserved before the response head and released when the connection
+/// ends.
 pub struct Slot(Arc<Streams>);
+
+impl Slot {
+    pub fn streams(&self) -> Arc<Streams> {
+        Arc::clone(&self.0)
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -137,30 +173,7 @@ pub fn handshake(request: &Request, streams: &Arc<Streams>) -> Result<(String, S
                 &[],
             )
         })?;
-    if !streams.ready.load(Ordering::SeqCst) {
-        Metrics::count(&streams.metrics.ws_rejected);
-        return Err(http::error(
-            503,
-            "shutting_down",
-            "This instance is shutting down. Reconnect in a few seconds.",
-            &[],
-        ));
-    }
-    let reserved = streams
-        .clients
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            (n < streams.max_clients).then_some(n + 1)
-        });
-    if reserved.is_err() {
-        Metrics::count(&streams.metrics.ws_rejected);
-        let message = format!(
-            "This server is at its limit of {} WebSocket clients. Retry in a few seconds, or \
-             poll GET /api/analytics.",
-            streams.max_clients
-        );
-        return Err(http::error(503, "too_many_clients", &message, &[]));
-    }
-    Ok((derive_accept_key(key.as_bytes()), Slot(Arc::clone(streams))))
+    Ok((derive_accept_key(key.as_bytes()), streams.reserve()?))
 }
 
 /// A key is 16 bytes in base64: 22 characters and `==`.
@@ -174,7 +187,7 @@ fn is_valid_key(key: &str) -> bool {
 
 /// Sends the 101 and hands the connection to a thread of its own.
 pub fn start(request: Request, accept: String, slot: Slot, route: Route, options: Options) {
-    let streams = Arc::clone(&slot.0);
+    let streams = slot.streams();
     let peer = request.remote_addr().copied();
     let response = http::empty(101).with_header(header("Sec-WebSocket-Accept", &accept));
     let stream = request.upgrade("websocket", response);
@@ -289,13 +302,9 @@ impl Connection {
         let latest = subscription
             .as_ref()
             .map_or_else(|| streams.hub.latest().seq, |(first, _)| first.seq);
-        let replay = self
-            .options
-            .since
-            .filter(|_| route.streams())
-            .map(|since| (since + 1).max((latest + 1).saturating_sub(MAX_POINTS))..=latest);
+        let replay = self.options.replay(latest).filter(|_| route.streams());
         let welcome = welcome(route, &self.model, &self.options, latest, replay.clone());
-        if let Err(end) = self.send(Message::Text(welcome.into())) {
+        if let Err(end) = self.send(Message::Text(welcome.to_string().into())) {
             return end;
         }
         let never = never();
@@ -506,9 +515,14 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 fn going_away() -> End {
+    End::Close(CloseCode::Away, going_away_reason().to_string())
+}
+
+/// Why a stream ends on shutdown, and when to come back: a random delay up to 5 s, so
+/// that a deploy does not bring every dashboard back in the same instant.
+pub fn going_away_reason() -> serde_json::Value {
     let delay = rand::random_range(RECONNECT_SPREAD_MS / 5..=RECONNECT_SPREAD_MS);
-    let reason = json!({ "reason": "server shutting down", "reconnect_after_ms": delay });
-    End::Close(CloseCode::Away, reason.to_string())
+    json!({ "reason": "server shutting down", "reconnect_after_ms": delay })
 }
 
 fn lost(e: Error) -> End {
@@ -533,13 +547,13 @@ fn refuse(e: Error) -> End {
 
 /// The first frame every client gets: what this path offers, what samples look like, and
 /// how to resume.
-fn welcome(
+pub fn welcome(
     route: Route,
     model: &Model,
     options: &Options,
     latest: u64,
     replay: Option<std::ops::RangeInclusive<u64>>,
-) -> String {
+) -> serde_json::Value {
     let streaming = route.streams();
     let message = if streaming {
         "Connected to the Real-Time Analytics Backend: the latest sample follows, then one \
@@ -564,7 +578,7 @@ fn welcome(
     if let Some(ticks) = replay {
         welcome["replay"] = json!({ "from": ticks.start(), "to": ticks.end() });
     }
-    welcome.to_string()
+    welcome
 }
 
 #[cfg(test)]
@@ -590,15 +604,13 @@ mod tests {
             utc_offset_hours: 0.0,
         };
         let options = crate::options::parse(&[], &model, 10).unwrap();
-        let v: serde_json::Value =
-            serde_json::from_str(&welcome(Route::Analytics, &model, &options, 10, None)).unwrap();
+        let v = welcome(Route::Analytics, &model, &options, 10, None);
         assert_eq!(v["type"], "welcome");
         assert_eq!(v["streaming"], true);
         assert_eq!(v["interval_ms"], 1500);
         assert_eq!(v["seq"], 10);
         assert_eq!(v["fields"].as_array().unwrap().len(), 4);
-        let v: serde_json::Value =
-            serde_json::from_str(&welcome(Route::Api, &model, &options, 10, Some(5..=10))).unwrap();
+        let v = welcome(Route::Api, &model, &options, 10, Some(5..=10));
         assert_eq!(v["streaming"], false);
         assert_eq!(v["path"], "/api");
         assert_eq!(v["replay"]["from"], 5);

@@ -1,10 +1,10 @@
-//! After every client leaves, the server's thread and descriptor counts return to what
+//! After every client (WebSocket, event stream, HTTP) leaves, the server's thread and descriptor counts return to what
 //! they were before (read from /proc/self: this binary runs only this test, so the counts
 //! are the server's and this test's own).
 
 mod common;
 
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -33,6 +33,29 @@ fn threads_and_descriptors_return_to_baseline_after_clients_leave() {
         let path = ["/", "/api", "/api/analytics"][i % 3];
         sockets.push(ws_connect(s.addr, path).0);
     }
+    // 30 event streams: keep-alive, and `Connection: close` as proxies send.
+    let mut events = Vec::new();
+    for i in 0..30 {
+        let stream = TcpStream::connect(s.addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let close = if i % 2 == 0 {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        write!(
+            &stream,
+            "GET /api/analytics HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{close}\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        while !line.starts_with("event: sample") {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+        }
+        events.push(reader);
+    }
     let mut http = Vec::new();
     for _ in 0..20 {
         let stream = TcpStream::connect(s.addr).unwrap();
@@ -42,13 +65,13 @@ fn threads_and_descriptors_return_to_baseline_after_clients_leave() {
         assert_eq!(read_response(&mut reader, false).status, 200);
         http.push(stream);
     }
-    assert_eq!(s.server().ws_clients(), 60);
+    assert_eq!(s.server().ws_clients(), 90);
     let (threads, fds) = threads_and_fds();
     assert!(
-        threads >= baseline.0 + 60,
-        "a thread per WebSocket: {threads}"
+        threads >= baseline.0 + 90,
+        "a thread per WebSocket and event stream: {threads}"
     );
-    assert!(fds >= baseline.1 + 60);
+    assert!(fds >= baseline.1 + 90);
 
     // They leave every way a client can: close handshake, vanishing, half-close.
     for (i, mut ws) in sockets.into_iter().enumerate() {
@@ -65,6 +88,7 @@ fn threads_and_descriptors_return_to_baseline_after_clients_leave() {
         }
     }
     drop(http);
+    drop(events);
 
     assert!(
         eventually(Duration::from_secs(20), || s.server().ws_clients() == 0),

@@ -1,0 +1,433 @@
+//! Server-Sent Events: the stream on the same path for clients that would rather not
+//! speak WebSocket: a browser's `EventSource`, `curl -N`, anything that reads HTTP.
+//!
+//! `GET /api/analytics` with `Accept: text/event-stream` gets the same samples as the
+//! WebSocket stream, each as `id: SEQ`, `event: sample`, `data: JSON`. `EventSource`
+//! reconnects by itself and sends the last id it saw as `Last-Event-ID`, which resumes
+//! exactly like `?since=`: every missed sample, then live, with no gap or duplicate.
+//!
+//! A connection is served like a WebSocket: a thread of its own, a hub subscription, the
+//! watcher to learn that the client left, the same cap (`MAX_WS_CLIENTS` counts both), the
+//! same slow-consumer policy (skip, then close after `WS_MAX_SKIPPED`) and the same
+//! graceful shutdown (an `event: close` with `retry:` set to a random delay, then close).
+//!
+//! The response never goes through tiny_http: its writer buffers 8 KiB before anything
+//! reaches the client, and writes block. The stream writes its own descriptor of the
+//! socket (see `socket`) and ends by closing the connection (the head says
+//! `Connection: close` and has no length). A comment line every 15 s of silence keeps
+//! proxies from timing the stream out.
+//!
+//! What happens to the request depends on tiny_http. On a keep-alive connection it goes on
+//! reading for a next request, so the request is released at once: tiny_http then sees the
+//! client leave (and we see its reads end), and a pipelined request cannot make a worker
+//! wait behind the stream. After a last request (HTTP/1.0, `Connection: close`, as nginx
+//! sends by default) tiny_http shuts the socket's read side at once and its write side when
+//! the request is released, so the request is held until the stream ends, and a client
+//! that left is noticed by the next write failing (one or two samples later).
+
+use std::convert::Infallible;
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::select;
+use serde_json::json;
+use std::mem::MaybeUninit;
+
+use tiny_http::{HTTPVersion, Header, Method, Request};
+
+use crate::http::request_header;
+use crate::hub::Subscription;
+use crate::metrics::Metrics;
+use crate::options::Options;
+use crate::paths::Route;
+use crate::sample::{Tick, encode};
+use crate::socket::Streamed;
+use crate::watcher::Watch;
+use crate::ws::{self, Slot, Streams};
+
+/// A comment line after this long without an event, so that proxies keep the stream open.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long `EventSource` waits before reconnecting after the stream drops.
+const RETRY_MS: u64 = 2000;
+/// How long one blocking write may take while sending the head and the missed samples.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read (and discarded) from a client per wake-up: it has nothing to say.
+const MAX_READ: usize = 64 * 1024;
+/// As for WebSocket threads (see `ws`).
+const STACK: usize = 128 * 1024;
+const SEND_BUFFER: usize = 8 * 1024;
+
+/// Whether a GET asks for an event stream (`Accept: text/event-stream`, as `EventSource`
+/// sends). Everything else, `*/*` included, keeps getting JSON.
+pub fn is_event_stream(request: &Request) -> bool {
+    *request.method() == Method::Get
+        && request_header(request, "Accept").is_some_and(|accept| {
+            accept.split(',').any(|range| {
+                let media = range.split(';').next().unwrap_or("").trim();
+                media.eq_ignore_ascii_case("text/event-stream")
+            })
+        })
+}
+
+/// The `since` of a resuming `EventSource`: its `Last-Event-ID`, if that is a sequence
+/// number. (Anything else is ignored, as the spec says ids are opaque to the client.)
+pub fn last_event_id(request: &Request) -> Option<String> {
+    request_header(request, "Last-Event-ID")
+        .map(str::trim)
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string)
+}
+
+/// Starts streaming to this client on a thread of its own. `cors` goes into the head.
+pub fn start(request: Request, slot: Slot, options: Options, cors: Vec<Header>) {
+    let streams = slot.streams();
+    let Some(peer) = request.remote_addr().copied() else {
+        log::error!("event stream without a peer address; refused");
+        return;
+    };
+    let spawned = thread::Builder::new()
+        .name("sse".into())
+        .stack_size(STACK)
+        .spawn(move || {
+            let _slot = slot;
+            match streams.sockets.stream(peer) {
+                Ok(socket) => {
+                    let held = if is_last_request(&request) {
+                        Some(request)
+                    } else {
+                        drop(request.into_writer());
+                        None
+                    };
+                    serve(&streams, peer, socket, held.is_none(), options, &cors);
+                    // Released only now (see the module docs); writes nothing, as the
+                    // socket is shut.
+                    drop(held.map(Request::into_writer));
+                }
+                Err(e) => log::error!("sse {peer}: cannot take over the socket: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("sse {peer}: cannot start a stream thread: {e}; connection dropped");
+    }
+}
+
+/// Why a stream ended.
+enum End {
+    /// The client closed the connection.
+    ClientClosed,
+    /// We end it: an `event: close` with this body, then close.
+    Close(serde_json::Value),
+    /// The socket failed.
+    Lost(String),
+}
+
+/// Whether tiny_http reads nothing more from this connection after `request`. Its rule
+/// (tiny_http 0.12, `ClientConnection::next`): `Connection: close` or `upgrade`, or
+/// HTTP/1.0 without `keep-alive`.
+fn is_last_request(request: &Request) -> bool {
+    let http10 = *request.http_version() == HTTPVersion(1, 0);
+    match request_header(request, "Connection").map(str::to_ascii_lowercase) {
+        Some(v) => {
+            v.contains("close") || v.contains("upgrade") || (http10 && !v.contains("keep-alive"))
+        }
+        None => http10,
+    }
+}
+
+/// Streams to one client until it leaves, is too slow, or the server stops. `readable`:
+/// whether reads tell us anything (see the module docs).
+fn serve(
+    streams: &Streams,
+    peer: SocketAddr,
+    socket: Streamed,
+    readable: bool,
+    options: Options,
+    cors: &[Header],
+) {
+    let started = Instant::now();
+    if let Err(e) = socket.socket().set_send_buffer_size(SEND_BUFFER) {
+        log::debug!("sse {peer}: cannot shrink the send buffer: {e}");
+    }
+    let watch = if readable {
+        match streams.watcher.watch(socket.socket().as_raw_fd()) {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                log::error!("sse {peer}: cannot watch the socket: {e}");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let (first, subscription) = streams.hub.subscribe();
+    streams.metrics.sse_clients.fetch_add(1, Ordering::Relaxed);
+    log::info!("sse connect peer={peer} clients={}", streams.clients());
+    let mut stream = EventStream {
+        socket,
+        options,
+        pending: Vec::new(),
+        last_write: Instant::now(),
+        sent: 0,
+        skipped: 0,
+    };
+    let Err(end) = stream.run(streams, &first, &subscription, watch.as_ref(), cors);
+    drop(watch);
+    let detail = stream.finish(end);
+    streams.metrics.sse_clients.fetch_sub(1, Ordering::Relaxed);
+    log::info!(
+        "sse disconnect peer={peer} lifetime={:.1}s end={detail} samples={}",
+        started.elapsed().as_secs_f64(),
+        stream.sent
+    );
+}
+
+struct EventStream {
+    socket: Streamed,
+    options: Options,
+    /// Bytes accepted for this client but not yet taken by the kernel.
+    pending: Vec<u8>,
+    last_write: Instant,
+    /// Samples handed to the kernel (or queued behind a partial write).
+    sent: u64,
+    /// Samples skipped in a row because earlier bytes were still unsent.
+    skipped: u32,
+}
+
+impl EventStream {
+    fn run(
+        &mut self,
+        streams: &Streams,
+        first: &Tick,
+        subscription: &Subscription,
+        watch: Option<&Watch>,
+        cors: &[Header],
+    ) -> Result<Infallible, End> {
+        self.open(streams, first, cors)?;
+        let never = crossbeam_channel::never();
+        let readable = watch.map_or(&never, |w| &w.readable);
+        loop {
+            let quiet = HEARTBEAT.saturating_sub(self.last_write.elapsed());
+            select! {
+                recv(subscription.samples) -> tick => match tick {
+                    Ok(tick) if tick.seq % self.options.every == 0 => self.deliver(streams, &tick)?,
+                    Ok(_) => {}
+                    Err(_) => return Err(End::Close(ws::going_away_reason())),
+                },
+                recv(readable) -> _ => {
+                    self.read()?;
+                    watch
+                        .map_or(Ok(()), Watch::rearm)
+                        .map_err(|e| End::Lost(format!("cannot re-arm the watcher: {e}")))?;
+                },
+                recv(streams.stop) -> _ => return Err(End::Close(ws::going_away_reason())),
+                default(quiet) => self.heartbeat()?,
+            }
+        }
+    }
+
+    /// Writes the head, the welcome and the first sample, or every sample missed since
+    /// `since` / `Last-Event-ID`. Blocking (with a timeout): none of it may be skipped.
+    fn open(&mut self, streams: &Streams, first: &Tick, cors: &[Header]) -> Result<(), End> {
+        let model = &streams.model;
+        let replay = self.options.replay(first.seq);
+        let mut welcome = ws::welcome(
+            Route::Analytics,
+            model,
+            &self.options,
+            first.seq,
+            replay.clone(),
+        );
+        welcome["resume"] = json!(
+            "EventSource resumes by itself: it sends the id of the last sample it got as \
+             Last-Event-ID, and receives every sample it missed, then the stream. Other \
+             clients can send that header, or ?since=SEQ."
+        );
+        let mut out = String::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+             Cache-Control: no-cache, no-transform\r\nX-Accel-Buffering: no\r\n\
+             Connection: close\r\n",
+        );
+        for header in cors {
+            out.push_str(&format!("{header}\r\n"));
+        }
+        out.push_str(&format!(
+            "\r\nretry: {RETRY_MS}\nevent: welcome\ndata: {welcome}\n\n"
+        ));
+        self.pending = out.into_bytes();
+        match replay {
+            Some(ticks) => {
+                let every = self.options.every;
+                for seq in ticks.filter(|seq| seq % every == 0) {
+                    self.push_sample(seq, self.bytes(streams, seq, None));
+                }
+            }
+            None => self.push_sample(first.seq, self.bytes(streams, first.seq, Some(first))),
+        }
+        let socket = self.socket.socket();
+        let written = socket
+            .set_write_timeout(Some(WRITE_TIMEOUT))
+            .and_then(|()| (&*socket).write_all(&self.pending))
+            .and_then(|()| socket.set_write_timeout(None));
+        self.pending.clear();
+        written.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => End::Close(json!({
+                "reason": "client too slow to take the stream's first samples"
+            })),
+            _ => End::Lost(e.to_string()),
+        })
+    }
+
+    /// This client's bytes for sample `seq`: the shared stream's, or its own encoding
+    /// when it asked for another scenario, other fields or sequence numbers.
+    fn bytes(&self, streams: &Streams, seq: u64, shared: Option<&Tick>) -> Bytes {
+        match shared {
+            Some(tick) if self.options.is_shared(&streams.model) => tick.json.clone(),
+            _ => {
+                let o = &self.options;
+                let sample = streams
+                    .model
+                    .sample(seq, o.scenario, o.fields.needs_details());
+                encode(&sample, o.fields, o.seq)
+            }
+        }
+    }
+
+    fn push_sample(&mut self, seq: u64, json: Bytes) {
+        self.pending
+            .extend_from_slice(format!("id: {seq}\nevent: sample\ndata: ").as_bytes());
+        self.pending.extend_from_slice(&json);
+        self.pending.extend_from_slice(b"\n\n");
+        self.sent += 1;
+    }
+
+    /// Sends one sample, or skips it while earlier bytes are still unsent.
+    fn deliver(&mut self, streams: &Streams, tick: &Tick) -> Result<(), End> {
+        if !self.flush()? {
+            self.skipped += 1;
+            Metrics::count(&streams.metrics.sse_events_skipped);
+            if self.skipped >= streams.max_skipped {
+                let reason = format!("client is not reading: {} samples skipped", self.skipped);
+                return Err(End::Close(json!({ "reason": reason })));
+            }
+            return Ok(());
+        }
+        self.skipped = 0;
+        self.push_sample(tick.seq, self.bytes(streams, tick.seq, Some(tick)));
+        Metrics::count(&streams.metrics.sse_events_sent);
+        self.flush().map(drop)
+    }
+
+    /// A comment line, unless the client still has bytes to take.
+    fn heartbeat(&mut self) -> Result<(), End> {
+        if self.flush()? {
+            self.pending.extend_from_slice(b": keep-alive\n\n");
+            self.flush()?;
+        }
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Hands pending bytes to the kernel without blocking. `Ok(true)` when none are left.
+    fn flush(&mut self) -> Result<bool, End> {
+        while !self.pending.is_empty() {
+            let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+            match self.socket.socket().send_with_flags(&self.pending, flags) {
+                Ok(0) => return Err(End::Lost("the connection accepts no more data".into())),
+                Ok(n) => {
+                    self.pending.drain(..n);
+                    self.last_write = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(End::Lost(e.to_string())),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads what the client sent: end of stream means it left. Anything else is not part
+    /// of the protocol and is discarded (a bounded amount per wake-up).
+    fn read(&mut self) -> Result<(), End> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+        let mut total = 0;
+        while total < MAX_READ {
+            match self
+                .socket
+                .socket()
+                .recv_with_flags(&mut buf, libc::MSG_DONTWAIT)
+            {
+                Ok(0) => return Err(End::ClientClosed),
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(End::Lost(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: a last `event: close` (best effort; its `retry:` tells
+    /// `EventSource` when to reconnect), then our half of the connection is shut, so the
+    /// client sees the end of the response. Returns a detail for the log.
+    fn finish(&mut self, end: End) -> String {
+        let detail = match end {
+            End::ClientClosed => "client".into(),
+            End::Lost(why) => format!("lost ({why})"),
+            End::Close(body) => {
+                let retry = body["reconnect_after_ms"].as_u64().unwrap_or(RETRY_MS);
+                self.pending.extend_from_slice(
+                    format!("retry: {retry}\nevent: close\ndata: {body}\n\n").as_bytes(),
+                );
+                let _ = self.flush();
+                format!("closed ({})", body["reason"].as_str().unwrap_or(""))
+            }
+        };
+        let _ = self.socket.socket().shutdown(Shutdown::Both);
+        detail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tiny_http::TestRequest;
+
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request {
+        headers
+            .iter()
+            .fold(TestRequest::new().with_method(method), |r, (k, v)| {
+                r.with_header(Header::from_bytes(*k, *v).unwrap())
+            })
+            .into()
+    }
+
+    #[test]
+    fn only_gets_that_accept_event_streams_are_streams() {
+        let get = |accept| is_event_stream(&request(Method::Get, &[("Accept", accept)]));
+        assert!(get("text/event-stream"));
+        assert!(get("TEXT/Event-Stream; q=0.9"));
+        assert!(get("application/json, text/event-stream"));
+        assert!(!get("*/*"));
+        assert!(!get("application/json"));
+        assert!(!get("text/event-streams"));
+        assert!(!is_event_stream(&request(Method::Get, &[])));
+        let head = request(Method::Head, &[("Accept", "text/event-stream")]);
+        assert!(!is_event_stream(&head));
+    }
+
+    #[test]
+    fn last_event_id_is_used_only_when_it_is_a_sequence_number() {
+        let id = |value| last_event_id(&request(Method::Get, &[("Last-Event-ID", value)]));
+        assert_eq!(id("42").as_deref(), Some("42"));
+        assert_eq!(id(" 7 ").as_deref(), Some("7"));
+        assert_eq!(id(""), None);
+        assert_eq!(id("abc"), None);
+        assert_eq!(id("-1"), None);
+        assert_eq!(last_event_id(&request(Method::Get, &[])), None);
+    }
+}

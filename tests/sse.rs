@@ -1,0 +1,409 @@
+//! Server-Sent Events on `/api/analytics`, over real sockets: framing, resume with
+//! `Last-Event-ID`, the shared cap, slow and vanished clients, proxies' `Connection:
+//! close`, pipelining, heartbeats and graceful shutdown.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A raw event-stream client: the head, then one event at a time.
+struct Events {
+    status: u16,
+    headers: HashMap<String, String>,
+    reader: BufReader<TcpStream>,
+}
+
+/// One event: its fields (`id`, `event`, `data`, `retry`), or a comment.
+#[derive(Debug, Default)]
+struct Event {
+    fields: HashMap<String, String>,
+    comment: Option<String>,
+}
+
+impl Event {
+    fn get(&self, field: &str) -> Option<&str> {
+        self.fields.get(field).map(String::as_str)
+    }
+
+    fn id(&self) -> u64 {
+        self.get("id").expect("id").parse().unwrap()
+    }
+
+    fn data(&self) -> serde_json::Value {
+        serde_json::from_str(self.get("data").expect("data")).unwrap()
+    }
+}
+
+impl Events {
+    fn open(addr: SocketAddr, target: &str, headers: &[&str]) -> Events {
+        Events::send(
+            TcpStream::connect(addr).unwrap(),
+            target,
+            "HTTP/1.1",
+            headers,
+        )
+    }
+
+    fn send(stream: TcpStream, target: &str, version: &str, headers: &[&str]) -> Events {
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut head =
+            format!("GET {target} {version}\r\nHost: test\r\nAccept: text/event-stream\r\n");
+        for h in headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        (&stream).write_all(head.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut headers = HashMap::new();
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(':').unwrap();
+            headers.insert(k.to_ascii_lowercase(), v.trim().to_string());
+        }
+        Events {
+            status,
+            headers,
+            reader,
+        }
+    }
+
+    /// The next event or comment; `None` at the end of the stream.
+    fn next(&mut self) -> Option<Event> {
+        let mut event = Event::default();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).unwrap() == 0 {
+                return None;
+            }
+            let l = line.strip_suffix('\n').expect("lines end with \\n");
+            if l.is_empty() {
+                if event.fields.is_empty() && event.comment.is_none() {
+                    continue;
+                }
+                return Some(event);
+            }
+            if let Some(c) = l.strip_prefix(':') {
+                event.comment = Some(c.trim().to_string());
+                continue;
+            }
+            let (k, v) = l.split_once(": ").expect("field: value");
+            event.fields.insert(k.to_string(), v.to_string());
+        }
+    }
+
+    /// The next sample event, skipping comments.
+    fn sample(&mut self) -> Event {
+        loop {
+            let e = self.next().expect("the stream goes on");
+            if e.get("event") == Some("sample") {
+                return e;
+            }
+            assert!(e.comment.is_some(), "only samples and comments: {e:?}");
+        }
+    }
+
+    fn welcome(&mut self) -> Event {
+        let welcome = self.next().unwrap();
+        assert_eq!(welcome.get("event"), Some("welcome"));
+        welcome
+    }
+}
+
+#[test]
+fn an_event_stream_carries_the_same_samples_as_the_websocket() {
+    let s = TestServer::start();
+    let mut es = Events::open(s.addr, "/api//analytics/", &[]);
+    assert_eq!(es.status, 200);
+    assert_eq!(
+        es.headers["content-type"],
+        "text/event-stream; charset=utf-8"
+    );
+    assert!(es.headers["cache-control"].contains("no-cache"));
+    assert_eq!(es.headers["access-control-allow-origin"], "*");
+    assert!(!es.headers.contains_key("content-length"));
+    let welcome = es.welcome();
+    assert_eq!(welcome.get("retry"), Some("2000"));
+    let w = welcome.data();
+    assert_eq!(w["type"], "welcome");
+    assert!(w["resume"].as_str().unwrap().contains("Last-Event-ID"));
+
+    let (mut ws, _) = ws_connect(s.addr, "/api/analytics");
+    let first = es.sample();
+    assert_eq!(first.id(), w["seq"].as_u64().unwrap());
+    assert_sample(&first.data());
+    // The next tick reaches both transports as the same bytes.
+    let next = es.sample();
+    assert_eq!(next.id(), first.id() + 1);
+    let frames: Vec<String> = (0..3).map(|_| next_text(&mut ws)).collect();
+    assert!(
+        frames.iter().any(|f| f == next.get("data").unwrap()),
+        "{frames:?} has {next:?}"
+    );
+    assert_eq!(
+        s.server().ws_clients(),
+        2,
+        "SSE and WebSocket share the count"
+    );
+}
+
+#[test]
+fn query_options_apply_to_the_event_stream() {
+    let s = TestServer::start();
+    let mut es = Events::open(
+        s.addr,
+        "/api/analytics?seq=1&fields=all&scenario=spike",
+        &[],
+    );
+    let w = es.welcome().data();
+    assert_eq!(w["scenario"], "spike");
+    let e = es.sample();
+    assert_eq!(e.data()["seq"].as_u64(), Some(e.id()));
+    assert!(e.data()["devices"].is_object());
+
+    let bad = request(
+        s.addr,
+        "GET",
+        "/api/analytics?every=0",
+        &["Accept: text/event-stream"],
+    );
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["parameter"], "every");
+}
+
+#[test]
+fn last_event_id_resumes_without_gap_or_duplicate() {
+    let s = TestServer::with(|c| c.interval = Duration::from_millis(100));
+    let mut es = Events::open(s.addr, "/api/analytics", &[]);
+    es.welcome();
+    let mut last = es.sample().id();
+    for _ in 0..3 {
+        let id = es.sample().id();
+        assert_eq!(id, last + 1);
+        last = id;
+    }
+    drop(es);
+    // Gone long enough to miss several samples.
+    let live = s.server();
+    assert!(eventually(TIMEOUT, || live.ws_clients() == 0));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let resume = format!("Last-Event-ID: {last}");
+    let mut es = Events::open(s.addr, "/api/analytics", &[&resume]);
+    let w = es.welcome().data();
+    assert_eq!(w["replay"]["from"].as_u64(), Some(last + 1));
+    let to = w["replay"]["to"].as_u64().unwrap();
+    assert!(to >= last + 4, "several samples were missed: {w}");
+    for _ in 0..(to - last + 5) {
+        let id = es.sample().id();
+        assert_eq!(id, last + 1, "every sample once, in order");
+        last = id;
+    }
+    assert!(last > to, "went on live after the replay");
+
+    // An explicit `since` wins over the header; a non-numeric header is ignored.
+    let mut es = Events::open(
+        s.addr,
+        &format!("/api/analytics?since={}", last - 2),
+        &["Last-Event-ID: 1"],
+    );
+    assert_eq!(
+        es.welcome().data()["replay"]["from"].as_u64(),
+        Some(last - 1)
+    );
+    let mut es = Events::open(s.addr, "/api/analytics", &["Last-Event-ID: abc"]);
+    assert!(es.welcome().data().get("replay").is_none());
+}
+
+#[test]
+fn cors_for_event_source_follows_cors_origins() {
+    let s = TestServer::with(|c| {
+        c.cors = realtime_analytics_backend::config::Cors::Only(vec!["https://dash.example".into()])
+    });
+    let es = Events::open(s.addr, "/api/analytics", &["Origin: https://dash.example"]);
+    assert_eq!(
+        es.headers["access-control-allow-origin"],
+        "https://dash.example"
+    );
+    let es = Events::open(s.addr, "/api/analytics", &["Origin: https://evil.example"]);
+    assert!(!es.headers.contains_key("access-control-allow-origin"));
+    // A preflight for EventSource's header.
+    let r = request(
+        s.addr,
+        "OPTIONS",
+        "/api/analytics",
+        &[
+            "Origin: https://dash.example",
+            "Access-Control-Request-Method: GET",
+            "Access-Control-Request-Headers: last-event-id",
+        ],
+    );
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("Access-Control-Allow-Headers"),
+        Some("last-event-id")
+    );
+}
+
+#[test]
+fn the_cap_counts_websocket_and_sse_clients_together() {
+    let s = TestServer::with(|c| c.max_ws_clients = Some(2));
+    let (_ws, _) = ws_connect(s.addr, "/api/analytics");
+    let mut es = Events::open(s.addr, "/api/analytics", &[]);
+    es.welcome();
+    let refused = request(
+        s.addr,
+        "GET",
+        "/api/analytics",
+        &["Accept: text/event-stream"],
+    );
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("Retry-After"), Some("5"));
+    assert_eq!(refused.json()["error"], "too_many_clients");
+    let r = send_raw(
+        s.addr,
+        upgrade_request(s.addr, "/api/analytics", HANDSHAKE).as_bytes(),
+    );
+    assert_eq!(r.status, 503);
+    // Plain REST still answers at the cap.
+    assert_eq!(get(s.addr, "/api/analytics").status, 200);
+    drop(es);
+    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 1));
+    Events::open(s.addr, "/api/analytics", &[]).welcome();
+}
+
+#[test]
+fn a_stalled_client_is_dropped_and_never_delays_the_others() {
+    let s = TestServer::with(|c| {
+        c.interval = Duration::from_millis(100);
+        c.ws_max_skipped = 5;
+    });
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    socket.connect(&s.addr.into()).unwrap();
+    // Large samples fill the small windows quickly; it never reads past the head.
+    let stalled = Events::send(socket.into(), "/api/analytics?fields=all", "HTTP/1.1", &[]);
+
+    let mut fast = Events::open(s.addr, "/api/analytics", &[]);
+    fast.welcome();
+    let mut last = fast.sample().id();
+    let started = Instant::now();
+    while s.server().ws_clients() == 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "never dropped");
+        let id = fast.sample().id();
+        assert_eq!(id, last + 1, "the fast client misses nothing");
+        last = id;
+    }
+    let body = get(s.addr, "/metrics").text();
+    let skipped = body
+        .lines()
+        .find_map(|l| l.strip_prefix("analytics_sse_events_skipped_total "))
+        .unwrap();
+    assert!(skipped.parse::<u64>().unwrap() >= 5, "{skipped}");
+    drop(stalled);
+    assert_eq!(fast.sample().id(), last + 1);
+}
+
+#[test]
+fn vanished_clients_are_noticed_on_keep_alive_and_after_connection_close() {
+    let s = TestServer::with(|c| c.interval = Duration::from_millis(100));
+    let mut streams = vec![
+        Events::open(s.addr, "/api/analytics", &[]),
+        // As nginx proxies by default: HTTP/1.0 and `Connection: close`.
+        Events::send(
+            TcpStream::connect(s.addr).unwrap(),
+            "/api/analytics",
+            "HTTP/1.0",
+            &["Connection: close"],
+        ),
+        Events::open(s.addr, "/api/analytics", &["Connection: close"]),
+    ];
+    for es in &mut streams {
+        es.welcome();
+        let a = es.sample().id();
+        assert_eq!(es.sample().id(), a + 1);
+    }
+    assert_eq!(s.server().ws_clients(), 3);
+    drop(streams);
+    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 0));
+    // Thread and descriptor counts: tests/baseline.rs, which runs alone in its process.
+}
+
+#[test]
+fn pipelined_requests_behind_a_stream_cannot_block_the_workers() {
+    let s = TestServer::start();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let stream = TcpStream::connect(s.addr).unwrap();
+        (&stream)
+            .write_all(
+                b"GET /api/analytics HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n\
+                  GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+            )
+            .unwrap();
+        held.push(stream);
+    }
+    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 8));
+    let started = Instant::now();
+    for _ in 0..8 {
+        assert_eq!(get(s.addr, "/healthz").status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn a_quiet_stream_gets_a_comment_every_15_seconds() {
+    // One sample in 200 ticks of 100 ms: 20 s between samples.
+    let s = TestServer::with(|c| c.interval = Duration::from_millis(100));
+    let mut es = Events::open(s.addr, "/api/analytics?every=200", &[]);
+    es.welcome();
+    es.reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut last_event = Instant::now();
+    let (comment, quiet) = loop {
+        let e = es.next().unwrap();
+        match e.comment {
+            Some(c) => break (c, last_event.elapsed()),
+            None => last_event = Instant::now(),
+        }
+    };
+    assert_eq!(comment, "keep-alive");
+    assert!(
+        quiet > Duration::from_secs(14) && quiet < Duration::from_secs(17),
+        "{quiet:?}"
+    );
+}
+
+#[test]
+fn shutdown_ends_streams_with_a_close_event_and_a_spread_retry() {
+    let s = TestServer::start();
+    let mut es = Events::open(s.addr, "/api/analytics", &[]);
+    es.welcome();
+    es.sample();
+    let shutdown = std::thread::spawn(move || s.shutdown());
+    let close = std::iter::from_fn(|| es.next())
+        .find(|e| e.get("event") != Some("sample"))
+        .unwrap();
+    assert_eq!(close.get("event"), Some("close"));
+    let delay = close.data()["reconnect_after_ms"].as_u64().unwrap();
+    assert!((1000..=5000).contains(&delay), "{delay}");
+    assert_eq!(close.get("retry"), Some(delay.to_string().as_str()));
+    assert!(es.next().is_none(), "then the stream ends");
+    shutdown.join().unwrap();
+}
