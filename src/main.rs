@@ -52,7 +52,9 @@ fn main() -> ExitCode {
     let host = server.host();
     log::info!(
         "{} {} listening on http://{addr} (seed {}, interval {} ms): REST http://{host}/api/analytics, \
-         WebSocket ws://{host}/api/analytics, service info http://{host}/ and http://{host}/api",
+         WebSocket ws://{host}/api/analytics, SSE the same URL with Accept: text/event-stream, \
+         dashboard http://{host}/dashboard, API http://{host}/openapi.json, service info \
+         http://{host}/ and http://{host}/api",
         env!("CARGO_PKG_NAME"),
         env!("CARGO_PKG_VERSION"),
         config.seed,

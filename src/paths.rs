@@ -8,7 +8,8 @@
 //! route and get 404. Decoding would let two different spellings reach one handler, which
 //! buys nothing for three fixed paths and is how path-confusion bugs start.
 
-/// Every path the server answers: the seed's three, and three for operators.
+/// Every path the server answers: the seed's three, history, three for operators, the
+/// two API descriptions and the dashboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// `/`: describes the service; over WebSocket, a welcome and nothing more.
@@ -25,19 +26,28 @@ pub enum Route {
     Ready,
     /// `/metrics`: Prometheus text.
     Metrics,
+    /// `/openapi.json`: the REST API, OpenAPI 3.1.
+    OpenApi,
+    /// `/asyncapi.json`: the streams, AsyncAPI 3.1.
+    AsyncApi,
+    /// `/dashboard`: a live chart in one HTML page.
+    Dashboard,
 }
 
-const ROUTES: [Route; 7] = [
-    Route::Root,
-    Route::Api,
-    Route::Analytics,
-    Route::History,
-    Route::Health,
-    Route::Ready,
-    Route::Metrics,
-];
-
 impl Route {
+    pub const ALL: [Route; 10] = [
+        Route::Root,
+        Route::Api,
+        Route::Analytics,
+        Route::History,
+        Route::Health,
+        Route::Ready,
+        Route::Metrics,
+        Route::OpenApi,
+        Route::AsyncApi,
+        Route::Dashboard,
+    ];
+
     pub fn path(self) -> &'static str {
         match self {
             Route::Root => "/",
@@ -47,6 +57,9 @@ impl Route {
             Route::Health => "/healthz",
             Route::Ready => "/readyz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
+            Route::AsyncApi => "/asyncapi.json",
+            Route::Dashboard => "/dashboard",
         }
     }
 
@@ -63,7 +76,7 @@ impl Route {
 
 /// The route a normalised path names, if any.
 pub fn route(path: &str) -> Option<Route> {
-    ROUTES.into_iter().find(|r| r.path() == path)
+    Route::ALL.into_iter().find(|r| r.path() == path)
 }
 
 /// Normalises a request target (`/api//analytics/?x=1`) into a path (`/api/analytics`).

@@ -2,8 +2,9 @@
 //!
 //! `GET /api/analytics` returns the hub's latest sample, the same bytes the WebSocket
 //! clients got for that tick, never a fresh random one. `/` and `/api` describe the
-//! service with absolute URLs a client can follow. Everything else is a JSON error that
-//! says what to do instead.
+//! service with absolute URLs a client can follow (a browser asking `/` for HTML is sent
+//! to the dashboard). The API descriptions and the dashboard page are compiled into the
+//! binary. Everything else is a JSON error that says what to do instead.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,10 +44,16 @@ pub fn handle(request: &Request, path: &str, service: &Service) -> Reply {
         Method::Get | Method::Head => match route {
             Route::Analytics => analytics(request, service).unwrap_or_else(|e| http::bad_query(&e)),
             Route::History => history(request, service).unwrap_or_else(|e| http::bad_query(&e)),
+            Route::Root if wants_html(request) => http::empty(303)
+                .with_header(header("Location", Route::Dashboard.path()))
+                .with_header(header("Vary", "Accept")),
             Route::Root | Route::Api => describe(request, service),
             Route::Health => http::json(200, &json!({ "status": "ok" })),
             Route::Ready => ready(service),
             Route::Metrics => metrics(&service.metrics),
+            Route::OpenApi => document(OPENAPI, request, service),
+            Route::AsyncApi => document(ASYNCAPI, request, service),
+            Route::Dashboard => dashboard(),
         },
         Method::Options => preflight(request),
         other => method_not_allowed(other, route),
@@ -108,7 +115,7 @@ fn describe(request: &Request, service: &Service) -> Reply {
         "version": env!("CARGO_PKG_VERSION"),
         "message": "Welcome to the Real-Time Analytics Backend",
         "description": "Simulated website-traffic analytics: poll over REST, or stream over \
-                        WebSocket on the same path.",
+                        WebSocket or Server-Sent Events on the same path.",
         "interval_ms": service.model.interval_ms(),
         "profile": service.model.profile.name(),
         "scenario": service.model.scenario.name(),
@@ -128,6 +135,15 @@ fn describe(request: &Request, service: &Service) -> Reply {
                 "analytics": format!("{ws}/api/analytics"),
                 "welcome_only": [format!("{ws}/"), format!("{ws}/api")],
             },
+            "sse": {
+                "analytics": format!("{http}/api/analytics"),
+                "accept": "text/event-stream",
+            },
+            "dashboard": format!("{http}/dashboard"),
+            "documents": {
+                "openapi": format!("{http}/openapi.json"),
+                "asyncapi": format!("{http}/asyncapi.json"),
+            },
             "operations": {
                 "health": format!("{http}/healthz"),
                 "ready": format!("{http}/readyz"),
@@ -136,6 +152,58 @@ fn describe(request: &Request, service: &Service) -> Reply {
         },
     });
     http::json(200, &body).with_header(header("Cache-Control", "no-cache"))
+}
+
+/// The REST API (OpenAPI 3.1) and the streams (AsyncAPI 3.1). Their server entries name
+/// `localhost:4000` over plain HTTP and WebSocket; each response puts in the address the
+/// document was fetched from, so that Postman's import targets this very server.
+const OPENAPI: &str = include_str!("static/openapi.json");
+const ASYNCAPI: &str = include_str!("static/asyncapi.json");
+const DASHBOARD: &str = include_str!("static/dashboard.html");
+
+fn document(text: &'static str, request: &Request, service: &Service) -> Reply {
+    let (http, ws) = base_urls(request, &service.default_host);
+    let (http_scheme, host) = http.split_once("://").unwrap_or(("http", &http));
+    let ws_scheme = ws.split_once("://").map_or("ws", |(s, _)| s);
+    let body = text
+        .replace(
+            r#""url": "http://localhost:4000""#,
+            &format!(r#""url": "{http}""#),
+        )
+        .replace(
+            r#""host": "localhost:4000""#,
+            &format!(r#""host": "{host}""#),
+        )
+        .replace(
+            r#""protocol": "ws""#,
+            &format!(r#""protocol": "{ws_scheme}""#),
+        )
+        .replace(
+            r#""protocol": "http""#,
+            &format!(r#""protocol": "{http_scheme}""#),
+        );
+    http::json_bytes(200, body.into()).with_header(header("Cache-Control", "no-cache"))
+}
+
+/// `GET /dashboard`: one self-contained page. The policy allows its inline script and
+/// style and connections to this origin only.
+fn dashboard() -> Reply {
+    http::with_body(200, "text/html; charset=utf-8", DASHBOARD.into())
+        .with_header(header("Cache-Control", "no-cache"))
+        .with_header(header(
+            "Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
+        ))
+}
+
+/// Whether a browser is asking: `text/html` is in `Accept` (curl and Postman send `*/*`).
+fn wants_html(request: &Request) -> bool {
+    request_header(request, "Accept").is_some_and(|accept| {
+        accept
+            .split(',')
+            .any(|range| range.split(';').next().unwrap_or("").trim() == "text/html")
+    })
 }
 
 /// `GET /readyz`: whether to send new clients here (503 while shutting down).
@@ -231,5 +299,62 @@ mod tests {
         assert!(!is_valid_host("evil.com/path"));
         assert!(!is_valid_host("a\"b"));
         assert!(!is_valid_host("<script>"));
+    }
+
+    /// The route table and the documents agree: every path the server answers is in the
+    /// OpenAPI document, and every documented path is answered. Every WebSocket path is
+    /// an AsyncAPI channel, and every channel a streaming path.
+    #[test]
+    fn the_api_documents_describe_exactly_the_routes() {
+        let openapi: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let documented: Vec<&str> = openapi["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for route in Route::ALL {
+            assert!(
+                documented.contains(&route.path()),
+                "{} undocumented",
+                route.path()
+            );
+        }
+        for path in &documented {
+            assert!(
+                paths::route(path).is_some(),
+                "{path} is documented, not served"
+            );
+        }
+        assert_eq!(documented.len(), Route::ALL.len());
+
+        let asyncapi: serde_json::Value = serde_json::from_str(ASYNCAPI).unwrap();
+        let channels: Vec<&str> = asyncapi["channels"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|c| c["address"].as_str().unwrap())
+            .collect();
+        for route in Route::ALL.into_iter().filter(|r| r.websocket()) {
+            assert!(
+                channels.contains(&route.path()),
+                "{} has no channel",
+                route.path()
+            );
+        }
+        for address in channels {
+            assert!(
+                paths::route(address).is_some_and(Route::websocket),
+                "{address}"
+            );
+        }
+    }
+
+    #[test]
+    fn documents_carry_the_placeholders_that_requests_fill_in() {
+        assert!(OPENAPI.contains(r#""url": "http://localhost:4000""#));
+        assert_eq!(ASYNCAPI.matches(r#""host": "localhost:4000""#).count(), 2);
+        assert!(ASYNCAPI.contains(r#""protocol": "ws""#));
+        assert!(ASYNCAPI.contains(r#""protocol": "http""#));
     }
 }

@@ -68,6 +68,8 @@ fn startup_line_gives_the_url_of_every_endpoint() {
         format!("ws://{addr}/api/analytics"),
         format!("http://{addr}/ "),
         format!("http://{addr}/api"),
+        format!("http://{addr}/dashboard"),
+        format!("http://{addr}/openapi.json"),
     ] {
         assert!(line.contains(url.trim()), "{url} in {line}");
     }
@@ -204,5 +206,48 @@ fn caps_derived_from_a_low_descriptor_limit_refuse_instead_of_crashing() {
     );
     assert_eq!(get(addr, "/api/analytics").status, 200);
     p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(), Some(0));
+}
+
+/// As Render runs it: no HOST (all interfaces), PORT from the environment; the health
+/// check path answers well within Render's 5 s, and SIGTERM (a deploy) ends an SSE stream
+/// with its close event and the process with 0.
+#[test]
+fn starts_as_render_runs_it_and_deploys_end_streams_cleanly() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = std::time::Instant::now();
+    let mut p = Process::spawn(&[("PORT", &port.to_string())]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let up = eventually(std::time::Duration::from_secs(5), || {
+        std::net::TcpStream::connect(addr).is_ok() && get(addr, "/readyz").status == 200
+    });
+    assert!(up, "no 200 from /readyz within 5 s");
+    eprintln!("ready after {:?}", started.elapsed());
+    assert!(p.wait_for_line("listening on").contains("0.0.0.0"));
+
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    std::io::Write::write_all(
+        &mut &stream,
+        b"GET /api/analytics HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(stream);
+    let mut lines = std::iter::from_fn(|| {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        (n > 0).then_some(line)
+    });
+    assert!(lines.any(|l| l.starts_with("event: sample")));
+    p.signal(libc::SIGTERM);
+    let rest: Vec<String> = lines.collect();
+    assert!(
+        rest.iter().any(|l| l.starts_with("event: close")),
+        "{rest:?}"
+    );
     assert_eq!(p.wait_exit(), Some(0));
 }

@@ -1,0 +1,111 @@
+//! The API documents and the dashboard, as clients fetch them: every documented path
+//! answers with a documented status and content type, the documents point at the server
+//! they came from, browsers asking `/` for HTML go to the dashboard, and the dashboard
+//! needs nothing from outside the binary.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn every_documented_path_answers_as_documented() {
+    let s = TestServer::start();
+    let doc = get(s.addr, "/openapi.json").json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 10, "{paths:?}");
+    for (path, item) in paths {
+        let r = get(s.addr, path);
+        let responses = &item["get"]["responses"];
+        let documented = &responses[r.status.to_string()];
+        assert!(
+            documented.is_object(),
+            "GET {path} -> {}, not among {:?}",
+            r.status,
+            responses.as_object().unwrap().keys().collect::<Vec<_>>()
+        );
+        let documented = match documented["$ref"].as_str() {
+            Some(pointer) => doc.pointer(&pointer[1..]).unwrap(),
+            None => documented,
+        };
+        let media = r.header("Content-Type").unwrap().split(';').next().unwrap();
+        assert!(
+            documented["content"].get(media).is_some(),
+            "GET {path}: {media} is not documented for {}",
+            r.status
+        );
+        // HEAD answers every documented path too.
+        assert_eq!(
+            request(s.addr, "HEAD", path, &[]).status,
+            r.status,
+            "HEAD {path}"
+        );
+    }
+    // A path the document does not list is not answered.
+    assert_eq!(get(s.addr, "/api/analytics/nope").status, 404);
+}
+
+#[test]
+fn documents_name_the_server_they_were_fetched_from() {
+    let s = TestServer::start();
+    let doc = get(s.addr, "/openapi.json").json();
+    assert_eq!(doc["servers"][0]["url"], format!("http://{}", s.addr));
+    let behind_tls = request(
+        s.addr,
+        "GET",
+        "/asyncapi.json",
+        &["X-Forwarded-Proto: https"],
+    )
+    .json();
+    assert_eq!(behind_tls["asyncapi"], "3.1.0");
+    assert_eq!(behind_tls["servers"]["websocket"]["protocol"], "wss");
+    assert_eq!(behind_tls["servers"]["sse"]["protocol"], "https");
+    assert_eq!(
+        behind_tls["servers"]["websocket"]["host"],
+        s.addr.to_string()
+    );
+    let described = get(s.addr, "/").json();
+    assert_eq!(
+        described["endpoints"]["documents"]["openapi"],
+        format!("http://{}/openapi.json", s.addr)
+    );
+    assert_eq!(
+        described["endpoints"]["dashboard"],
+        format!("http://{}/dashboard", s.addr)
+    );
+}
+
+#[test]
+fn browsers_asking_for_html_are_sent_to_the_dashboard() {
+    let s = TestServer::start();
+    let browser = "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let r = request(s.addr, "GET", "/", &[browser]);
+    assert_eq!(r.status, 303);
+    assert_eq!(r.header("Location"), Some("/dashboard"));
+    assert_eq!(r.header("Vary"), Some("Accept"));
+    // curl and Postman send */*; JSON clients send application/json: they get JSON.
+    for accept in ["Accept: */*", "Accept: application/json"] {
+        let r = request(s.addr, "GET", "/", &[accept]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["service"], "realtime-analytics-backend");
+    }
+    // /api stays JSON even for browsers.
+    assert_eq!(request(s.addr, "GET", "/api", &[browser]).status, 200);
+}
+
+#[test]
+fn the_dashboard_is_one_self_contained_page() {
+    let s = TestServer::start();
+    let r = get(s.addr, "/dashboard");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
+    let csp = r.header("Content-Security-Policy").unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"));
+    let page = r.text();
+    assert!(page.starts_with("<!doctype html>"));
+    assert!(page.contains("new EventSource("));
+    assert!(page.contains("/api/analytics/history"));
+    // Nothing is fetched from elsewhere: no absolute URLs at all.
+    assert!(!page.contains("http://") && !page.contains("https://"));
+    assert!(!page.contains("<script src") && !page.contains("<link rel=\"stylesheet\""));
+}
