@@ -40,7 +40,7 @@ use std::mem::MaybeUninit;
 
 use tiny_http::{HTTPVersion, Header, Method, Request};
 
-use crate::http::request_header;
+use crate::http::{self, request_header};
 use crate::hub::Subscription;
 use crate::metrics::Metrics;
 use crate::options::Options;
@@ -108,7 +108,11 @@ pub fn start(request: Request, slot: Slot, options: Options, cors: Vec<Header>) 
                     // socket is shut.
                     drop(held.map(Request::into_writer));
                 }
-                Err(e) => log::error!("sse {peer}: cannot take over the socket: {e}"),
+                Err(e) => {
+                    log::error!("sse {peer}: cannot take over the socket: {e}");
+                    let message = "The stream could not start. Retry in a few seconds.";
+                    let _ = request.respond(http::error(503, "stream_failed", message, &[]));
+                }
             }
         });
     if let Err(e) = spawned {
@@ -273,7 +277,8 @@ impl EventStream {
             .set_write_timeout(Some(WRITE_TIMEOUT))
             .and_then(|()| (&*socket).write_all(&self.pending))
             .and_then(|()| socket.set_write_timeout(None));
-        self.pending.clear();
+        // The opening burst can be large (a replay); do not keep its buffer.
+        self.pending = Vec::new();
         written.map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => End::Close(json!({
                 "reason": "client too slow to take the stream's first samples"
