@@ -19,7 +19,9 @@ pub fn json_bytes(status: u16, body: Bytes) -> Reply {
     with_body(status, "application/json", body)
 }
 
-/// A response with a body of the given content type.
+/// A response with a body of the given content type. The length is always sent as
+/// `Content-Length`: tiny_http would otherwise chunk bodies over 32 KiB (the OpenAPI
+/// document, long histories), which simple clients and progress bars handle worse.
 pub fn with_body(status: u16, content_type: &str, body: Bytes) -> Reply {
     let len = body.len();
     Response::new(
@@ -29,6 +31,7 @@ pub fn with_body(status: u16, content_type: &str, body: Bytes) -> Reply {
         Some(len),
         None,
     )
+    .with_chunked_threshold(usize::MAX)
 }
 
 /// A response whose body is `value` serialized as JSON.

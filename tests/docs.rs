@@ -34,6 +34,11 @@ fn every_documented_path_answers_as_documented() {
             "GET {path}: {media} is not documented for {}",
             r.status
         );
+        // Whole bodies always carry their length (tiny_http would chunk large ones).
+        assert!(
+            r.header("Content-Length").is_some(),
+            "GET {path}: no Content-Length"
+        );
         // HEAD answers every documented path too.
         assert_eq!(
             request(s.addr, "HEAD", path, &[]).status,
