@@ -1,11 +1,12 @@
-//! Memory per WebSocket client: 1000 idle clients on the built binary, RSS read from
-//! /proc. Prints the figure quoted in the README; asserts only a generous bound (the
-//! default tungstenite read buffer alone would be 128 KiB per client).
+//! Memory per streaming client: 1000 idle WebSocket clients, then 1000 idle SSE clients,
+//! on the built binary, RSS read from /proc. Prints the figures quoted in the README;
+//! asserts only a generous bound (the default tungstenite read buffer alone would be
+//! 128 KiB per client).
 
 mod common;
 
-use std::io::Read;
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 
 use common::*;
 
@@ -23,7 +24,7 @@ fn status_field(pid: u32, field: &str) -> u64 {
 
 /// Opens a WebSocket with a raw socket and reads the 101 and the welcome: a client that
 /// then stays idle costs the server, not this process.
-fn open(addr: std::net::SocketAddr) -> TcpStream {
+fn open_websocket(addr: SocketAddr) -> TcpStream {
     let (stream, mut reader) = raw_upgrade(addr, "/api/analytics");
     let mut head = [0u8; 4];
     reader.read_exact(&mut head).unwrap();
@@ -31,8 +32,33 @@ fn open(addr: std::net::SocketAddr) -> TcpStream {
     stream
 }
 
+/// Opens an event stream and reads up to its first sample.
+fn open_event_stream(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(b"GET /api/analytics HTTP/1.1\r\nHost: m\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("event: sample") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    stream
+}
+
 #[test]
 fn rss_per_idle_websocket_client_is_small() {
+    measure("WebSocket", open_websocket);
+}
+
+#[test]
+fn rss_per_idle_sse_client_is_small() {
+    measure("SSE", open_event_stream);
+}
+
+fn measure(kind: &str, open: fn(SocketAddr) -> TcpStream) {
     let p = Process::spawn(&[
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
@@ -50,7 +76,7 @@ fn rss_per_idle_websocket_client_is_small() {
     let threads = status_field(pid, "Threads:");
     let per_client = (after.saturating_sub(before)) * 1024 / CLIENTS as u64;
     println!(
-        "{CLIENTS} idle WebSocket clients: RSS {before} kB -> {after} kB, {per_client} bytes \
+        "{CLIENTS} idle {kind} clients: RSS {before} kB -> {after} kB, {per_client} bytes \
          ({:.1} KiB) per client, {threads} threads",
         per_client as f64 / 1024.0
     );
