@@ -126,6 +126,17 @@ pub fn cors_headers(cors: &Cors, origin: Option<&str>) -> Vec<Header> {
     }
 }
 
+/// Whether `Accept` names `media` itself (wildcards such as `*/*` do not count: they are
+/// what clients send when any representation will do).
+pub fn accepts(request: &Request, media: &str) -> bool {
+    request_header(request, "Accept").is_some_and(|accept| {
+        accept.split(',').any(|range| {
+            let name = range.split(';').next().unwrap_or("").trim();
+            name.eq_ignore_ascii_case(media)
+        })
+    })
+}
+
 /// The value of the first request header called `name` (case-insensitive).
 pub fn request_header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
     request

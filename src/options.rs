@@ -13,7 +13,9 @@
 //! Unknown parameters are ignored (cache-busters such as `_=1700000000` are common); a
 //! known parameter with a bad value is an error that lists what is allowed.
 
-use crate::sample::{FIELDS, Fields};
+use bytes::Bytes;
+
+use crate::sample::{FIELDS, Fields, Tick, encode};
 use crate::simulator::{self, Model, Scenario};
 
 /// At most this many samples are replayed on resume or returned by one history request.
@@ -42,6 +44,19 @@ impl Options {
     /// Whether samples are the shared stream's bytes (no per-client encoding needed).
     pub fn is_shared(&self, model: &Model) -> bool {
         self.scenario == model.scenario && self.fields == Fields::SEED && !self.seq
+    }
+
+    /// The bytes of sample `seq` for these options: `shared` (the stream's, encoded once
+    /// for everyone) when it is that tick and the options ask for nothing else, otherwise
+    /// this client's own encoding.
+    pub fn encode(&self, model: &Model, seq: u64, shared: Option<&Tick>) -> Bytes {
+        match shared {
+            Some(tick) if tick.seq == seq && self.is_shared(model) => tick.json.clone(),
+            _ => {
+                let sample = model.sample(seq, self.scenario, self.fields.needs_details());
+                encode(&sample, self.fields, self.seq)
+            }
+        }
     }
 
     /// The ticks a client resuming with `since` missed, up to `latest`: at most the last

@@ -44,7 +44,8 @@ pub fn handle(request: &Request, path: &str, service: &Service) -> Reply {
         Method::Get | Method::Head => match route {
             Route::Analytics => analytics(request, service).unwrap_or_else(|e| http::bad_query(&e)),
             Route::History => history(request, service).unwrap_or_else(|e| http::bad_query(&e)),
-            Route::Root if wants_html(request) => http::empty(303)
+            // A browser (curl and Postman send `*/*`, so they get JSON).
+            Route::Root if http::accepts(request, "text/html") => http::empty(303)
                 .with_header(header("Location", Route::Dashboard.path()))
                 .with_header(header("Vary", "Accept")),
             Route::Root | Route::Api => describe(request, service),
@@ -67,14 +68,7 @@ fn analytics(request: &Request, service: &Service) -> Result<Reply, Invalid> {
     let latest = service.hub.latest();
     let pairs = options::pairs(options::query(request.url()));
     let o = options::parse(&pairs, &service.model, latest.seq)?;
-    let body = if o.is_shared(&service.model) {
-        latest.json
-    } else {
-        let sample = service
-            .model
-            .sample(latest.seq, o.scenario, o.fields.needs_details());
-        encode(&sample, o.fields, o.seq)
-    };
+    let body = o.encode(&service.model, latest.seq, Some(&latest));
     Ok(http::json_bytes(200, body).with_header(header("Cache-Control", "no-store")))
 }
 
@@ -195,15 +189,6 @@ fn dashboard() -> Reply {
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
              connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
         ))
-}
-
-/// Whether a browser is asking: `text/html` is in `Accept` (curl and Postman send `*/*`).
-fn wants_html(request: &Request) -> bool {
-    request_header(request, "Accept").is_some_and(|accept| {
-        accept
-            .split(',')
-            .any(|range| range.split(';').next().unwrap_or("").trim() == "text/html")
-    })
 }
 
 /// `GET /readyz`: whether to send new clients here (503 while shutting down).

@@ -45,10 +45,10 @@ use crate::hub::Subscription;
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::paths::Route;
-use crate::sample::{Tick, encode};
+use crate::sample::Tick;
 use crate::socket::Streamed;
 use crate::watcher::Watch;
-use crate::ws::{self, Slot, Streams};
+use crate::ws::{self, SEND_BUFFER, STACK, Slot, Streams};
 
 /// A comment line after this long without an event, so that proxies keep the stream open.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -58,20 +58,11 @@ const RETRY_MS: u64 = 2000;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read (and discarded) from a client per wake-up: it has nothing to say.
 const MAX_READ: usize = 64 * 1024;
-/// As for WebSocket threads (see `ws`).
-const STACK: usize = 128 * 1024;
-const SEND_BUFFER: usize = 8 * 1024;
 
 /// Whether a GET asks for an event stream (`Accept: text/event-stream`, as `EventSource`
 /// sends). Everything else, `*/*` included, keeps getting JSON.
 pub fn is_event_stream(request: &Request) -> bool {
-    *request.method() == Method::Get
-        && request_header(request, "Accept").is_some_and(|accept| {
-            accept.split(',').any(|range| {
-                let media = range.split(';').next().unwrap_or("").trim();
-                media.eq_ignore_ascii_case("text/event-stream")
-            })
-        })
+    *request.method() == Method::Get && http::accepts(request, "text/event-stream")
 }
 
 /// The `since` of a resuming `EventSource`: its `Last-Event-ID`, if that is a sequence
@@ -267,10 +258,13 @@ impl EventStream {
             Some(ticks) => {
                 let every = self.options.every;
                 for seq in ticks.filter(|seq| seq % every == 0) {
-                    self.push_sample(seq, self.bytes(streams, seq, None));
+                    self.push_sample(seq, self.options.encode(model, seq, None));
                 }
             }
-            None => self.push_sample(first.seq, self.bytes(streams, first.seq, Some(first))),
+            None => {
+                let json = self.options.encode(model, first.seq, Some(first));
+                self.push_sample(first.seq, json);
+            }
         }
         let socket = self.socket.socket();
         let written = socket
@@ -285,21 +279,6 @@ impl EventStream {
             })),
             _ => End::Lost(e.to_string()),
         })
-    }
-
-    /// This client's bytes for sample `seq`: the shared stream's, or its own encoding
-    /// when it asked for another scenario, other fields or sequence numbers.
-    fn bytes(&self, streams: &Streams, seq: u64, shared: Option<&Tick>) -> Bytes {
-        match shared {
-            Some(tick) if self.options.is_shared(&streams.model) => tick.json.clone(),
-            _ => {
-                let o = &self.options;
-                let sample = streams
-                    .model
-                    .sample(seq, o.scenario, o.fields.needs_details());
-                encode(&sample, o.fields, o.seq)
-            }
-        }
     }
 
     fn push_sample(&mut self, seq: u64, json: Bytes) {
@@ -322,7 +301,8 @@ impl EventStream {
             return Ok(());
         }
         self.skipped = 0;
-        self.push_sample(tick.seq, self.bytes(streams, tick.seq, Some(tick)));
+        let json = self.options.encode(&streams.model, tick.seq, Some(tick));
+        self.push_sample(tick.seq, json);
         Metrics::count(&streams.metrics.sse_events_sent);
         self.flush().map(drop)
     }

@@ -29,22 +29,22 @@ use crate::hub::{Hub, Subscription};
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::paths::Route;
-use crate::sample::{Tick, encode};
+use crate::sample::Tick;
 use crate::simulator::Model;
 use crate::socket::{Registry, Upgraded};
 use crate::watcher::{Watch, Watcher};
 
-/// Stack for connection threads. They run a select loop and tungstenite's framing; 128 KiB
-/// is several times what they touch (in debug builds too), and only touched pages count
-/// towards RSS.
-const STACK: usize = 128 * 1024;
+/// Stack for connection threads (WebSocket and SSE). They run a select loop and
+/// tungstenite's framing; 128 KiB is several times what they touch (in debug builds too),
+/// and only touched pages count towards RSS.
+pub const STACK: usize = 128 * 1024;
 /// Clients send only control frames and perhaps a small text message; anything larger is
 /// refused with 1009 rather than buffered.
 const MAX_MESSAGE: usize = 16 * 1024;
 /// Kernel send buffer per client (Linux doubles it). A stream of ~100-byte frames needs
 /// little; a small buffer bounds the kernel memory a stalled client pins and how long it
 /// takes to notice one: about 150 frames (~4 minutes at 1.5 s) before writes would block.
-const SEND_BUFFER: usize = 8 * 1024;
+pub const SEND_BUFFER: usize = 8 * 1024;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long one write may block while replaying missed samples to a resuming client.
@@ -350,19 +350,6 @@ impl Connection {
         }
     }
 
-    /// This connection's bytes for `tick`: the shared stream's, or its own encoding when
-    /// it asked for another scenario, other fields or sequence numbers.
-    fn bytes(&self, seq: u64, shared: Option<&Tick>) -> bytes::Bytes {
-        match shared {
-            Some(tick) if self.options.is_shared(&self.model) => tick.json.clone(),
-            _ => {
-                let o = &self.options;
-                let sample = self.model.sample(seq, o.scenario, o.fields.needs_details());
-                encode(&sample, o.fields, o.seq)
-            }
-        }
-    }
-
     /// Sends the samples a resuming client missed, in order. The socket is blocking (with
     /// a timeout) meanwhile: these frames must not be skipped.
     fn replay(&mut self, ticks: std::ops::RangeInclusive<u64>) -> Result<(), End> {
@@ -376,7 +363,7 @@ impl Connection {
             return Err(End::Lost(format!("cannot replay: {e}")));
         }
         for seq in ticks.filter(|seq| seq % self.options.every == 0) {
-            let text = utf8(self.bytes(seq, None))?;
+            let text = utf8(self.options.encode(&self.model, seq, None))?;
             match self.ws.write(Message::Text(text)) {
                 Ok(()) => {
                     self.sent += 1;
@@ -416,7 +403,7 @@ impl Connection {
             return Ok(());
         }
         self.skipped = 0;
-        let text = utf8(self.bytes(tick.seq, Some(tick)))?;
+        let text = utf8(self.options.encode(&self.model, tick.seq, Some(tick)))?;
         self.send(Message::Text(text))?;
         self.sent += 1;
         Metrics::count(&self.metrics.frames_sent);
