@@ -29,6 +29,7 @@ use std::convert::Infallible;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -165,6 +166,7 @@ fn serve(
     let mut stream = EventStream {
         socket,
         options,
+        metrics: Arc::clone(&streams.metrics),
         pending: Vec::new(),
         last_write: Instant::now(),
         sent: 0,
@@ -184,6 +186,7 @@ fn serve(
 struct EventStream {
     socket: Streamed,
     options: Options,
+    metrics: Arc<Metrics>,
     /// Bytes accepted for this client but not yet taken by the kernel.
     pending: Vec<u8>,
     last_write: Instant,
@@ -287,6 +290,7 @@ impl EventStream {
         self.pending.extend_from_slice(&json);
         self.pending.extend_from_slice(b"\n\n");
         self.sent += 1;
+        Metrics::count(&self.metrics.sse_events_sent);
     }
 
     /// Sends one sample, or skips it while earlier bytes are still unsent.
@@ -303,7 +307,6 @@ impl EventStream {
         self.skipped = 0;
         let json = self.options.encode(&streams.model, tick.seq, Some(tick));
         self.push_sample(tick.seq, json);
-        Metrics::count(&streams.metrics.sse_events_sent);
         self.flush().map(drop)
     }
 

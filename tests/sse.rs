@@ -159,6 +159,18 @@ fn an_event_stream_carries_the_same_samples_as_the_websocket() {
         2,
         "SSE and WebSocket share the count"
     );
+    let metrics = get(s.addr, "/metrics").text();
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(value("analytics_sse_clients"), Some(1.0));
+    assert!(
+        value("analytics_sse_events_sent_total").unwrap() >= 2.0,
+        "{metrics}"
+    );
 }
 
 #[test]
