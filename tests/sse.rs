@@ -159,18 +159,9 @@ fn an_event_stream_carries_the_same_samples_as_the_websocket() {
         2,
         "SSE and WebSocket share the count"
     );
-    let metrics = get(s.addr, "/metrics").text();
-    let value = |name: &str| {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .map(|v| v.parse::<f64>().unwrap())
-    };
-    assert_eq!(value("analytics_sse_clients"), Some(1.0));
-    assert!(
-        value("analytics_sse_events_sent_total").unwrap() >= 2.0,
-        "{metrics}"
-    );
+    assert_eq!(metric(s.addr, "analytics_sse_clients"), 1.0);
+    let sent = metric(s.addr, "analytics_sse_events_sent_total");
+    assert!(sent >= 2.0, "{sent}");
 }
 
 #[test]
@@ -320,12 +311,8 @@ fn a_stalled_client_is_dropped_and_never_delays_the_others() {
         assert_eq!(id, last + 1, "the fast client misses nothing");
         last = id;
     }
-    let body = get(s.addr, "/metrics").text();
-    let skipped = body
-        .lines()
-        .find_map(|l| l.strip_prefix("analytics_sse_events_skipped_total "))
-        .unwrap();
-    assert!(skipped.parse::<u64>().unwrap() >= 5, "{skipped}");
+    let skipped = metric(s.addr, "analytics_sse_events_skipped_total");
+    assert!(skipped >= 5.0, "{skipped}");
     drop(stalled);
     assert_eq!(fast.sample().id(), last + 1);
 }

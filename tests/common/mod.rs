@@ -253,6 +253,16 @@ pub fn assert_sample(v: &serde_json::Value) {
     );
 }
 
+/// The value of an unlabelled metric from `GET /metrics`.
+pub fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let body = get(addr, "/metrics").text();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        .parse()
+        .unwrap()
+}
+
 /// Polls `check` until it returns true or `limit` passes.
 pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
