@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust suite (unit + integration over real sockets); the release
+# Runs every test: the Rust suite (unit + integration over real sockets), twice (the
+# Linux platform backend, then the portable POSIX one); the release
 # binary started on a free port, smoke-tested with curl, websocat and the README's own
 # examples, and its /openapi.json and /asyncapi.json checked by real validators; the
 # dashboard in headless Chromium across a server restart; then a short soak (100 clients
@@ -31,6 +32,11 @@ mkdir -p out
 
 echo "== cargo test (release)"
 cargo test --release --locked --workspace
+
+# The same suite on the portable POSIX platform backend, which macOS and the BSDs run
+# (src/platform): the code they use is exercised here too.
+echo "== cargo test (release, portable POSIX backend)"
+cargo test --release --locked -p realtime-analytics-backend --features portable
 
 echo "== smoke test of the release binary"
 bin=target/release/realtime-analytics-backend

@@ -49,6 +49,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// `HEADER_TIMEOUT_MS`: a request head must arrive within this (408 otherwise).
     pub header_timeout: Duration,
+    /// `WRITE_TIMEOUT_MS`: a client that takes none of a response for this long is
+    /// dropped.
+    pub write_timeout: Duration,
     /// `MAX_HEADER_BYTES`: a larger request head is refused with 431.
     pub max_header_bytes: u64,
     /// `WS_MAX_SKIPPED`: consecutive samples a client may fail to accept before it is
@@ -81,6 +84,7 @@ impl Default for Config {
             max_http_connections: None,
             idle_timeout: Duration::from_secs(75),
             header_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             ws_max_skipped: 20,
         }
@@ -229,6 +233,14 @@ impl Config {
         ) {
             config.header_timeout = ms?;
         }
+        if let Some(ms) = millis(
+            "WRITE_TIMEOUT_MS",
+            500,
+            600_000,
+            "an integer from 500 to 600000",
+        ) {
+            config.write_timeout = ms?;
+        }
         if let Some(n) = count(
             "MAX_HEADER_BYTES",
             1024,
@@ -327,6 +339,7 @@ mod tests {
             ("MAX_HTTP_CONNECTIONS", "6"),
             ("IDLE_TIMEOUT_MS", "2000"),
             ("HEADER_TIMEOUT_MS", "1500"),
+            ("WRITE_TIMEOUT_MS", "2500"),
             ("MAX_HEADER_BYTES", "4096"),
             ("WS_MAX_SKIPPED", "3"),
         ])
@@ -350,6 +363,7 @@ mod tests {
         assert_eq!(c.max_http_connections, Some(6));
         assert_eq!(c.idle_timeout, Duration::from_secs(2));
         assert_eq!(c.header_timeout, Duration::from_millis(1500));
+        assert_eq!(c.write_timeout, Duration::from_millis(2500));
         assert_eq!(c.max_header_bytes, 4096);
         assert_eq!(c.ws_max_skipped, 3);
     }
@@ -373,6 +387,7 @@ mod tests {
             ("MAX_HTTP_CONNECTIONS", "x"),
             ("IDLE_TIMEOUT_MS", "10"),
             ("HEADER_TIMEOUT_MS", "-5"),
+            ("WRITE_TIMEOUT_MS", "100"),
             ("MAX_HEADER_BYTES", "10"),
             ("WS_MAX_SKIPPED", "0"),
         ];

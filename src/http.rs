@@ -65,24 +65,6 @@ pub fn bad_query(e: &Invalid) -> Reply {
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER: &str = "5";
 
-/// The same error as [`error`], as the bytes of a whole HTTP/1.1 response that closes the
-/// connection: for connections we answer from outside tiny_http.
-pub fn raw_error(status: u16, code: &str, message: &str) -> Vec<u8> {
-    let body = json!({ "error": code, "message": message }).to_string();
-    let reason = StatusCode(status).default_reason_phrase();
-    let retry = if status == 503 {
-        format!("Retry-After: {RETRY_AFTER}\r\n")
-    } else {
-        String::new()
-    };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Access-Control-Allow-Origin: *\r\n{retry}Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 /// A response with no body (204, or 101 for an upgrade).
 pub fn empty(status: u16) -> Reply {
     Response::new(
@@ -137,6 +119,24 @@ pub fn accepts(request: &Request, media: &str) -> bool {
     })
 }
 
+/// `text` as it may go into a log line: control characters and non-ASCII bytes escaped
+/// (a client cannot forge lines or send terminal escapes), at most 200 characters.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(210));
+    for b in text.bytes() {
+        if out.len() >= 200 {
+            out.push_str("...");
+            break;
+        }
+        if (b' '..=b'~').contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// The value of the first request header called `name` (case-insensitive).
 pub fn request_header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
     request
@@ -144,4 +144,17 @@ pub fn request_header<'r>(request: &'r Request, name: &'static str) -> Option<&'
         .iter()
         .find(|h| h.field.equiv(name))
         .map(|h| h.value.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_text_cannot_forge_lines_or_escapes() {
+        assert_eq!(printable("/api?x=1"), "/api?x=1");
+        assert_eq!(printable("/a\r\nFAKE\x1b[31m"), "/a\\x0d\\x0aFAKE\\x1b[31m");
+        assert_eq!(printable("/é"), "/\\xc3\\xa9");
+        assert!(printable(&"a".repeat(500)).len() <= 203);
+    }
 }

@@ -3,23 +3,28 @@
 //! thread.
 //!
 //! Data flows one way: [`simulator`] (pure) → `generator` (one thread) → `hub` (latest
-//! sample and subscribers) → `ws` and `sse` (a thread per client) and `routes` (REST).
-//! `server` owns the listener and picks REST, WebSocket or SSE for each request. [`start`] runs it all
+//! sample and subscribers) → `ws` and `sse` (on each client's own thread) and `routes`
+//! (REST). `edge` owns the listener and every client connection, reads request heads
+//! strictly and hands them to tiny_http; `server` decides REST, WebSocket or SSE for each
+//! request. [`platform`] is the only code that knows the operating system. [`start`] runs it all
 //! in-process, which is how the integration tests drive the real server on port 0.
 
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod config;
-mod connections;
+mod edge;
 mod generator;
 mod http;
 mod hub;
 mod metrics;
 mod options;
 mod paths;
+pub mod platform;
 mod routes;
 pub mod sample;
 mod server;
 pub mod simulator;
-mod socket;
 mod sse;
 mod watchdog;
 mod watcher;

@@ -2,13 +2,12 @@
 //! for SIGTERM or SIGINT (a graceful shutdown, exit 0) or for the server to fail (exit 1,
 //! so the platform restarts it). A bad configuration exits 2 before anything starts.
 
-use std::process::ExitCode;
-use std::thread;
+#![forbid(unsafe_code)]
 
-use crossbeam_channel::{bounded, select};
-use realtime_analytics_backend::{Config, start};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use std::process::ExitCode;
+
+use crossbeam_channel::select;
+use realtime_analytics_backend::{Config, platform, start};
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 
 fn main() -> ExitCode {
@@ -30,10 +29,9 @@ fn main() -> ExitCode {
         TerminalMode::Stderr,
         ColorChoice::Never,
     );
-    raise_fd_limit();
 
     // Register for signals before starting, so none is missed in between.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let signals = match platform::shutdown_signals() {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot handle SIGTERM/SIGINT: {e}");
@@ -62,22 +60,9 @@ fn main() -> ExitCode {
     );
     log::info!("limits: MAX_WS_CLIENTS={max_ws} MAX_HTTP_CONNECTIONS={max_http}");
 
-    let (signal_tx, signal_rx) = bounded(1);
-    let spawned = thread::Builder::new()
-        .name("signals".into())
-        .stack_size(64 * 1024)
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                let _ = signal_tx.send(signal);
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the signal thread: {e}");
-        return ExitCode::FAILURE;
-    }
     select! {
-        recv(signal_rx) -> signal => {
-            let name = if signal == Ok(SIGINT) { "SIGINT" } else { "SIGTERM" };
+        recv(signals) -> signal => {
+            let name = signal.unwrap_or("a signal");
             log::info!("{name} received: closing {} streaming clients and stopping", server.ws_clients());
             server.shutdown();
             log::info!("stopped");
@@ -86,28 +71,6 @@ fn main() -> ExitCode {
         recv(server.failed()) -> why => {
             log::error!("exiting: {}", why.unwrap_or_default());
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Raises the soft limit on open files to the hard limit: each WebSocket client holds two
-/// descriptors, and the common soft default of 1024 would cap us near 500 clients.
-fn raise_fd_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read or write one `rlimit`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                log::warn!(
-                    "cannot raise the open-file limit: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
         }
     }
 }

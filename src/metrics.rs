@@ -1,8 +1,8 @@
 //! Counters and gauges, rendered in Prometheus text format at `GET /metrics`.
 //!
 //! Every part of the server writes here (atomics, or a short lock for labelled
-//! counters); only `/metrics` reads. Process RSS and thread count are read from
-//! /proc/self/status at scrape time.
+//! counters); only `/metrics` reads. Process RSS and thread count come from the platform
+//! seam at scrape time, where the OS tells them cheaply (Linux).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -17,7 +17,6 @@ pub struct Metrics {
     pub ws_rejected: AtomicU64,
     pub http_rejected: AtomicU64,
     pub http_connections: AtomicI64,
-    pub accept_pokes: AtomicU64,
     pub sse_clients: AtomicI64,
     pub sse_events_sent: AtomicU64,
     pub sse_events_skipped: AtomicU64,
@@ -173,13 +172,6 @@ impl Metrics {
             "HTTP connections closed by the server, by reason.",
             &closed,
         );
-        metric(
-            &mut out,
-            "analytics_accept_pokes_total",
-            "counter",
-            "Self-connections made to release connections tiny_http left unserved.",
-            &[("", get(&self.accept_pokes) as f64)],
-        );
         let requests = values(&self.requests, |(route, status)| {
             format!("route=\"{route}\",status=\"{status}\"")
         });
@@ -190,21 +182,22 @@ impl Metrics {
             "HTTP responses by route and status.",
             &requests,
         );
-        let (rss, threads) = process_status();
-        metric(
-            &mut out,
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident set size.",
-            &[("", rss as f64)],
-        );
-        metric(
-            &mut out,
-            "process_threads",
-            "gauge",
-            "Threads in the process.",
-            &[("", threads as f64)],
-        );
+        if let Some((rss, threads)) = crate::platform::process_stats() {
+            metric(
+                &mut out,
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident set size.",
+                &[("", rss as f64)],
+            );
+            metric(
+                &mut out,
+                "process_threads",
+                "gauge",
+                "Threads in the process.",
+                &[("", threads as f64)],
+            );
+        }
         out
     }
 }
@@ -223,18 +216,4 @@ fn labelled(out: &mut String, name: &str, kind: &str, help: &str, values: &[(Str
             let _ = writeln!(out, "{name}{{{labels}}} {value}");
         }
     }
-}
-
-/// (RSS in bytes, thread count) from /proc/self/status.
-pub fn process_status() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:") * 1024, field("Threads:"))
 }

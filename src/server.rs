@@ -1,53 +1,52 @@
-//! The server: the listening socket, tiny_http's receive loop, and the choice between
-//! REST and WebSocket for each request.
+//! The server: the edge in front, tiny_http and its workers behind it, and for each request
+//! one decision: a REST reply, a WebSocket stream or an event stream.
 //!
-//! The listener is built with socket2 rather than `Server::http` so that its options are
-//! ours: a deep accept backlog (a burst of dashboards reconnecting after a deploy must not
-//! see SYN drops), `TCP_NODELAY` (small frames go out at once), TCP keepalive (idle peers
-//! that vanished are found) and `TCP_USER_TIMEOUT` (a peer that stops acknowledging our
-//! frames is dropped after 30 s instead of Linux's ~15 minutes of retransmissions). On
-//! Linux, accepted sockets inherit all of them.
+//! tiny_http listens on a private loopback port that only the edge connects to (see
+//! `edge`). Its workers take each parsed request, find the client connection it came
+//! from, decide, and answer that client directly.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
-use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::Request;
 
-use crate::config::Config;
-use crate::connections::{Connections, Limits};
+use crate::config::{Config, Cors};
+use crate::edge::{self, Client, Clients, Edge, Exchange, Limits, StreamFn};
 use crate::generator;
 use crate::http::{self, Reply, request_header};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::options;
-use crate::paths;
+use crate::paths::{self, Route};
+use crate::platform;
 use crate::routes::{self, Service};
-use crate::socket::Registry;
 use crate::sse;
 use crate::watchdog;
 use crate::watcher::Watcher;
 use crate::ws::{self, Streams};
 
-/// Threads taking requests from tiny_http's queue. Handlers only copy a sample or build a
-/// small JSON body; upgrades are handed to their own thread at once.
+/// Threads taking requests from tiny_http's queue. They only build small replies and send
+/// them without blocking; streams and slow clients are the connections' own threads' work.
 const WORKERS: usize = 4;
 const BACKLOG: i32 = 1024;
-/// Unacknowledged data older than this aborts the connection.
-const USER_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long shutdown waits for WebSocket clients to finish their close handshakes.
+/// How long shutdown waits for streaming clients to finish their close handshakes.
 const DRAIN: Duration = Duration::from_secs(5);
+/// Descriptors kept for the server's own use (listeners, tiny_http's internal connections,
+/// the watcher, logs) when deriving the caps.
+const RESERVED_DESCRIPTORS: usize = 64;
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves its threads running.
 pub struct Server {
     addr: SocketAddr,
+    edge: Arc<Edge>,
     http: Arc<tiny_http::Server>,
-    /// The generator, the connections checker and the watchdog.
+    /// The accept loop, the generator and the watchdog.
     threads: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
     streams: Arc<Streams>,
@@ -70,7 +69,7 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Binds, starts the generator, the HTTP workers and the WebSocket watcher.
+/// Binds, starts tiny_http and its workers, the edge, the generator and the watchdog.
 pub fn start(config: &Config) -> Result<Server, StartError> {
     let addr = SocketAddr::new(config.host, config.port);
     let listener = listen(addr).map_err(|e| {
@@ -97,7 +96,6 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let first = model.tick_at(generator::now_ms());
     let hub = Arc::new(Hub::new(generator::tick(&model, first)));
     let metrics = Arc::new(Metrics::default());
-    let sockets = Arc::new(Registry::new(addr.port()));
     let ready = Arc::new(AtomicBool::new(true));
     let (stop, stopped) = bounded::<()>(0);
     let (failed_tx, failed) = bounded(WORKERS + 1);
@@ -108,47 +106,24 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         max_skipped: config.ws_max_skipped,
         stop: stopped.clone(),
         ready: Arc::clone(&ready),
-        sockets: Arc::clone(&sockets),
         metrics: Arc::clone(&metrics),
-        watcher: Watcher::start().map_err(|e| failure("the WebSocket watcher", &e))?,
+        watcher: Watcher::start().map_err(|e| failure("the stream watcher", &e))?,
         clients: AtomicUsize::new(0),
     });
-    let own = SocketAddr::new(loopback_for(addr.ip()), addr.port());
-    let connections = Arc::new(Connections::new(
-        Limits {
-            idle_timeout: config.idle_timeout,
-            header_timeout: config.header_timeout,
-            max_header_bytes: config.max_header_bytes,
-            max_connections: max_http,
-        },
-        sockets,
-        Arc::clone(&metrics),
-        own,
-    ));
-    let http = Arc::new(
-        tiny_http::Server::from_listener(listener, None).map_err(|e| failure("tiny_http", &e))?,
-    );
-    let threads = vec![
-        generator::spawn(
-            model,
-            first,
-            Arc::clone(&hub),
-            Arc::clone(&metrics),
-            stopped.clone(),
-        )
-        .map_err(|e| failure("the generator", &e))?,
-        connections
-            .spawn(stopped.clone())
-            .map_err(|e| failure("the connections checker", &e))?,
-        watchdog::spawn(own, stopped, failed_tx.clone())
-            .map_err(|e| failure("the watchdog", &e))?,
-    ];
 
+    // tiny_http, on a port only the edge connects to.
+    let private = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| Ok((l.local_addr()?, l)))
+        .map_err(|e| failure("tiny_http's internal listener", &e))?;
+    let http = Arc::new(
+        tiny_http::Server::from_listener(private.1, None).map_err(|e| failure("tiny_http", &e))?,
+    );
+    let (clients, acked) = Clients::new();
     let service = Arc::new(Service {
         hub,
         model,
         default_host: default_host(addr),
-        metrics,
+        metrics: Arc::clone(&metrics),
         caps: (max_ws, max_http),
         ready: Arc::clone(&ready),
     });
@@ -157,9 +132,9 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     for i in 0..WORKERS {
         let worker = Worker {
             http: Arc::clone(&http),
+            clients: Arc::clone(&clients),
             service: Arc::clone(&service),
             streams: Arc::clone(&streams),
-            connections: Arc::clone(&connections),
             cors: config.cors.clone(),
             stopping: Arc::clone(&stopping),
             failed: failed_tx.clone(),
@@ -170,8 +145,41 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
             .map_err(|e| failure("the HTTP workers", &e))?;
         workers.push(handle);
     }
+
+    let limits = Limits {
+        header_timeout: config.header_timeout,
+        idle_timeout: config.idle_timeout,
+        write_timeout: config.write_timeout,
+        max_header_bytes: config.max_header_bytes as usize,
+        max_connections: max_http,
+    };
+    let edge = Arc::new(
+        Edge::new(
+            listener,
+            private.0,
+            (clients, acked),
+            limits,
+            config.cors.clone(),
+            Arc::clone(&metrics),
+        )
+        .map_err(|e| failure("the edge", &e))?,
+    );
+    let threads = vec![
+        edge.spawn().map_err(|e| failure("the accept loop", &e))?,
+        generator::spawn(
+            model,
+            first,
+            Arc::clone(&service.hub),
+            metrics,
+            stopped.clone(),
+        )
+        .map_err(|e| failure("the generator", &e))?,
+        watchdog::spawn(edge::loopback(addr), stopped, failed_tx)
+            .map_err(|e| failure("the watchdog", &e))?,
+    ];
     Ok(Server {
         addr,
+        edge,
         http,
         threads,
         workers,
@@ -196,13 +204,14 @@ impl Server {
         default_host(self.addr)
     }
 
-    /// Receives a message if the server can no longer accept connections (tiny_http's
-    /// accept loop ended). The process should then exit non-zero so that it is restarted.
+    /// Receives a message if the server can no longer serve (tiny_http's workers lost
+    /// their queue, or the watchdog's probes went unanswered). The process should then
+    /// exit non-zero so that it is restarted.
     pub fn failed(&self) -> &Receiver<String> {
         &self.failed
     }
 
-    /// Open WebSocket connections.
+    /// Open streaming connections (WebSocket and SSE).
     pub fn ws_clients(&self) -> usize {
         self.streams.clients()
     }
@@ -212,9 +221,10 @@ impl Server {
         self.caps
     }
 
-    /// Graceful shutdown: `/readyz` turns 503 and new upgrades are refused; every
-    /// WebSocket gets close 1001 with a randomised reconnect delay (up to 5 s are given
-    /// to the close handshakes); requests in progress finish; then the workers stop.
+    /// Graceful shutdown: `/readyz` turns 503 and new streams are refused; every stream
+    /// gets its close (1001, or `event: close`) with a randomised reconnect delay (up to
+    /// 5 s are given to the close handshakes); then the edge stops accepting and closes
+    /// the HTTP connections, and the workers stop.
     pub fn shutdown(self) {
         self.ready.store(false, Ordering::SeqCst);
         drop(self.stop);
@@ -222,6 +232,7 @@ impl Server {
         while self.streams.clients() > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
+        self.edge.stop();
         for thread in self.threads {
             let _ = thread.join();
         }
@@ -242,64 +253,49 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
         socket.set_only_v6(false)?;
     }
     socket.set_reuse_address(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_keepalive(true)?;
-    socket.set_tcp_keepalive(
-        &TcpKeepalive::new()
-            .with_time(Duration::from_secs(60))
-            .with_interval(Duration::from_secs(10))
-            .with_retries(3),
-    )?;
-    socket.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
     socket.bind(&addr.into())?;
+    // A deep backlog: a burst of dashboards reconnecting after a deploy must not see SYN
+    // drops.
     socket.listen(BACKLOG)?;
     Ok(socket.into())
 }
 
 /// The caps in force: configured, or derived from what the process can hold. Each client
-/// costs up to three descriptors (tiny_http dups every socket, an event stream dups it
-/// once more) and up to two threads of about five memory mappings each; past
-/// `vm.max_map_count` thread creation fails or the process aborts, and past the
-/// descriptor limit tiny_http's accept loop dies. A fifth of the budget goes to HTTP
-/// connections.
+/// costs one descriptor and one thread; a fifth of the budget goes to HTTP connections.
+/// Configured caps the limits cannot hold are lowered, with a warning: refusing clients
+/// with 503 beats failing to accept anyone.
 fn caps(config: &Config) -> (usize, usize) {
-    let descriptors = fd_limit().saturating_sub(256) / 3;
-    let mappings = max_map_count().saturating_sub(2000) / 10;
-    let budget = descriptors.min(mappings).max(10);
-    let http = config.max_http_connections.unwrap_or(budget / 5);
-    let ws = config
+    let descriptors = platform::raise_fd_limit().map(|n| {
+        usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(RESERVED_DESCRIPTORS)
+    });
+    let budget = [descriptors, platform::thread_limit()]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(200_000)
+        .max(10);
+    let mut http = config.max_http_connections.unwrap_or(budget / 5);
+    let mut ws = config
         .max_ws_clients
         .unwrap_or_else(|| budget.saturating_sub(http).max(1));
+    if http + ws > budget {
+        let (wanted_ws, wanted_http) = (ws, http);
+        http = (budget / 5).max(1).min(http);
+        ws = budget.saturating_sub(http).max(1).min(ws);
+        log::warn!(
+            "MAX_WS_CLIENTS={wanted_ws} and MAX_HTTP_CONNECTIONS={wanted_http} need more \
+             descriptors or threads than this process may have; using {ws} and {http}. \
+             Raise the open-file limit (ulimit -n) to allow more."
+        );
+    } else if budget < 200 {
+        log::warn!(
+            "the open-file or thread limit allows only {budget} clients; raise it (ulimit -n) \
+             to serve more"
+        );
+    }
     (ws, http)
-}
-
-fn fd_limit() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    } else {
-        1024
-    }
-}
-
-fn max_map_count() -> usize {
-    std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(65_530)
-}
-
-/// The address to reach our own listener at.
-fn loopback_for(ip: IpAddr) -> IpAddr {
-    if ip.is_unspecified() {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        ip
-    }
 }
 
 /// `host:port` for URLs when a request carries no usable `Host` header.
@@ -313,12 +309,18 @@ fn default_host(addr: SocketAddr) -> String {
 
 struct Worker {
     http: Arc<tiny_http::Server>,
+    clients: Arc<Clients>,
     service: Arc<Service>,
     streams: Arc<Streams>,
-    connections: Arc<Connections>,
-    cors: crate::config::Cors,
+    cors: Cors,
     stopping: Arc<AtomicBool>,
     failed: Sender<String>,
+}
+
+/// What answers a request.
+enum Answer {
+    Reply(Reply),
+    Stream(StreamFn),
 }
 
 impl Worker {
@@ -328,8 +330,7 @@ impl Worker {
                 Ok(request) => self.handle(request),
                 Err(_) if self.stopping.load(Ordering::SeqCst) => return,
                 Err(e) => {
-                    // tiny_http reports an accept error once, then its accept loop is gone.
-                    let message = format!("the HTTP accept loop stopped: {e}");
+                    let message = format!("tiny_http stopped: {e}");
                     log::error!("{message}");
                     let _ = self.failed.try_send(message);
                     return;
@@ -339,48 +340,80 @@ impl Worker {
     }
 
     fn handle(&self, request: Request) {
-        if let Some(peer) = request.remote_addr() {
-            self.connections.saw_request(*peer);
-        }
-        if let Some(refusal) = self.refuse(&request) {
-            let peer = request.remote_addr().copied();
-            self.respond(request, refusal, None);
-            if let Some(peer) = peer {
-                self.connections.hang_up(peer);
-            }
+        let Some(client) = self.clients.find(&request) else {
+            edge::finish(request);
             return;
-        }
+        };
         let path = paths::normalise(request.url());
         let route = paths::route(&path);
-        let reply = if ws::is_upgrade(&request) {
-            match route.filter(|r| r.websocket()) {
-                Some(route) => match self.stream_options(&request) {
-                    Ok(options) => match ws::handshake(&request, &self.streams) {
-                        Ok((accept, slot)) => {
-                            return ws::start(request, accept, slot, route, options);
-                        }
-                        Err(refusal) => refusal,
-                    },
-                    Err(e) => http::bad_query(&e),
-                },
-                None => routes::not_found(&path),
-            }
-        } else if route.is_some_and(|r| r.streams()) && sse::is_event_stream(&request) {
-            match self.stream_options(&request) {
-                Ok(options) => match self.streams.reserve() {
-                    Ok(slot) => {
-                        let origin = request_header(&request, "Origin");
-                        let cors = http::cors_headers(&self.cors, origin);
-                        return sse::start(request, slot, options, cors);
-                    }
-                    Err(refusal) => refusal,
-                },
-                Err(e) => http::bad_query(&e),
-            }
+        match self.decide(&request, &client, &path, route) {
+            Answer::Reply(reply) => self.reply(client, request, reply, route),
+            Answer::Stream(run) => client.stream(request, run),
+        }
+    }
+
+    /// The one decision: a WebSocket upgrade, an event stream, or REST.
+    fn decide(
+        &self,
+        request: &Request,
+        client: &Client,
+        path: &str,
+        route: Option<Route>,
+    ) -> Answer {
+        let exchange = client.exchange();
+        let stream = if ws::is_upgrade(request) {
+            self.websocket(request, &exchange, path, route, client.peer)
+        } else if route.is_some_and(Route::streams) && sse::is_event_stream(request) {
+            self.event_stream(request, client.peer)
         } else {
-            routes::handle(&request, &path, &self.service)
+            return Answer::Reply(routes::handle(request, path, &self.service));
         };
-        self.respond(request, reply, route);
+        stream.map_or_else(Answer::Reply, Answer::Stream)
+    }
+
+    fn websocket(
+        &self,
+        request: &Request,
+        exchange: &Exchange,
+        path: &str,
+        route: Option<Route>,
+        peer: SocketAddr,
+    ) -> Result<StreamFn, Reply> {
+        let route = route
+            .filter(|r| r.websocket())
+            .ok_or_else(|| routes::not_found(path))?;
+        self.allowed_origin(request)?;
+        let options = self
+            .stream_options(request)
+            .map_err(|e| http::bad_query(&e))?;
+        let (accept, slot) = ws::handshake(request, exchange.upgrade, &self.streams)?;
+        Ok(ws::stream(accept, slot, route, options, peer))
+    }
+
+    fn event_stream(&self, request: &Request, peer: SocketAddr) -> Result<StreamFn, Reply> {
+        let options = self
+            .stream_options(request)
+            .map_err(|e| http::bad_query(&e))?;
+        let slot = self.streams.reserve()?;
+        let cors = http::cors_headers(&self.cors, request_header(request, "Origin"));
+        Ok(sse::stream(slot, options, cors, peer))
+    }
+
+    /// With a `CORS_ORIGINS` allowlist, a browser's upgrade from another origin is refused
+    /// (browsers do not apply CORS to WebSockets; the server must). Clients that send no
+    /// `Origin` are not browsers and are let in.
+    fn allowed_origin(&self, request: &Request) -> Result<(), Reply> {
+        match (&self.cors, request_header(request, "Origin")) {
+            (Cors::Only(allowed), Some(origin)) if !allowed.iter().any(|a| a == origin) => {
+                Err(http::error(
+                    403,
+                    "origin_not_allowed",
+                    "This server's CORS_ORIGINS does not list the page's origin.",
+                    &[("origin", origin)],
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The options of a stream (WebSocket or SSE), from its query string. A resuming
@@ -393,45 +426,11 @@ impl Worker {
         options::parse(&pairs, &self.streams.model, self.streams.hub.latest().seq)
     }
 
-    /// Requests refused before routing: a head larger than the limit (the connections
-    /// checker catches heads that are still arriving; this catches those that arrived
-    /// whole), and ambiguous framing, which request smuggling relies on.
-    fn refuse(&self, request: &Request) -> Option<Reply> {
-        let head: usize = request.url().len()
-            + request
-                .headers()
-                .iter()
-                .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len() + 4)
-                .sum::<usize>();
-        let max = self.connections.max_header_bytes();
-        if head as u64 > max {
-            let message = format!("Request head over {max} bytes. Send fewer or smaller headers.");
-            return Some(http::error(431, "headers_too_large", &message, &[]));
-        }
-        let count = |name| {
-            request
-                .headers()
-                .iter()
-                .filter(|h| h.field.equiv(name))
-                .count()
-        };
-        let lengths = count("Content-Length");
-        if lengths > 1 || (lengths == 1 && count("Transfer-Encoding") > 0) {
-            return Some(http::error(
-                400,
-                "ambiguous_framing",
-                "Send either one Content-Length or Transfer-Encoding, not both.",
-                &[],
-            ));
-        }
-        None
-    }
-
-    fn respond(&self, request: Request, reply: Reply, route: Option<paths::Route>) {
+    fn reply(&self, client: Arc<Client>, request: Request, reply: Reply, route: Option<Route>) {
         let status = reply.status_code().0;
         let label = route.map_or("other", |r| r.path());
         self.service.metrics.request(label, status);
-        if !(200..300).contains(&status) {
+        if !(200..400).contains(&status) {
             let level = if status >= 500 {
                 log::Level::Warn
             } else {
@@ -441,14 +440,12 @@ impl Worker {
                 level,
                 "{} {} -> {status} peer={}",
                 request.method(),
-                request.url(),
-                request.remote_addr().map_or("-".into(), |a| a.to_string())
+                http::printable(request.url()),
+                client.peer
             );
         }
         let origin = request_header(&request, "Origin").map(str::to_string);
         let reply = http::with_cors(reply, &self.cors, origin.as_deref());
-        if let Err(e) = request.respond(reply) {
-            log::debug!("response not delivered: {e}");
-        }
+        client.reply(request, reply);
     }
 }

@@ -11,45 +11,36 @@
 //! same slow-consumer policy (skip, then close after `WS_MAX_SKIPPED`) and the same
 //! graceful shutdown (an `event: close` with `retry:` set to a random delay, then close).
 //!
-//! The response never goes through tiny_http: its writer buffers 8 KiB before anything
-//! reaches the client, and writes block. The stream writes its own descriptor of the
-//! socket (see `socket`) and ends by closing the connection (the head says
-//! `Connection: close` and has no length). A comment line every 15 s of silence keeps
-//! proxies from timing the stream out.
-//!
-//! What happens to the request depends on tiny_http. On a keep-alive connection it goes on
-//! reading for a next request, so the request is released at once: tiny_http then sees the
-//! client leave (and we see its reads end), and a pipelined request cannot make a worker
-//! wait behind the stream. After a last request (HTTP/1.0, `Connection: close`, as nginx
-//! sends by default) tiny_http shuts the socket's read side at once and its write side when
-//! the request is released, so the request is held until the stream ends, and a client
-//! that left is noticed by the next write failing (one or two samples later).
+//! The stream runs on the connection's own thread, which owns the socket: the head, the
+//! welcome and any replay are written blocking (with a timeout), then the socket is
+//! watched and written without blocking. A comment line every 15 s of silence keeps
+//! proxies from timing the stream out. The head says `Connection: close` and has no
+//! length: the stream ends by closing the connection. A client has nothing to send on an
+//! event stream, so anything it sends (a pipelined request, say) ends the stream: no
+//! bytes pile up, and no request is answered inside the stream.
 
 use std::convert::Infallible;
-use std::io::{self, Write};
-use std::net::{Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::select;
+use crossbeam_channel::{Receiver, select};
 use serde_json::json;
-use std::mem::MaybeUninit;
 
-use tiny_http::{HTTPVersion, Header, Method, Request};
+use tiny_http::{Header, Method, Request};
 
+use crate::edge::StreamFn;
 use crate::http::{self, request_header};
 use crate::hub::Subscription;
 use crate::metrics::Metrics;
 use crate::options::Options;
 use crate::paths::Route;
 use crate::sample::Tick;
-use crate::socket::Streamed;
-use crate::watcher::Watch;
-use crate::ws::{self, SEND_BUFFER, STACK, Slot, Streams};
+use crate::watcher::Socket;
+use crate::ws::{self, SEND_BUFFER, Slot, Streams};
 
 /// A comment line after this long without an event, so that proxies keep the stream open.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -57,8 +48,6 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 const RETRY_MS: u64 = 2000;
 /// How long one blocking write may take while sending the head and the missed samples.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes read (and discarded) from a client per wake-up: it has nothing to say.
-const MAX_READ: usize = 64 * 1024;
 
 /// Whether a GET asks for an event stream (`Accept: text/event-stream`, as `EventSource`
 /// sends). Everything else, `*/*` included, keeps getting JSON.
@@ -75,41 +64,21 @@ pub fn last_event_id(request: &Request) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Starts streaming to this client on a thread of its own. `cors` goes into the head.
-pub fn start(request: Request, slot: Slot, options: Options, cors: Vec<Header>) {
-    let streams = slot.streams();
-    let Some(peer) = request.remote_addr().copied() else {
-        log::error!("event stream without a peer address; refused");
-        return;
-    };
-    let spawned = thread::Builder::new()
-        .name("sse".into())
-        .stack_size(STACK)
-        .spawn(move || {
-            let _slot = slot;
-            match streams.sockets.stream(peer) {
-                Ok(socket) => {
-                    let held = if is_last_request(&request) {
-                        Some(request)
-                    } else {
-                        drop(request.into_writer());
-                        None
-                    };
-                    serve(&streams, peer, socket, held.is_none(), options, &cors);
-                    // Released only now (see the module docs); writes nothing, as the
-                    // socket is shut.
-                    drop(held.map(Request::into_writer));
-                }
-                Err(e) => {
-                    log::error!("sse {peer}: cannot take over the socket: {e}");
-                    let message = "The stream could not start. Retry in a few seconds.";
-                    let _ = request.respond(http::error(503, "stream_failed", message, &[]));
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("sse {peer}: cannot start a stream thread: {e}; connection dropped");
-    }
+/// The event stream for a request, run on the connection's own thread. `cors` goes into
+/// the head; `leftover` is what the client sent after the request.
+pub fn stream(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr) -> StreamFn {
+    Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
+        let streams = slot.streams();
+        let _slot = slot;
+        serve(
+            &streams,
+            peer,
+            Socket::new(socket),
+            leftover.is_empty(),
+            options,
+            &cors,
+        );
+    })
 }
 
 /// Why a stream ended.
@@ -122,44 +91,20 @@ enum End {
     Lost(String),
 }
 
-/// Whether tiny_http reads nothing more from this connection after `request`. Its rule
-/// (tiny_http 0.12, `ClientConnection::next`): `Connection: close` or `upgrade`, or
-/// HTTP/1.0 without `keep-alive`.
-fn is_last_request(request: &Request) -> bool {
-    let http10 = *request.http_version() == HTTPVersion(1, 0);
-    match request_header(request, "Connection").map(str::to_ascii_lowercase) {
-        Some(v) => {
-            v.contains("close") || v.contains("upgrade") || (http10 && !v.contains("keep-alive"))
-        }
-        None => http10,
-    }
-}
-
-/// Streams to one client until it leaves, is too slow, or the server stops. `readable`:
-/// whether reads tell us anything (see the module docs).
+/// Streams to one client until it leaves, is too slow, or the server stops. `quiet`:
+/// the client sent nothing after its request.
 fn serve(
     streams: &Streams,
     peer: SocketAddr,
-    socket: Streamed,
-    readable: bool,
+    socket: Socket,
+    quiet: bool,
     options: Options,
     cors: &[Header],
 ) {
     let started = Instant::now();
-    if let Err(e) = socket.socket().set_send_buffer_size(SEND_BUFFER) {
+    if let Err(e) = socket.options().set_send_buffer_size(SEND_BUFFER) {
         log::debug!("sse {peer}: cannot shrink the send buffer: {e}");
     }
-    let watch = if readable {
-        match streams.watcher.watch(socket.socket().as_raw_fd()) {
-            Ok(watch) => Some(watch),
-            Err(e) => {
-                log::error!("sse {peer}: cannot watch the socket: {e}");
-                return;
-            }
-        }
-    } else {
-        None
-    };
     let (first, subscription) = streams.hub.subscribe();
     streams.metrics.sse_clients.fetch_add(1, Ordering::Relaxed);
     log::info!("sse connect peer={peer} clients={}", streams.clients());
@@ -172,8 +117,7 @@ fn serve(
         sent: 0,
         skipped: 0,
     };
-    let Err(end) = stream.run(streams, &first, &subscription, watch.as_ref(), cors);
-    drop(watch);
+    let Err(end) = stream.run(streams, &first, &subscription, quiet, cors);
     let detail = stream.finish(end);
     streams.metrics.sse_clients.fetch_sub(1, Ordering::Relaxed);
     log::info!(
@@ -184,7 +128,7 @@ fn serve(
 }
 
 struct EventStream {
-    socket: Streamed,
+    socket: Socket,
     options: Options,
     metrics: Arc<Metrics>,
     /// Bytes accepted for this client but not yet taken by the kernel.
@@ -202,12 +146,17 @@ impl EventStream {
         streams: &Streams,
         first: &Tick,
         subscription: &Subscription,
-        watch: Option<&Watch>,
+        quiet: bool,
         cors: &[Header],
     ) -> Result<Infallible, End> {
         self.open(streams, first, cors)?;
-        let never = crossbeam_channel::never();
-        let readable = watch.map_or(&never, |w| &w.readable);
+        if !quiet {
+            return Err(data_after_request());
+        }
+        let readable: Receiver<()> = self
+            .socket
+            .watch(&streams.watcher)
+            .map_err(|e| End::Lost(format!("cannot watch the socket: {e}")))?;
         loop {
             let quiet = HEARTBEAT.saturating_sub(self.last_write.elapsed());
             select! {
@@ -216,12 +165,7 @@ impl EventStream {
                     Ok(_) => {}
                     Err(_) => return Err(End::Close(ws::going_away_reason())),
                 },
-                recv(readable) -> _ => {
-                    self.read()?;
-                    watch
-                        .map_or(Ok(()), Watch::rearm)
-                        .map_err(|e| End::Lost(format!("cannot re-arm the watcher: {e}")))?;
-                },
+                recv(readable) -> _ => self.read()?,
                 recv(streams.stop) -> _ => return Err(End::Close(ws::going_away_reason())),
                 default(quiet) => self.heartbeat()?,
             }
@@ -269,11 +213,12 @@ impl EventStream {
                 self.push_sample(first.seq, json);
             }
         }
-        let socket = self.socket.socket();
-        let written = socket
+        let written = self
+            .socket
+            .options()
             .set_write_timeout(Some(WRITE_TIMEOUT))
-            .and_then(|()| (&*socket).write_all(&self.pending))
-            .and_then(|()| socket.set_write_timeout(None));
+            .and_then(|()| self.socket.write_all(&self.pending))
+            .and_then(|()| self.socket.options().set_write_timeout(None));
         // The opening burst can be large (a replay); do not keep its buffer.
         self.pending = Vec::new();
         written.map_err(|e| match e.kind() {
@@ -323,8 +268,7 @@ impl EventStream {
     /// Hands pending bytes to the kernel without blocking. `Ok(true)` when none are left.
     fn flush(&mut self) -> Result<bool, End> {
         while !self.pending.is_empty() {
-            let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-            match self.socket.socket().send_with_flags(&self.pending, flags) {
+            match self.socket.write(&self.pending) {
                 Ok(0) => return Err(End::Lost("the connection accepts no more data".into())),
                 Ok(n) => {
                     self.pending.drain(..n);
@@ -338,25 +282,19 @@ impl EventStream {
         Ok(true)
     }
 
-    /// Reads what the client sent: end of stream means it left. Anything else is not part
-    /// of the protocol and is discarded (a bounded amount per wake-up).
+    /// Reads what the client sent: end of stream means it left; anything else ends the
+    /// stream (see the module docs).
     fn read(&mut self) -> Result<(), End> {
-        let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
-        let mut total = 0;
-        while total < MAX_READ {
-            match self
-                .socket
-                .socket()
-                .recv_with_flags(&mut buf, libc::MSG_DONTWAIT)
-            {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.socket.read(&mut buf) {
                 Ok(0) => return Err(End::ClientClosed),
-                Ok(n) => total += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(_) => return Err(data_after_request()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(End::Lost(e.to_string())),
             }
         }
-        Ok(())
     }
 
     /// Ends the stream: a last `event: close` (best effort; its `retry:` tells
@@ -375,9 +313,16 @@ impl EventStream {
                 format!("closed ({})", body["reason"].as_str().unwrap_or(""))
             }
         };
-        let _ = self.socket.socket().shutdown(Shutdown::Both);
+        let _ = self.socket.options().shutdown(Shutdown::Both);
         detail
     }
+}
+
+fn data_after_request() -> End {
+    End::Close(json!({
+        "reason": "the client sent data after its event-stream request; an event stream only \
+                   sends"
+    }))
 }
 
 #[cfg(test)]

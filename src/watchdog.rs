@@ -1,11 +1,12 @@
 //! The watchdog: proves, every few seconds, that the server still answers.
 //!
-//! tiny_http's accept loop ends for good on an accept error (and panics when it cannot
-//! duplicate a socket, tiny-http #195). Then the process is alive but answers nothing,
-//! REST included, and a platform health check may take minutes to notice. So a thread
-//! sends `GET /healthz` to our own listener; after three probes in a row without an
-//! answer it reports the failure, and `main` exits non-zero so that the platform
-//! restarts the service.
+//! If the path from the listener to a worker breaks (tiny_http's threads gone, a bug that
+//! wedges the workers), the process is alive but answers nothing, and a platform health
+//! check may take minutes to notice. So a thread sends `GET /healthz` to our own listener
+//! through the edge, like any client; after three probes in a row without an answer it
+//! reports the failure, and `main` exits non-zero so that the platform restarts the
+//! service. A 503 because every connection slot is taken is an answer: a flood of
+//! connections must be refused, not turned into a restart.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -57,14 +58,17 @@ fn probe(listener: SocketAddr) -> std::io::Result<()> {
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: watchdog\r\nConnection: close\r\n\r\n")?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head)?;
-    if &head == b"HTTP/1.1 200" {
+    let mut answer = Vec::new();
+    stream.take(1024).read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer);
+    if answer.starts_with("HTTP/1.1 200")
+        || (answer.starts_with("HTTP/1.1 503") && answer.contains("too_many_connections"))
+    {
         Ok(())
     } else {
         Err(std::io::Error::other(format!(
             "unexpected answer {:?}",
-            String::from_utf8_lossy(&head)
+            answer.lines().next().unwrap_or("")
         )))
     }
 }

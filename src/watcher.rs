@@ -1,174 +1,193 @@
-//! The watcher: one epoll thread that turns "this client sent bytes" into a channel
-//! message.
+//! The watcher: one thread that turns "this client sent something" into a channel
+//! message, and the socket type of a stream.
 //!
-//! Each WebSocket thread must react to two things: new samples (a crossbeam channel from
-//! the hub) and frames from its client (pings, close). A thread can block on only one of
-//! them, so the socket side is converted to the other: the watcher waits on every
-//! WebSocket's socket at once and, when one becomes readable (or hangs up), sends a unit
-//! message on that connection's channel. The connection thread then blocks in a single
-//! `select!` and wakes once per sample and once per client frame, never on a timer.
-//!
-//! Registrations are one-shot: the connection re-arms after it has read everything, so a
-//! client that sends faster than its thread reads costs one wake-up, not one per byte.
+//! A stream's thread must react to new samples (a channel from the hub) and to frames from
+//! its client (pings, close). A thread can block on only one of them, so the socket side
+//! is converted to the other: the watcher waits on every stream's socket at once (mio:
+//! epoll, kqueue, or AFD on Windows) and, when one becomes readable or hangs up, sends a
+//! unit message on that stream's channel. Readiness is edge-triggered: the stream reads
+//! until `WouldBlock`, and the next edge is the next message. A client that sends faster
+//! than its thread reads costs one wake-up, not one per byte.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use socket2::SockRef;
 
-const STOP: u64 = 0;
-const EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLONESHOT) as u32;
+const STOP: Token = Token(0);
 
 pub struct Watcher {
     shared: Arc<Shared>,
-    stop: UnixStream,
+    waker: Waker,
+    stopping: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 struct Shared {
-    epoll: OwnedFd,
-    wakers: Mutex<HashMap<u64, Sender<()>>>,
-    next_token: AtomicU64,
-}
-
-/// One watched socket. `readable` receives a message when the socket has data (or was
-/// closed); call [`Watch::rearm`] after reading until `WouldBlock`.
-pub struct Watch {
-    shared: Arc<Shared>,
-    fd: RawFd,
-    token: u64,
-    pub readable: Receiver<()>,
+    registry: Registry,
+    wakers: Mutex<HashMap<Token, Sender<()>>>,
+    next: AtomicUsize,
 }
 
 impl Watcher {
     pub fn start() -> io::Result<Watcher> {
-        // SAFETY: epoll_create1 returns a new descriptor or -1.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `epoll` is a descriptor we just created and own.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        let mut poll = Poll::new()?;
         let shared = Arc::new(Shared {
-            epoll,
-            wakers: Mutex::new(HashMap::new()),
-            next_token: AtomicU64::new(STOP + 1),
+            registry: poll.registry().try_clone()?,
+            wakers: Mutex::default(),
+            next: AtomicUsize::new(STOP.0 + 1),
         });
-        // Writing to `stop` wakes the thread so that it can exit.
-        let (stop, stop_rx) = UnixStream::pair()?;
-        shared.ctl(
-            libc::EPOLL_CTL_ADD,
-            stop_rx.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            STOP,
-        )?;
-        let thread_shared = Arc::clone(&shared);
+        let waker = Waker::new(poll.registry(), STOP)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (thread_shared, thread_stopping) = (Arc::clone(&shared), Arc::clone(&stopping));
         let thread = thread::Builder::new()
-            .name("ws-watcher".into())
+            .name("watcher".into())
             .stack_size(64 * 1024)
             .spawn(move || {
-                let _keep_open = stop_rx;
-                thread_shared.run();
+                let mut events = Events::with_capacity(256);
+                while !thread_stopping.load(Ordering::SeqCst) {
+                    if let Err(e) = poll.poll(&mut events, None) {
+                        if e.kind() == io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        log::error!("stream watcher stopped: {e}");
+                        return;
+                    }
+                    let wakers = thread_shared.lock();
+                    for event in &events {
+                        if let Some(tx) = wakers.get(&event.token()) {
+                            // Full means a wake-up is already pending: nothing to add.
+                            let _ = tx.try_send(());
+                        }
+                    }
+                }
             })?;
         Ok(Watcher {
             shared,
-            stop,
+            waker,
+            stopping,
             thread: Some(thread),
         })
-    }
-
-    /// Starts watching `fd`. Data that arrived before this call is reported at once.
-    pub fn watch(&self, fd: RawFd) -> io::Result<Watch> {
-        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = bounded(1);
-        self.shared.lock().insert(token, tx);
-        let watch = Watch {
-            shared: Arc::clone(&self.shared),
-            fd,
-            token,
-            readable: rx,
-        };
-        self.shared.ctl(libc::EPOLL_CTL_ADD, fd, EVENTS, token)?;
-        Ok(watch)
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        let _ = (&self.stop).write_all(&[1]);
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }
 }
 
-impl Watch {
-    /// Asks for the next readiness event.
-    pub fn rearm(&self) -> io::Result<()> {
-        self.shared
-            .ctl(libc::EPOLL_CTL_MOD, self.fd, EVENTS, self.token)
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.shared.ctl(libc::EPOLL_CTL_DEL, self.fd, 0, self.token);
-        self.shared.lock().remove(&self.token);
-    }
-}
-
 impl Shared {
-    fn run(&self) {
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-        loop {
-            // SAFETY: `events` has room for `events.len()` entries.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as libc::c_int,
-                    -1,
-                )
-            };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                log::error!("WebSocket watcher stopped: epoll_wait failed: {err}");
-                return;
-            }
-            let wakers = self.lock();
-            for event in &events[..n as usize] {
-                let token = event.u64;
-                if token == STOP {
-                    return;
-                }
-                if let Some(tx) = wakers.get(&token) {
-                    // Full means a wake-up is already pending: nothing to add.
-                    let _ = tx.try_send(());
-                }
-            }
-        }
-    }
-
-    fn ctl(&self, op: libc::c_int, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        let mut event = libc::epoll_event { events, u64: token };
-        // SAFETY: `event` is a valid epoll_event for the duration of the call.
-        let rc = unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, fd, &mut event) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Sender<()>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Token, Sender<()>>> {
         self.wakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A stream client's socket: blocking (with the timeouts std offers) while the stream
+/// opens and sends its first burst, then non-blocking and watched.
+pub struct Socket {
+    io: Io,
+    watched: Option<(Arc<Shared>, Token)>,
+    /// Sends on the channel [`Socket::watch`] returned.
+    wake: Option<Sender<()>>,
+}
+
+enum Io {
+    Blocking(TcpStream),
+    Watched(mio::net::TcpStream),
+    Gone,
+}
+
+impl Socket {
+    pub fn new(stream: TcpStream) -> Socket {
+        Socket {
+            io: Io::Blocking(stream),
+            watched: None,
+            wake: None,
+        }
+    }
+
+    /// Socket options (timeouts, buffer sizes, shutdown).
+    pub fn options(&self) -> SockRef<'_> {
+        match &self.io {
+            Io::Blocking(s) => SockRef::from(s),
+            Io::Watched(s) => SockRef::from(s),
+            Io::Gone => unreachable!("a socket is only gone while it is being switched"),
+        }
+    }
+
+    /// Switches to non-blocking and starts watching. The returned channel receives a
+    /// message whenever the client sent something or hung up. Data that arrived before
+    /// this call is reported at once.
+    pub fn watch(&mut self, watcher: &Watcher) -> io::Result<Receiver<()>> {
+        let Io::Blocking(stream) = std::mem::replace(&mut self.io, Io::Gone) else {
+            return Err(io::Error::other("the socket is already watched"));
+        };
+        stream.set_nonblocking(true)?;
+        let mut stream = mio::net::TcpStream::from_std(stream);
+        let token = Token(watcher.shared.next.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = bounded(1);
+        watcher.shared.lock().insert(token, tx.clone());
+        self.wake = Some(tx);
+        let registered = watcher
+            .shared
+            .registry
+            .register(&mut stream, token, Interest::READABLE);
+        self.io = Io::Watched(stream);
+        self.watched = Some((Arc::clone(&watcher.shared), token));
+        registered.map(|()| rx)
+    }
+}
+
+impl Socket {
+    /// Asks for another wake-up: for a stream that stopped reading before `WouldBlock`
+    /// (to serve its other duties) and must come back to the rest.
+    pub fn wake_again(&self) {
+        if let Some(tx) = &self.wake {
+            let _ = tx.try_send(());
+        }
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.io {
+            Io::Blocking(s) => s.read(buf),
+            Io::Watched(s) => s.read(buf),
+            Io::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.io {
+            Io::Blocking(s) => s.write(buf),
+            Io::Watched(s) => s.write(buf),
+            Io::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let (Some((shared, token)), Io::Watched(stream)) = (self.watched.take(), &mut self.io) {
+            let _ = shared.registry.deregister(stream);
+            shared.lock().remove(&token);
+        }
     }
 }

@@ -8,22 +8,22 @@
 //! row could not be handed to the kernel, the connection is closed with 1008. Nothing a
 //! client does can delay the generator or another client.
 
-use std::io;
-use std::net::SocketAddr;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, never, select};
 use serde_json::json;
-use tiny_http::{Method, Request};
+use tiny_http::{HTTPVersion, Method, Request};
 use tungstenite::error::ProtocolError;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 
+use crate::edge::StreamFn;
 use crate::http::{self, Reply, header, request_header};
 use crate::hub::{Hub, Subscription};
 use crate::metrics::Metrics;
@@ -31,13 +31,8 @@ use crate::options::Options;
 use crate::paths::Route;
 use crate::sample::Tick;
 use crate::simulator::Model;
-use crate::socket::{Registry, Upgraded};
-use crate::watcher::{Watch, Watcher};
+use crate::watcher::{Socket, Watcher};
 
-/// Stack for connection threads (WebSocket and SSE). They run a select loop and
-/// tungstenite's framing; 128 KiB is several times what they touch (in debug builds too),
-/// and only touched pages count towards RSS.
-pub const STACK: usize = 128 * 1024;
 /// Clients send only control frames and perhaps a small text message; anything larger is
 /// refused with 1009 rather than buffered.
 const MAX_MESSAGE: usize = 16 * 1024;
@@ -45,6 +40,11 @@ const MAX_MESSAGE: usize = 16 * 1024;
 /// little; a small buffer bounds the kernel memory a stalled client pins and how long it
 /// takes to notice one: about 150 frames (~4 minutes at 1.5 s) before writes would block.
 pub const SEND_BUFFER: usize = 8 * 1024;
+/// Bytes of control replies and frames we hold for a client that is not reading (pongs
+/// to a ping flood included); past this, samples are skipped and the client is closed.
+const MAX_WRITE_BUFFER: usize = 64 * 1024;
+/// Messages read per wake-up before the thread looks at its samples and the stop signal.
+const READ_BUDGET: usize = 256;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long one write may block while replaying missed samples to a resuming client.
@@ -63,7 +63,6 @@ pub struct Streams {
     pub stop: Receiver<()>,
     /// Cleared when shutdown starts: new upgrades get 503.
     pub ready: Arc<AtomicBool>,
-    pub sockets: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub watcher: Watcher,
     /// Open connections (slots reserved by [`handshake`]).
@@ -130,9 +129,14 @@ impl Drop for Slot {
     }
 }
 
-/// Checks an upgrade request. On success returns the `Sec-WebSocket-Accept` value and a
+/// Checks an upgrade request; `connection_upgrade`: its `Connection` header named
+/// `upgrade` (the edge read it). On success returns the `Sec-WebSocket-Accept` value and a
 /// reserved slot; otherwise the response that refuses it.
-pub fn handshake(request: &Request, streams: &Arc<Streams>) -> Result<(String, Slot), Reply> {
+pub fn handshake(
+    request: &Request,
+    connection_upgrade: bool,
+    streams: &Arc<Streams>,
+) -> Result<(String, Slot), Reply> {
     if *request.method() != Method::Get {
         return Err(http::error(
             400,
@@ -141,10 +145,6 @@ pub fn handshake(request: &Request, streams: &Arc<Streams>) -> Result<(String, S
             &[],
         ));
     }
-    let connection_upgrade = request_header(request, "Connection").is_some_and(|v| {
-        v.split(',')
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-    });
     if !connection_upgrade {
         return Err(http::error(
             400,
@@ -185,31 +185,36 @@ fn is_valid_key(key: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
-/// Sends the 101 and hands the connection to a thread of its own.
-pub fn start(request: Request, accept: String, slot: Slot, route: Route, options: Options) {
-    let streams = slot.streams();
-    let peer = request.remote_addr().copied();
-    let response = http::empty(101).with_header(header("Sec-WebSocket-Accept", &accept));
-    let stream = request.upgrade("websocket", response);
-    let Some(peer) = peer else {
-        log::error!("WebSocket upgrade without a peer address; closing it");
-        return;
-    };
-    let spawned = thread::Builder::new()
-        .name("ws".into())
-        .stack_size(STACK)
-        .spawn(move || {
-            let _slot = slot;
-            match streams.sockets.adopt(stream, peer) {
-                Ok((socket, leftover)) => {
-                    serve(&streams, route, peer, socket, leftover, options);
-                }
-                Err(e) => log::error!("ws {peer}: cannot take over the upgraded socket: {e}"),
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("ws {peer}: cannot start a connection thread: {e}; connection dropped");
-    }
+/// The stream of an accepted upgrade, run on the connection's own thread: the 101, then
+/// the stream until it ends.
+pub fn stream(
+    accept: String,
+    slot: Slot,
+    route: Route,
+    options: Options,
+    peer: SocketAddr,
+) -> StreamFn {
+    Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
+        let streams = slot.streams();
+        let _slot = slot;
+        let response = http::empty(101).with_header(header("Sec-WebSocket-Accept", &accept));
+        let mut head = Vec::with_capacity(256);
+        let _ = response.raw_print(&mut head, HTTPVersion(1, 1), &[], false, Some("websocket"));
+        let sent = socket
+            .set_write_timeout(Some(REPLAY_WRITE_TIMEOUT))
+            .and_then(|()| (&socket).write_all(&head));
+        match sent {
+            Ok(()) => serve(
+                &streams,
+                route,
+                peer,
+                Socket::new(socket),
+                leftover,
+                options,
+            ),
+            Err(e) => log::info!("ws {peer}: the 101 was not delivered: {e}"),
+        }
+    })
 }
 
 /// Why a connection ended, for the disconnect log line.
@@ -226,28 +231,21 @@ fn serve(
     streams: &Streams,
     route: Route,
     peer: SocketAddr,
-    socket: Upgraded,
+    socket: Socket,
     leftover: Vec<u8>,
     options: Options,
 ) {
     let started = Instant::now();
-    if let Err(e) = socket.socket().set_send_buffer_size(SEND_BUFFER) {
+    if let Err(e) = socket.options().set_send_buffer_size(SEND_BUFFER) {
         log::debug!("ws {peer}: cannot shrink the send buffer: {e}");
     }
     let config = WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
-    let fd = socket.fd();
     let ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config));
-    let watch = match streams.watcher.watch(fd) {
-        Ok(w) => w,
-        Err(e) => {
-            log::error!("ws {peer}: cannot watch the socket: {e}");
-            return;
-        }
-    };
     let subscription = route.streams().then(|| streams.hub.subscribe());
     streams.metrics.ws_client(route.path(), 1);
     log::info!(
@@ -256,7 +254,7 @@ fn serve(
         streams.clients()
     );
     let mut conn = Connection {
-        watch,
+        readable: None,
         ws,
         metrics: Arc::clone(&streams.metrics),
         model: streams.model,
@@ -278,9 +276,9 @@ fn serve(
 }
 
 struct Connection {
-    // Dropped before `ws`: the watch must be removed while its descriptor is still ours.
-    watch: Watch,
-    ws: WebSocket<Upgraded>,
+    /// Receives a message when the client sent something: once the opening burst is out.
+    readable: Option<Receiver<()>>,
+    ws: WebSocket<Socket>,
     metrics: Arc<Metrics>,
     model: Model,
     options: Options,
@@ -321,6 +319,14 @@ impl Connection {
             }
             None => &never,
         };
+        let readable = match self.ws.get_mut().watch(&streams.watcher) {
+            Ok(readable) => readable,
+            Err(e) => return End::Lost(format!("cannot watch the socket: {e}")),
+        };
+        if let Err(e) = self.ws.get_ref().options().set_write_timeout(None) {
+            return End::Lost(format!("cannot stream: {e}"));
+        }
+        self.readable = Some(readable.clone());
         // Frames that came with the handshake are in tungstenite's buffer, where the
         // watcher cannot see them: read once before waiting.
         if let Err(end) = self.read() {
@@ -337,12 +343,9 @@ impl Connection {
                     Ok(_) => {}
                     Err(_) => return going_away(),
                 },
-                recv(self.watch.readable) -> _ => {
+                recv(readable) -> _ => {
                     if let Err(end) = self.read() {
                         return end;
-                    }
-                    if let Err(e) = self.watch.rearm() {
-                        return End::Lost(format!("cannot re-arm the watcher: {e}"));
                     }
                 },
                 recv(streams.stop) -> _ => return going_away(),
@@ -350,18 +353,9 @@ impl Connection {
         }
     }
 
-    /// Sends the samples a resuming client missed, in order. The socket is blocking (with
-    /// a timeout) meanwhile: these frames must not be skipped.
+    /// Sends the samples a resuming client missed, in order. The socket is still blocking
+    /// (with a timeout) while the stream opens: these frames must not be skipped.
     fn replay(&mut self, ticks: std::ops::RangeInclusive<u64>) -> Result<(), End> {
-        let socket = self.ws.get_ref();
-        let blocking = socket.set_nonblocking(false).and_then(|()| {
-            socket
-                .socket()
-                .set_write_timeout(Some(REPLAY_WRITE_TIMEOUT))
-        });
-        if let Err(e) = blocking {
-            return Err(End::Lost(format!("cannot replay: {e}")));
-        }
         for seq in ticks.filter(|seq| seq % self.options.every == 0) {
             let text = utf8(self.options.encode(&self.model, seq, None))?;
             match self.ws.write(Message::Text(text)) {
@@ -376,12 +370,7 @@ impl Connection {
                 Err(e) => return Err(lost(e)),
             }
         }
-        self.ws.flush().map_err(lost)?;
-        let socket = self.ws.get_ref();
-        socket
-            .set_nonblocking(true)
-            .and_then(|()| socket.socket().set_write_timeout(None))
-            .map_err(|e| End::Lost(format!("cannot resume streaming: {e}")))
+        self.ws.flush().map_err(lost)
     }
 
     /// Delivers one sample, or skips it if the client has not taken the previous one.
@@ -389,7 +378,7 @@ impl Connection {
         if self.pending {
             match self.ws.flush() {
                 Ok(()) => self.pending = false,
-                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(Error::Io(e)) if is_timeout(&e) => {}
                 Err(e) => return Err(lost(e)),
             }
         }
@@ -415,7 +404,11 @@ impl Connection {
     fn send(&mut self, message: Message) -> Result<(), End> {
         match self.ws.send(message) {
             Ok(()) => Ok(()),
-            Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(Error::Io(e)) if is_timeout(&e) => {
+                self.pending = true;
+                Ok(())
+            }
+            Err(Error::WriteBufferFull(_)) => {
                 self.pending = true;
                 Ok(())
             }
@@ -427,7 +420,12 @@ impl Connection {
     /// close frame; the flush at the end sends them.
     fn read(&mut self) -> Result<(), End> {
         let mut client_close = None;
-        loop {
+        for budget in (0..=READ_BUDGET).rev() {
+            if budget == 0 {
+                // More to read: come back after the samples and the stop signal had a look.
+                self.ws.get_ref().wake_again();
+                break;
+            }
             match self.ws.read() {
                 Ok(Message::Close(frame)) => client_close = Some(frame.map(|f| f.code)),
                 Ok(_) => {}
@@ -468,14 +466,23 @@ impl Connection {
                     return label;
                 }
                 let deadline = Instant::now() + CLOSE_GRACE;
+                if self.readable.is_none() {
+                    // Still blocking: reads wait for the client's close frame themselves.
+                    let _ = self
+                        .ws
+                        .get_ref()
+                        .options()
+                        .set_read_timeout(Some(CLOSE_GRACE));
+                }
                 loop {
                     match self.ws.read() {
-                        Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if self.watch.rearm().is_err() {
-                                return label;
-                            }
+                        Err(Error::Io(e)) if is_timeout(&e) => {
                             let left = deadline.saturating_duration_since(Instant::now());
-                            if self.watch.readable.recv_timeout(left).is_err() {
+                            let woken = self
+                                .readable
+                                .as_ref()
+                                .is_some_and(|r| r.recv_timeout(left).is_ok());
+                            if !woken {
                                 return label;
                             }
                         }

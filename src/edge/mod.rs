@@ -1,0 +1,663 @@
+//! The edge: every client connection, from accept to close, and the only code that reads
+//! or writes a client's socket before a stream takes it over.
+//!
+//! The edge owns the listening socket. Each accepted connection gets a thread of its own
+//! (thread per connection, as the whole server), which reads request heads under a
+//! deadline and a size bound, checks them strictly ([`head`]), refuses what it must, and
+//! writes the rest, canonical, to tiny_http over an internal connection ([`upstream`]).
+//! tiny_http parses it and hands it to a worker; the worker decides and sends the reply
+//! straight to the client's socket ([`Client::reply`]), or hands the connection back to
+//! its thread to become a stream ([`Client::stream`]). tiny_http never sees a client's
+//! bytes, so none of its limitations can be reached from the network:
+//!
+//! | tiny_http 0.12 limitation | how the edge contains it | what would let us delete it |
+//! |---|---|---|
+//! | no timeouts of any kind (slowloris, idle keep-alive) | `HEADER_TIMEOUT_MS` for each head, `IDLE_TIMEOUT_MS` between requests, on the connection's own thread | read timeouts in tiny_http |
+//! | no write deadline: a client that does not read pins a worker | workers never block on a client: one non-blocking send, the rest written by the connection's thread under `WRITE_TIMEOUT_MS` | non-blocking or timed writes in tiny_http |
+//! | no bound on header size or count | `MAX_HEADER_BYTES`, 100 header lines | limits in tiny_http |
+//! | lax framing: chunked bodies never read, `Content-Length` parsed loosely, bare LF and obs-fold accepted | strict heads ([`head`]); no body is ever accepted; a refused head closes the connection | RFC 9112 parsing in tiny_http |
+//! | deadlocks writing its 505 for `HTTP/2.0`/`3.0`, leaking a thread and two descriptors | 505 from the edge; tiny_http only ever reads HTTP/1.1 | the 505 path fixed upstream |
+//! | its accept loop ends for good on an accept error, and panics on `EMFILE` | it only accepts our few internal connections; our accept loop backs off on errors and never ends | error handling in tiny_http's accept loop |
+//! | its task pool can lose a wake-up and leave a connection with no thread | internal connections are opened one at a time and confirmed, then reused forever | a fixed task pool |
+//! | an upgrade pins a pool thread and two descriptors per stream | a stream runs on the connection's own thread with its only descriptor; tiny_http's request is finished at once | upgrades that release the connection |
+//! | no connection cap | `MAX_HTTP_CONNECTIONS`, enforced at accept with a 503 | a cap in tiny_http |
+//!
+//! Measured on the 2-core machine (`wrk -t2 -c64`): serving through the edge answers
+//! 80-100k requests/s where tiny_http serving the sockets itself gives 12-80k (its lost
+//! wake-up strands connections), and a full relay through tiny_http gives 45k.
+
+mod head;
+mod upstream;
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use tiny_http::{HTTPVersion, Request};
+
+use crate::config::Cors;
+use crate::http::{self, Reply};
+use crate::metrics::Metrics;
+use crate::platform;
+
+pub use head::Head;
+use head::{Refusal, Scanner};
+use upstream::Upstream;
+
+/// Stack for connection threads: they parse heads, and run a stream (tungstenite's
+/// framing) when the connection becomes one. Only touched pages count towards RSS.
+pub const STACK: usize = 128 * 1024;
+/// How long a connection waits for a worker's answer before giving up with a 503.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+/// How long a refusal or a 503 at the cap may take to write: best effort.
+const REFUSAL_WRITE: Duration = Duration::from_millis(500);
+
+/// The bounds on HTTP connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+/// Runs a stream on the connection's thread: given the socket and any bytes the client
+/// sent after the request head.
+pub type StreamFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
+
+/// What a worker decided for a request.
+enum Outcome {
+    /// The reply's bytes; the first `sent` are already on their way. `close`: the
+    /// connection ends after it.
+    Reply {
+        bytes: Vec<u8>,
+        sent: usize,
+        close: bool,
+    },
+    Stream(StreamFn),
+}
+
+/// What the edge knows about the request a worker is answering.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Exchange {
+    /// The client's HTTP minor version (0 or 1).
+    pub minor: u8,
+    /// The connection ends after this response.
+    pub close: bool,
+    /// `Connection: upgrade` was sent.
+    pub upgrade: bool,
+}
+
+/// A client connection, as the workers see it.
+pub struct Client {
+    /// The client's address.
+    pub peer: SocketAddr,
+    socket: Arc<TcpStream>,
+    exchange: Mutex<Exchange>,
+    outcome: Sender<Outcome>,
+    /// This connection's place under `MAX_HTTP_CONNECTIONS`, given back before its last
+    /// bytes leave: a client that reads a final answer and reconnects at once must find
+    /// the place free.
+    place: Place,
+}
+
+/// Open HTTP connections (streams not included), kept in the metrics' gauge too.
+struct Open {
+    count: AtomicUsize,
+    metrics: Arc<Metrics>,
+}
+
+/// One connection's place among the open ones, given back once.
+struct Place {
+    open: Arc<Open>,
+    held: AtomicBool,
+}
+
+impl Open {
+    fn take(self: &Arc<Self>) -> Place {
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        self.metrics
+            .http_connections
+            .store(n as i64, Ordering::Relaxed);
+        Place {
+            open: Arc::clone(self),
+            held: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Place {
+    fn give_back(&self) {
+        if self.held.swap(false, Ordering::SeqCst) {
+            let n = self.open.count.fetch_sub(1, Ordering::SeqCst) - 1;
+            self.open
+                .metrics
+                .http_connections
+                .store(n as i64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// The open client connections, by the number the edge gave each, for the workers to
+/// find the client behind a request. Requests carry that number and a secret of this
+/// process, so nothing but the edge can speak for a client.
+pub struct Clients {
+    secret: String,
+    map: Mutex<HashMap<u64, Arc<Client>>>,
+    /// Acknowledges the edge's probes of its internal connections.
+    acks: Sender<usize>,
+}
+
+pub struct Edge {
+    listener: TcpListener,
+    addr: SocketAddr,
+    limits: Limits,
+    cors: Cors,
+    metrics: Arc<Metrics>,
+    upstream: Upstream,
+    clients: Arc<Clients>,
+    next_id: AtomicU64,
+    open: Arc<Open>,
+    stopping: AtomicBool,
+}
+
+/// Why a connection's request loop ended.
+enum End {
+    /// The client left, or stayed idle too long: close without a word.
+    Quiet(Option<&'static str>),
+    /// Answer this refusal, then close.
+    Refuse(Refusal, Option<String>),
+}
+
+impl Clients {
+    /// The registry, and the channel on which the edge hears its probes acknowledged.
+    pub fn new() -> (Arc<Clients>, Receiver<usize>) {
+        let (acks, acked) = bounded(8);
+        let clients = Clients {
+            secret: format!("{:032x}", rand::random::<u128>()),
+            map: Mutex::default(),
+            acks,
+        };
+        (Arc::new(clients), acked)
+    }
+
+    /// The client connection behind a request tiny_http parsed, or `None` for one the edge
+    /// did not send (its probes are acknowledged here).
+    pub fn find(&self, request: &Request) -> Option<Arc<Client>> {
+        let internal = |name| {
+            let value = request
+                .headers()
+                .iter()
+                .rev()
+                .find(|h| h.field.equiv(name))?
+                .value
+                .as_str();
+            let (n, secret) = value.split_once(' ')?;
+            (secret == self.secret).then(|| n.parse::<u64>().ok())?
+        };
+        if let Some(line) = internal("X-Edge-Probe") {
+            let _ = self.acks.try_send(line as usize);
+            return None;
+        }
+        let id = internal("X-Edge-Conn")?;
+        lock(&self.map).get(&id).cloned()
+    }
+}
+
+impl Edge {
+    /// Takes the listener and opens the internal connections to tiny_http at `tiny_http`,
+    /// whose workers must already be running with `clients` (they confirm the
+    /// connections, acknowledging on `acked`).
+    pub fn new(
+        listener: TcpListener,
+        tiny_http: SocketAddr,
+        (clients, acked): (Arc<Clients>, Receiver<usize>),
+        limits: Limits,
+        cors: Cors,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Edge> {
+        let addr = listener.local_addr()?;
+        let upstream = Upstream::open(tiny_http, clients.secret.clone(), acked)?;
+        Ok(Edge {
+            listener,
+            addr,
+            limits,
+            cors,
+            upstream,
+            clients,
+            next_id: AtomicU64::new(1),
+            open: Arc::new(Open {
+                count: AtomicUsize::new(0),
+                metrics: Arc::clone(&metrics),
+            }),
+            metrics,
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the accept loop.
+    pub fn spawn(self: &Arc<Self>) -> io::Result<JoinHandle<()>> {
+        let edge = Arc::clone(self);
+        thread::Builder::new()
+            .name("accept".into())
+            .stack_size(64 * 1024)
+            .spawn(move || edge.accept_loop())
+    }
+
+    /// Stops accepting and closes every HTTP connection (streams end on their own).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Wake the accept loop with a connection of our own.
+        let _ = TcpStream::connect_timeout(&loopback(self.addr), Duration::from_secs(1));
+        for client in lock(&self.clients.map).values() {
+            let _ = client.socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn accept_loop(self: Arc<Self>) {
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            let (socket, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(_) if self.stopping.load(Ordering::SeqCst) => return,
+                Err(e) => {
+                    if !matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) {
+                        // Out of descriptors or memory: wait for connections to end. The
+                        // pending connection stays in the backlog until then.
+                        if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            log::error!("cannot accept connections: {e}; retrying");
+                            last_warning = Some(Instant::now());
+                        }
+                        thread::sleep(Duration::from_millis(50));
+                    }
+                    continue;
+                }
+            };
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let _ = platform::tune(&socket);
+            if self.open.count.load(Ordering::SeqCst) >= self.limits.max_connections {
+                Metrics::count(&self.metrics.http_rejected);
+                self.metrics.http_closed("over_capacity");
+                let refusal = Refusal {
+                    status: 503,
+                    error: "too_many_connections",
+                    message: "The server is at its connection limit. Retry in a few seconds."
+                        .into(),
+                };
+                log::info!("{peer} -> 503 (over_capacity), connection closed");
+                self.write_refusal(&socket, &refusal, None);
+                continue;
+            }
+            let place = self.open.take();
+            let edge = Arc::clone(&self);
+            let accepted = Instant::now();
+            let spawned = thread::Builder::new()
+                .name("conn".into())
+                .stack_size(STACK)
+                .spawn(move || edge.serve(socket, peer, accepted, place));
+            if let Err(e) = spawned {
+                log::error!(
+                    "cannot start a connection thread: {e}; connection from {peer} dropped"
+                );
+            }
+        }
+    }
+
+    /// One connection's thread: requests until the client leaves, a limit is hit, or the
+    /// connection becomes a stream.
+    fn serve(
+        self: Arc<Self>,
+        socket: TcpStream,
+        peer: SocketAddr,
+        accepted: Instant,
+        place: Place,
+    ) {
+        let socket = Arc::new(socket);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (outcome, answers) = bounded(1);
+        let client = Arc::new(Client {
+            peer,
+            socket: Arc::clone(&socket),
+            exchange: Mutex::default(),
+            outcome,
+            place,
+        });
+        lock(&self.clients.map).insert(id, Arc::clone(&client));
+        let mut buf = Vec::new();
+        let mut served = 0u64;
+        let end = loop {
+            let len = match self.read_head(&socket, &mut buf, served == 0, accepted) {
+                Ok(len) => len,
+                Err(end) => break end,
+            };
+            let head = match head::parse(&buf[..len]) {
+                Ok(head) => head,
+                Err(refusal) => break End::Refuse(refusal, head::origin(&buf[..len])),
+            };
+            *lock(&client.exchange) = Exchange {
+                minor: head.minor,
+                close: head.close,
+                upgrade: head.upgrade,
+            };
+            if let Err(e) = self
+                .upstream
+                .forward(id, &canonical(&head, id, &self.clients.secret))
+            {
+                log::error!("cannot hand a request to tiny_http: {e}");
+                break End::Refuse(unavailable(), head.header("Origin").map(str::to_string));
+            }
+            match answers.recv_timeout(ANSWER_WITHIN) {
+                Ok(Outcome::Reply { bytes, sent, close }) => {
+                    if sent < bytes.len() && !self.write(&socket, &bytes[sent..]) {
+                        self.metrics.http_closed("write_timeout");
+                        break End::Quiet(None);
+                    }
+                    if close {
+                        break End::Quiet(None);
+                    }
+                }
+                Ok(Outcome::Stream(run)) => {
+                    lock(&self.clients.map).remove(&id);
+                    client.place.give_back();
+                    drop(client);
+                    let socket = Arc::try_unwrap(socket)
+                        .or_else(|shared| shared.try_clone())
+                        .map_err(|e| log::error!("{peer}: cannot take over the socket: {e}"));
+                    if let Ok(socket) = socket {
+                        run(socket, buf.split_off(len));
+                    }
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    log::error!("{peer}: no answer from the workers within {ANSWER_WITHIN:?}");
+                    break End::Refuse(unavailable(), head.header("Origin").map(str::to_string));
+                }
+            }
+            served += 1;
+            buf.drain(..len);
+        };
+        lock(&self.clients.map).remove(&id);
+        client.place.give_back();
+        drop(client);
+        match end {
+            End::Quiet(reason) => {
+                if let Some(reason) = reason {
+                    self.metrics.http_closed(reason);
+                }
+            }
+            End::Refuse(refusal, origin) => {
+                let reason = match refusal.status {
+                    408 => "header_timeout",
+                    431 => "header_too_large",
+                    503 => "unavailable",
+                    _ => "bad_request",
+                };
+                self.metrics.http_closed(reason);
+                self.metrics.request("other", refusal.status);
+                log::info!(
+                    "{peer} -> {} ({}), connection closed",
+                    refusal.status,
+                    refusal.error
+                );
+                self.write_refusal(&socket, &refusal, origin.as_deref());
+            }
+        }
+        let _ = socket.shutdown(Shutdown::Both);
+    }
+
+    /// Reads until `buf` holds a whole head and returns its length. The first request
+    /// must arrive within `HEADER_TIMEOUT_MS` of connecting; later ones may be preceded
+    /// by `IDLE_TIMEOUT_MS` of silence, then must arrive within `HEADER_TIMEOUT_MS` of
+    /// their first byte.
+    fn read_head(
+        &self,
+        socket: &TcpStream,
+        buf: &mut Vec<u8>,
+        first: bool,
+        accepted: Instant,
+    ) -> Result<usize, End> {
+        let limits = &self.limits;
+        let mut scanner = Scanner::default();
+        let idle_until = Instant::now() + limits.idle_timeout;
+        let mut started =
+            (first || !buf.is_empty()).then(|| if first { accepted } else { Instant::now() });
+        loop {
+            if let Some(len) = scanner.end(buf).map_err(|r| End::Refuse(r, None))? {
+                return Ok(len);
+            }
+            if buf.len() > limits.max_header_bytes {
+                return Err(End::Refuse(
+                    Refusal {
+                        status: 431,
+                        error: "headers_too_large",
+                        message: format!(
+                            "Request head over {} bytes. Send fewer or smaller headers.",
+                            limits.max_header_bytes
+                        ),
+                    },
+                    None,
+                ));
+            }
+            let deadline = started.map_or(idle_until, |t| t + limits.header_timeout);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(match started {
+                    Some(_) => End::Refuse(
+                        Refusal {
+                            status: 408,
+                            error: "request_timeout",
+                            message: format!(
+                                "No complete request within {} s. Send the whole request head at once.",
+                                limits.header_timeout.as_secs_f64()
+                            ),
+                        },
+                        None,
+                    ),
+                    None => End::Quiet(Some("idle")),
+                });
+            }
+            let _ = socket.set_read_timeout(Some(left));
+            let len = buf.len();
+            let room = (limits.max_header_bytes + 1 - len).clamp(1, 4096);
+            buf.resize(len + room, 0);
+            let read = (&*socket).read(&mut buf[len..]);
+            buf.truncate(len + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => return Err(End::Quiet(None)),
+                Ok(_) => {
+                    started.get_or_insert_with(Instant::now);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => return Err(End::Quiet(None)),
+            }
+        }
+    }
+
+    /// Writes the rest of a reply; false if the client took nothing for
+    /// `WRITE_TIMEOUT_MS` or is gone.
+    fn write(&self, socket: &TcpStream, bytes: &[u8]) -> bool {
+        socket
+            .set_write_timeout(Some(self.limits.write_timeout))
+            .and_then(|()| (&*socket).write_all(bytes))
+            .is_ok()
+    }
+
+    /// Answers a refusal (best effort: the client may be why we refuse) and closes.
+    fn write_refusal(&self, socket: &TcpStream, refusal: &Refusal, origin: Option<&str>) {
+        let reply = http::error(refusal.status, refusal.error, &refusal.message, &[]);
+        let reply = http::with_cors(reply, &self.cors, origin);
+        let bytes = render(reply, 1, false, true);
+        let _ = socket.set_write_timeout(Some(REFUSAL_WRITE));
+        let _ = (&*socket).write_all(&bytes);
+        let _ = socket.shutdown(Shutdown::Both);
+    }
+}
+
+impl Client {
+    /// What the edge read about the request being answered.
+    pub fn exchange(&self) -> Exchange {
+        *lock(&self.exchange)
+    }
+
+    /// Sends `reply` to the client and finishes tiny_http's request. What the socket
+    /// takes at once is written here; the rest by the connection's thread, so a client
+    /// that does not read never holds a worker. A refused upgrade ends the connection:
+    /// the client asked to leave HTTP, and nothing else will follow on it.
+    pub fn reply(self: Arc<Self>, request: Request, reply: Reply) {
+        let exchange = self.exchange();
+        let head = *request.method() == tiny_http::Method::Head;
+        finish(request);
+        let close = exchange.close || exchange.upgrade;
+        let bytes = render(reply, exchange.minor, head, close);
+        if close {
+            self.place.give_back();
+        }
+        let sent = platform::send_now(&self.socket, &bytes);
+        let outcome = self.outcome.clone();
+        drop(self);
+        let _ = outcome.send(Outcome::Reply { bytes, sent, close });
+    }
+
+    /// Hands the connection back to its thread, which runs `run` on it.
+    pub fn stream(self: Arc<Self>, request: Request, run: StreamFn) {
+        finish(request);
+        let outcome = self.outcome.clone();
+        // The connection's thread takes the socket over: ours must be gone first.
+        drop(self);
+        let _ = outcome.send(Outcome::Stream(run));
+    }
+}
+
+/// Ends tiny_http's part in a request without writing anything on its connection (a
+/// `Request` dropped unanswered would write a 500 there).
+pub fn finish(request: Request) {
+    drop(request.into_writer());
+}
+
+/// The bytes of a response to a client speaking HTTP/1.`minor`. tiny_http renders it;
+/// the `Connection` header, which tiny_http will not take from us, goes in after the
+/// status line.
+pub fn render(reply: Reply, minor: u8, head: bool, close: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + reply.data_length().unwrap_or(0));
+    let _ = reply.raw_print(&mut out, HTTPVersion(1, minor), &[], head, None);
+    let connection: &[u8] = match (close, minor) {
+        (true, _) => b"Connection: close\r\n",
+        (false, 0) => b"Connection: keep-alive\r\n",
+        (false, _) => b"",
+    };
+    if let Some(line_end) = out.windows(2).position(|w| w == b"\r\n") {
+        out.splice(line_end + 2..line_end + 2, connection.iter().copied());
+    }
+    out
+}
+
+/// The head tiny_http reads: the client's request line and end-to-end headers, as
+/// HTTP/1.1 on a connection that stays open, and which client it came from.
+fn canonical(head: &Head, id: u64, secret: &str) -> Vec<u8> {
+    /// Headers about this hop or a body: the edge has dealt with them.
+    const HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "content-length",
+        "expect",
+        "trailer",
+    ];
+    let mut out = Vec::with_capacity(256);
+    let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, head.target);
+    for (name, value) in &head.headers {
+        let lower = name.to_ascii_lowercase();
+        if HOP.contains(&lower.as_str()) || lower.starts_with("x-edge-") {
+            continue;
+        }
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    let _ = write!(out, "X-Edge-Conn: {id} {secret}\r\n\r\n");
+    out
+}
+
+fn unavailable() -> Refusal {
+    Refusal {
+        status: 503,
+        error: "unavailable",
+        message: "The server could not answer in time. Retry in a few seconds.".into(),
+    }
+}
+
+/// The address to reach a listener bound to `addr` at.
+pub fn loopback(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let ip = if addr.is_ipv6() {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_heads_drop_hop_by_hop_and_forged_headers() {
+        let head = head::parse(
+            b"GET /api?x=1 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n\
+              Upgrade: websocket\r\nX-Edge-Conn: 1 forged\r\nTE: chunked\r\nContent-Length: 0\r\n\
+              Origin: http://o\r\n\r\n",
+        )
+        .unwrap();
+        let text = String::from_utf8(canonical(&head, 7, "s3cret")).unwrap();
+        assert_eq!(
+            text,
+            "GET /api?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nOrigin: http://o\r\n\
+             X-Edge-Conn: 7 s3cret\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn replies_say_whether_the_connection_stays_open() {
+        let text = |minor, close| {
+            String::from_utf8(render(http::empty(204), minor, false, close)).unwrap()
+        };
+        assert!(text(1, false).starts_with("HTTP/1.1 204"));
+        assert!(!text(1, false).contains("Connection"));
+        assert!(text(1, true).contains("Connection: close"));
+        assert!(text(0, false).starts_with("HTTP/1.0 204"));
+        assert!(text(0, false).contains("Connection: keep-alive"));
+    }
+}

@@ -1,0 +1,78 @@
+//! The platform seam: the only code that knows which operating system it runs on.
+//!
+//! Everything else in `src/` is portable std and crates. Three backends:
+//!
+//! | backend | where | what it adds |
+//! |---|---|---|
+//! | `linux` | Linux (unless the `portable` feature is on) | `TCP_USER_TIMEOUT`, the thread budget from `vm.max_map_count`, RSS and thread count from `/proc` |
+//! | `posix` | macOS, the BSDs, and Linux with `--features portable` (what CI runs a second time) | descriptor limits (`getrlimit`), non-blocking sends (`MSG_DONTWAIT`), signals |
+//! | `windows` | Windows | nothing beyond std: no descriptor limit to raise, replies are written by the connection's thread, Ctrl-C through signal-hook's flag |
+//!
+//! What the edge relies on from the OS is small on purpose: a listening socket, blocking
+//! reads and writes with timeouts (std), readiness (mio: epoll, kqueue, or AFD on
+//! Windows), and the functions below. Where a backend has no equivalent, the function says
+//! so and the caller degrades as documented in the README's platforms table.
+
+#![allow(unsafe_code)] // the seam is where the OS is called directly; each block says why it is sound
+
+#[cfg(all(target_os = "linux", not(feature = "portable")))]
+mod linux;
+#[cfg(unix)]
+mod posix;
+#[cfg(windows)]
+mod windows;
+
+#[cfg(all(target_os = "linux", not(feature = "portable")))]
+use linux as os;
+#[cfg(all(unix, not(all(target_os = "linux", not(feature = "portable")))))]
+use posix as os;
+#[cfg(windows)]
+use windows as os;
+
+use std::io;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+/// Which backend this build uses: `linux`, `posix` or `windows`.
+pub const NAME: &str = os::NAME;
+
+/// Raises the soft limit on open descriptors to the hard limit and returns it. `None`
+/// where the OS has no such per-process limit (Windows).
+pub fn raise_fd_limit() -> Option<u64> {
+    os::raise_fd_limit()
+}
+
+/// How many threads the process can create before the OS refuses, if the OS says.
+pub fn thread_limit() -> Option<usize> {
+    os::thread_limit()
+}
+
+/// Options for an accepted client socket: no Nagle delay (small frames go out at once),
+/// keepalive probes (a peer that vanished is found after about 90 s of silence), and on
+/// Linux `TCP_USER_TIMEOUT` (a peer that stops acknowledging is dropped after 30 s, not
+/// after 15 minutes of retransmissions).
+pub fn tune(socket: &TcpStream) -> io::Result<()> {
+    socket.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(socket);
+    sock.set_keepalive(true)?;
+    os::tune(&sock, Duration::from_secs(60), Duration::from_secs(10))
+}
+
+/// Writes as much of `bytes` as the socket takes without blocking and returns how much
+/// that was. Backends without a per-call non-blocking send return 0: the caller then
+/// hands everything to the connection's thread.
+pub fn send_now(socket: &TcpStream, bytes: &[u8]) -> usize {
+    os::send_now(socket, bytes)
+}
+
+/// Resident memory in bytes and thread count of this process, where the OS tells cheaply.
+pub fn process_stats() -> Option<(u64, u64)> {
+    os::process_stats()
+}
+
+/// A channel that receives `"SIGTERM"` or `"SIGINT"` (Ctrl-C on Windows) once.
+pub fn shutdown_signals() -> io::Result<Receiver<&'static str>> {
+    os::shutdown_signals()
+}

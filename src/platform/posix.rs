@@ -1,0 +1,99 @@
+//! POSIX: macOS, the BSDs, and the parts Linux shares with them.
+
+use std::io;
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, bounded};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use socket2::{SockRef, TcpKeepalive};
+
+#[allow(dead_code)] // unused when the Linux backend wraps this one
+pub const NAME: &str = "posix";
+
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write one `rlimit` we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                // macOS refuses more than OPEN_MAX for the soft limit.
+                rlim_cur: if cfg!(target_os = "macos") {
+                    limit.rlim_max.min(10_240)
+                } else {
+                    limit.rlim_max
+                },
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on most targets, not all
+    Some(limit.rlim_cur as u64)
+}
+
+#[allow(dead_code)]
+pub fn thread_limit() -> Option<usize> {
+    None
+}
+
+#[allow(dead_code)]
+pub fn tune(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Result<()> {
+    keepalive(socket, idle, interval)
+}
+
+pub fn keepalive(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Result<()> {
+    let keepalive = TcpKeepalive::new().with_time(idle);
+    #[cfg(not(any(target_os = "openbsd", target_os = "haiku")))]
+    let keepalive = keepalive.with_interval(interval).with_retries(3);
+    #[cfg(any(target_os = "openbsd", target_os = "haiku"))]
+    let _ = interval;
+    socket.set_tcp_keepalive(&keepalive)
+}
+
+pub fn send_now(socket: &TcpStream, bytes: &[u8]) -> usize {
+    let socket = SockRef::from(socket);
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match socket.send_with_flags(&bytes[sent..], libc::MSG_DONTWAIT) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
+#[allow(dead_code)]
+pub fn process_stats() -> Option<(u64, u64)> {
+    None
+}
+
+pub fn shutdown_signals() -> io::Result<Receiver<&'static str>> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let (tx, rx) = bounded(1);
+    thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let _ = tx.send(if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                });
+            }
+        })?;
+    Ok(rx)
+}

@@ -1,0 +1,63 @@
+//! Windows: std and crates only; see the README's platforms table for what it lacks.
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, bounded};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use socket2::{SockRef, TcpKeepalive};
+
+pub const NAME: &str = "windows";
+
+/// Sockets are handles, and the handle table has no small per-process limit.
+pub fn raise_fd_limit() -> Option<u64> {
+    None
+}
+
+pub fn thread_limit() -> Option<usize> {
+    None
+}
+
+pub fn tune(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Result<()> {
+    socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle).with_interval(interval))
+}
+
+/// Winsock has no per-call non-blocking flag: the connection's thread writes replies.
+pub fn send_now(_socket: &TcpStream, _bytes: &[u8]) -> usize {
+    0
+}
+
+pub fn process_stats() -> Option<(u64, u64)> {
+    None
+}
+
+/// Ctrl-C and console close arrive as SIGINT or SIGTERM through the C runtime; a flag is
+/// all a handler may set there, so a thread looks at it ten times a second.
+pub fn shutdown_signals() -> io::Result<Receiver<&'static str>> {
+    let int = Arc::new(AtomicBool::new(false));
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(SIGINT, Arc::clone(&int))?;
+    signal_hook::flag::register(SIGTERM, Arc::clone(&term))?;
+    let (tx, rx) = bounded(1);
+    thread::Builder::new()
+        .name("signals".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            loop {
+                thread::sleep(Duration::from_millis(100));
+                if int.load(Ordering::Relaxed) {
+                    let _ = tx.send("SIGINT");
+                    return;
+                }
+                if term.load(Ordering::Relaxed) {
+                    let _ = tx.send("SIGTERM");
+                    return;
+                }
+            }
+        })?;
+    Ok(rx)
+}
