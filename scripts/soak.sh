@@ -6,18 +6,22 @@
 #
 #   scripts/soak.sh                              # 1000 clients, 10 minutes, 10 leave/join per second
 #   scripts/soak.sh --clients 100 --minutes 0.3  # a short one (what CI runs)
+#   scripts/soak.sh --hostile                    # the same while every hostile case repeats
+#                                                # (scripts/hostile.py): /healthz must stay
+#                                                # under 1 s and nothing a client does may leak
 #
 # Writes its report to out/soak.md as well as stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-clients=1000 minutes=10 churn=10
+clients=1000 minutes=10 churn=10 hostile=no
 while [ $# -gt 0 ]; do
   case $1 in
     --clients) clients=$2 ;;
     --minutes) minutes=$2 ;;
     --churn) churn=$2 ;;
-    *) echo "usage: scripts/soak.sh [--clients N] [--minutes M] [--churn PER_SECOND]" >&2; exit 2 ;;
+    --hostile) hostile=yes; shift; continue ;;
+    *) echo "usage: scripts/soak.sh [--clients N] [--minutes M] [--churn PER_SECOND] [--hostile]" >&2; exit 2 ;;
   esac
   shift 2
 done
@@ -47,8 +51,14 @@ read -r rss0 threads0 fds0 < <(snapshot)
 seconds=$(awk -v m="$minutes" 'BEGIN { printf "%d", m * 60 }')
 (while sleep 10; do echo "$(date +%s) $(snapshot)"; done) > out/soak-samples.txt 2>/dev/null &
 sampler=$!
+attack=
+if [ $hostile = yes ]; then
+  scripts/hostile.py --url "$url" --seconds "$seconds" > out/soak-hostile.json &
+  attack=$!
+fi
 result=$(target/release/loadgen --url "ws://${url#http://}/api/analytics" \
   --clients "$clients" --seconds "$seconds" --ramp 1000 --churn "$churn")
+[ -z "$attack" ] || wait "$attack"
 kill $sampler 2>/dev/null || true
 peak_rss=$(awk 'BEGIN {m = 0} $2 > m {m = $2} END {print m}' out/soak-samples.txt)
 peak_threads=$(awk 'BEGIN {m = 0} $3 > m {m = $3} END {print m}' out/soak-samples.txt)
@@ -65,7 +75,11 @@ skipped=$(curl -s "$url/metrics" | awk '/^analytics_ws_frames_skipped_total/ {pr
 lost=$(jq .samples_lost <<<"$result")
 
 {
-  echo "## Soak: $clients clients for $minutes min, $churn leave and join per second"
+  if [ $hostile = yes ]; then
+    echo "## Hostile soak: $clients clients for $minutes min, $churn leave and join per second, every hostile case in a loop"
+  else
+    echo "## Soak: $clients clients for $minutes min, $churn leave and join per second"
+  fi
   echo
   echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -sr); command: scripts/soak.sh --clients $clients --minutes $minutes --churn $churn"
   echo
@@ -81,8 +95,18 @@ lost=$(jq .samples_lost <<<"$result")
   echo "| server WebSocket closes by code | ${closes:-none} |"
   echo "| frames skipped (slow clients) | ${skipped:-0} |"
   echo "| load generator CPU | $(jq '.loadgen_cpu_pct * 10 | round / 10' <<<"$result") % |"
+  if [ $hostile = yes ]; then
+    echo "| hostile cases run (each) | $(jq -c .runs out/soak-hostile.json) |"
+    echo "| hostile cases answered wrongly | $(jq -c .wrong out/soak-hostile.json) |"
+    echo "| /healthz probes / failures / slowest | $(jq -r '.health | "\(.probes) / \(.failures) / \(.slowest_ms | round) ms"' out/soak-hostile.json) |"
+  fi
 } | tee out/soak.md
 
 [ "$lost" = 0 ] || { echo "soak: $lost samples lost" >&2; exit 1; }
 [ "$settled" = yes ] || { echo "soak: threads/descriptors did not return to the start ($threads1/$fds1 vs $threads0/$fds0)" >&2; exit 1; }
+if [ $hostile = yes ]; then
+  [ "$(jq '.wrong | length' out/soak-hostile.json)" = 0 ] || { echo "soak: hostile cases answered wrongly" >&2; exit 1; }
+  [ "$(jq '.health.failures' out/soak-hostile.json)" = 0 ] || { echo "soak: /healthz failed" >&2; exit 1; }
+  [ "$(jq '.health.slowest_ms < 1000' out/soak-hostile.json)" = true ] || { echo "soak: /healthz took 1 s or more" >&2; exit 1; }
+fi
 echo "soak: passed"

@@ -316,3 +316,31 @@ fn concurrent_heavy_histories_leave_health_checks_fast() {
     );
     eprintln!("slowest /healthz during 32 heavy histories: {slowest:?}");
 }
+
+/// Reply bytes held for clients that do not take them are bounded over all connections
+/// (64 MiB): twenty never-reading clients of 4 MB histories cannot all be held, and the
+/// ones past the bound are closed while everyone else is served.
+#[test]
+fn reply_bytes_held_for_slow_clients_are_bounded() {
+    let s = TestServer::start();
+    let raw = "GET /api/analytics/history?last=4h&step=1500ms&fields=all&seq=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let held: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            socket.connect(&s.addr.into()).unwrap();
+            let stream: TcpStream = socket.into();
+            (&stream).write_all(raw.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    assert!(
+        eventually(TIMEOUT, || get(s.addr, "/metrics")
+            .text()
+            .contains("analytics_http_closed_total{reason=\"held_bytes\"}")),
+        "no connection was cut at the bound"
+    );
+    assert_eq!(get(s.addr, "/healthz").status, 200);
+    drop(held);
+}

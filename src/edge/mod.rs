@@ -56,6 +56,17 @@ pub const STACK: usize = 128 * 1024;
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// How long a refusal or a 503 at the cap may take to write: best effort.
 const REFUSAL_WRITE: Duration = Duration::from_millis(500);
+/// Reply bytes held, over all connections, for clients that did not take them at once.
+/// A client may read slowly, but not keep the server's memory: past this, the connections
+/// that would add to it are closed instead.
+const MAX_HELD_BYTES: usize = 64 << 20;
+/// Kernel send buffer of an HTTP connection (Linux doubles it). Every reply but a long
+/// history fits; a fixed size stops the kernel from growing it to megabytes for a client
+/// that does not read, memory no budget of ours would see.
+const SEND_BUFFER: usize = 64 << 10;
+/// The slowest a client may take the rest of a reply: on top of `WRITE_TIMEOUT_MS`, it has
+/// one second per this many bytes.
+const MIN_RATE: usize = 64 << 10;
 
 /// The bounds on HTTP connections.
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +181,8 @@ pub struct Edge {
     clients: Arc<Clients>,
     next_id: AtomicU64,
     open: Arc<Open>,
+    /// Reply bytes held for slow clients (see `MAX_HELD_BYTES`).
+    held: AtomicUsize,
     stopping: AtomicBool,
 }
 
@@ -243,6 +256,7 @@ impl Edge {
                 metrics: Arc::clone(&metrics),
             }),
             metrics,
+            held: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         })
     }
@@ -294,6 +308,7 @@ impl Edge {
                 return;
             }
             let _ = platform::tune(&socket);
+            let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
             if self.open.count.load(Ordering::SeqCst) >= self.limits.max_connections {
                 Metrics::count(&self.metrics.http_rejected);
                 self.metrics.http_closed("over_capacity");
@@ -367,8 +382,8 @@ impl Edge {
             }
             match answers.recv_timeout(ANSWER_WITHIN) {
                 Ok(Outcome::Reply { bytes, sent, close }) => {
-                    if sent < bytes.len() && !self.write(&socket, &bytes[sent..]) {
-                        self.metrics.http_closed("write_timeout");
+                    if let Err(reason) = self.write(&socket, &bytes[sent..]) {
+                        self.metrics.http_closed(reason);
                         break End::Quiet(None);
                     }
                     if close {
@@ -498,13 +513,49 @@ impl Edge {
         }
     }
 
-    /// Writes the rest of a reply; false if the client took nothing for
-    /// `WRITE_TIMEOUT_MS` or is gone.
-    fn write(&self, socket: &TcpStream, bytes: &[u8]) -> bool {
-        socket
-            .set_write_timeout(Some(self.limits.write_timeout))
-            .and_then(|()| (&*socket).write_all(bytes))
-            .is_ok()
+    /// Writes the rest of a reply. Fails (with the reason, for the metrics) if the client
+    /// took nothing for `WRITE_TIMEOUT_MS`, took longer than its size allows at
+    /// `MIN_RATE`, is gone, or the held bytes would pass `MAX_HELD_BYTES`.
+    fn write(&self, socket: &TcpStream, mut rest: &[u8]) -> Result<(), &'static str> {
+        let total = rest.len();
+        if total == 0 {
+            return Ok(());
+        }
+        let held = self.held.fetch_add(total, Ordering::SeqCst) + total;
+        let written = if held > MAX_HELD_BYTES {
+            Err("held_bytes")
+        } else {
+            let deadline = Instant::now()
+                + self.limits.write_timeout
+                + Duration::from_secs((rest.len() / MIN_RATE) as u64);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if rest.is_empty() {
+                    break Ok(());
+                }
+                if left.is_zero() {
+                    break Err("write_timeout");
+                }
+                let _ = socket.set_write_timeout(Some(left.min(self.limits.write_timeout)));
+                match (&*socket).write(rest) {
+                    Ok(0) => break Err("write_failed"),
+                    Ok(n) => rest = &rest[n..],
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break Err("write_timeout");
+                    }
+                    Err(_) => break Err("write_failed"),
+                }
+            }
+        };
+        // The whole reply stays in memory until now.
+        self.held.fetch_sub(total, Ordering::SeqCst);
+        written
     }
 
     /// Answers a refusal (best effort: the client may be why we refuse) and closes.
