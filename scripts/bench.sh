@@ -23,6 +23,8 @@ for tool in wrk node npm jq curl python3; do
   command -v $tool >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
 done
 
+. scripts/lib.sh
+release=$(release_dir)
 cargo build --release --locked -q --workspace
 mkdir -p out
 peer_src=${NODE_PEER:-../shared/peers/node-seed}
@@ -48,7 +50,7 @@ bench() {
   local port started pid
   port=$(free_port)
   started=$(env PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warn \
-    target/release/loadgen startup --port "$port" --log "out/$name.log" -- "$@")
+    "$release/loadgen" startup --port "$port" --log "out/$name.log" -- "$@")
   pid=$(jq .pid <<<"$started")
   sleep 2
   local idle
@@ -81,7 +83,7 @@ EOF
     ramp=$(awk -v n="$n" 'BEGIN { printf "%.1f", n / 1000 }')
     settle=$(awk -v r="$ramp" 'BEGIN { printf "%.1f", r + 3 }')
     run=$(awk -v s="$settle" -v w="$window" 'BEGIN { printf "%.1f", s + w }')
-    target/release/loadgen --url "ws://127.0.0.1:$port/api/analytics" --clients "$n" \
+    "$release/loadgen" --url "ws://127.0.0.1:$port/api/analytics" --clients "$n" \
       --seconds "$run" --ramp 1000 >"out/$name-$n.json" &
     lg=$!
     sleep "$settle"
@@ -105,12 +107,12 @@ EOF
   # $hold seconds, then try one step above it.
   local cap step
   cap=${CAPACITY:-$(curl -s "http://127.0.0.1:$port/" | jq .limits.max_ws_clients)}
-  target/release/loadgen --url "ws://127.0.0.1:$port/api/analytics" --clients "$cap" \
+  "$release/loadgen" --url "ws://127.0.0.1:$port/api/analytics" --clients "$cap" \
     --seconds $((hold + cap / 1000 + 3)) --ramp 1000 >"out/$name-hold.json"
   step=$((cap / 10 + 1))
   # Let the held clients' connections wind down before trying one step above the cap.
   sleep $((cap / 500 + 5))
-  target/release/loadgen --url "ws://127.0.0.1:$port/api/analytics" --clients $((cap + step)) \
+  "$release/loadgen" --url "ws://127.0.0.1:$port/api/analytics" --clients $((cap + step)) \
     --seconds $((cap / 500 + 10)) --ramp 1000 >"out/$name-above.json"
   local alive=no
   curl -sf "http://127.0.0.1:$port/api/analytics" >/dev/null && alive=yes
@@ -124,9 +126,9 @@ EOF
 }
 
 if [ $quick = yes ]; then
-  bench ours env MAX_WS_CLIENTS=50 target/release/realtime-analytics-backend
+  bench ours env MAX_WS_CLIENTS=50 "$release/realtime-analytics-backend"
 else
-  bench ours target/release/realtime-analytics-backend
+  bench ours "$release/realtime-analytics-backend"
 fi
 CAPACITY=$(jq -s 'map(select(.server == "ours" and .kind == "capacity"))[0].clients' "$results") \
   bench node node "$peer/server-broadcast.js"

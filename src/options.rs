@@ -31,13 +31,15 @@ pub struct Invalid {
 }
 
 /// Options for samples, over REST or WebSocket.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Options {
     pub scenario: Scenario,
     pub fields: Fields,
     pub seq: bool,
     pub every: u64,
     pub since: Option<u64>,
+    /// Parameters no request understands: named back to the client.
+    pub ignored: Vec<String>,
 }
 
 impl Options {
@@ -76,6 +78,24 @@ pub struct Range {
 }
 
 impl Range {
+    /// The ticks of `from_ms..=to_ms` that sit on the grid of `step` ticks, so that charts
+    /// from different requests line up.
+    fn on_grid(from_ms: u64, to_ms: u64, interval: u64, step: u64) -> Range {
+        Range {
+            first: from_ms.div_ceil(interval).div_ceil(step) * step,
+            last: to_ms / interval / step * step,
+            step,
+        }
+    }
+
+    fn points(&self) -> u64 {
+        if self.last >= self.first {
+            (self.last - self.first) / self.step + 1
+        } else {
+            0
+        }
+    }
+
     pub fn ticks(&self) -> impl Iterator<Item = u64> {
         (self.first..=self.last).step_by(self.step as usize)
     }
@@ -109,6 +129,7 @@ pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<O
         seq: false,
         every: 1,
         since: None,
+        ignored: ignored(pairs),
     };
     if let Some(v) = get("scenario") {
         options.scenario =
@@ -218,12 +239,28 @@ pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<R
         (Some(_), Some(_)) => return Err(invalid("last", "Send from (and to) or last, not both.")),
         (Some(v), None) => time(v).ok_or_else(|| invalid("from", TIME_FORMATS))?,
         (None, Some(v)) => {
+            // A unit is required: `last=30` read as 30 ms would be a silent mistake.
             let span = duration_ms(v)
-                .ok_or_else(|| invalid("last", "Use a duration such as 90s, 15m, 6h or 1d."))?;
+                .filter(|_| v.ends_with(|c: char| c.is_ascii_alphabetic()))
+                .ok_or_else(|| {
+                    invalid(
+                        "last",
+                        "Use a duration with a unit, such as 90s, 15m, 6h or 1d.",
+                    )
+                })?;
             to_ms.saturating_sub(span)
         }
         (None, None) => to_ms.saturating_sub(15 * 60 * 1000),
     };
+    if from_ms > latest_ms {
+        return Err(invalid(
+            "from",
+            &format!(
+                "from is in the future; the latest sample is at {}.",
+                crate::sample::timestamp(latest_ms as i64)
+            ),
+        ));
+    }
     if from_ms > to_ms {
         return Err(invalid("from", "from is after to."));
     }
@@ -242,25 +279,54 @@ pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<R
             })?,
         None => 1,
     };
-    // Points sit on the step's grid, so that charts from different requests line up.
-    let first = from_ms.div_ceil(interval).div_ceil(step) * step;
-    let last = to_ms / interval / step * step;
-    let points = if last >= first {
-        (last - first) / step + 1
-    } else {
-        0
-    };
+    let range = Range::on_grid(from_ms, to_ms, interval, step);
+    let points = range.points();
     if points > MAX_POINTS {
+        // The smallest step that fits: none below `span / MAX_POINTS` can, and the grid
+        // shifts with the step, so the first that fits is found by trying.
+        let span = (to_ms / interval).saturating_sub(from_ms.div_ceil(interval));
+        let fits = (span / MAX_POINTS).max(step + 1)..;
+        let smallest = fits
+            .into_iter()
+            .find(|&s| Range::on_grid(from_ms, to_ms, interval, s).points() <= MAX_POINTS)
+            .unwrap_or(span.max(1));
         return Err(invalid(
             "step",
             &format!(
                 "This range holds {points} points; at most {MAX_POINTS} are returned. Narrow it, \
                  or raise step to at least {} ms.",
-                (last - first) / MAX_POINTS * step * interval + step * interval
+                smallest * interval
             ),
         ));
     }
-    Ok(Range { first, last, step })
+    Ok(range)
+}
+
+/// Every parameter some request understands. Others are ignored, and named back to the
+/// client (`X-Ignored-Parameters`, or the welcome's `ignored`): harmless for cache-busters,
+/// a hint for a typo such as `scenaro`.
+const KNOWN: [&str; 10] = [
+    "scenario",
+    "fields",
+    "seq",
+    "every",
+    "interval_ms",
+    "since",
+    "from",
+    "to",
+    "last",
+    "step",
+];
+
+/// The names of the parameters in `pairs` that no request understands.
+pub fn ignored(pairs: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (name, _) in pairs {
+        if !KNOWN.contains(&name.as_str()) && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
 }
 
 /// The value of the last `name=` parameter.
@@ -421,7 +487,61 @@ mod tests {
         );
         assert_eq!(hist("step=1s").unwrap_err().parameter, "step");
         assert_eq!(hist("last=soon").unwrap_err().parameter, "last");
+        let e = hist("last=30").unwrap_err();
+        assert!(e.parameter == "last" && e.message.contains("unit"), "{e:?}");
+        assert!(hist("last=30s").is_ok() && hist("last=500ms").is_ok());
+        let e = hist("from=2999-01-01T00:00:00Z").unwrap_err();
+        assert!(
+            e.parameter == "from" && e.message.contains("future"),
+            "{e:?}"
+        );
         assert_eq!(hist("from=yesterday").unwrap_err().parameter, "from");
+    }
+
+    /// The step the "too many points" error suggests works, and no smaller one does
+    /// (`last=1d&step=3s` once suggested 18000 ms where 9000 works).
+    #[test]
+    fn the_suggested_step_is_the_smallest_that_fits() {
+        let suggested = |q: &str| -> u64 {
+            let e = hist(q).unwrap_err();
+            assert_eq!(e.parameter, "step", "{q}");
+            let ms = e.message.split("at least ").nth(1).unwrap();
+            ms.trim_end_matches(" ms.").parse().unwrap()
+        };
+        assert_eq!(suggested("last=1d&step=3s"), 9000);
+        let from = (795_000 * 1500).to_string();
+        assert_eq!(suggested(&format!("from={from}&step=30s")), 31_500);
+        for q in [
+            "last=1d",
+            "last=2d&step=6s",
+            "last=7d&step=60s",
+            "last=30d&step=45s",
+            "last=1d&step=7500ms",
+        ] {
+            let ms = suggested(q);
+            let with = |step: u64| {
+                let mut parts: Vec<String> = q
+                    .split('&')
+                    .filter(|p| !p.starts_with("step="))
+                    .map(str::to_string)
+                    .collect();
+                parts.push(format!("step={step}ms"));
+                parts.join("&")
+            };
+            assert!(hist(&with(ms)).is_ok(), "{q}: {ms} ms does not fit");
+            assert!(
+                hist(&with(ms - 1500)).is_err(),
+                "{q}: {} ms fits too",
+                ms - 1500
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_parameters_are_named() {
+        let p = pairs(Some("scenaro=spike&_=123&fields=all&_=9&scenaro=x"));
+        assert_eq!(ignored(&p), ["scenaro", "_"]);
+        assert!(ignored(&pairs(Some("last=5m&step=3s"))).is_empty());
     }
 
     #[test]

@@ -69,7 +69,18 @@ fn analytics(request: &Request, service: &Service) -> Result<Reply, Invalid> {
     let pairs = options::pairs(options::query(request.url()));
     let o = options::parse(&pairs, &service.model, latest.seq)?;
     let body = o.encode(&service.model, latest.seq, Some(&latest));
-    Ok(http::json_bytes(200, body).with_header(header("Cache-Control", "no-store")))
+    let reply = http::json_bytes(200, body).with_header(header("Cache-Control", "no-store"));
+    Ok(with_ignored(reply, &o))
+}
+
+/// Names the query parameters this server ignored, so that a typo (`?scenaro=spike`) is
+/// visible rather than silently without effect.
+fn with_ignored(reply: Reply, options: &options::Options) -> Reply {
+    if options.ignored.is_empty() {
+        reply
+    } else {
+        reply.with_header(header("X-Ignored-Parameters", &options.ignored.join(", ")))
+    }
 }
 
 /// `GET /api/analytics/history`: the samples of a time range, computed (nothing is
@@ -98,7 +109,8 @@ fn history(request: &Request, service: &Service) -> Result<Reply, Invalid> {
         body.extend_from_slice(&encode(&sample, o.fields, o.seq));
     }
     body.extend_from_slice(b"]}");
-    Ok(http::json_bytes(200, body.into()).with_header(header("Cache-Control", "no-cache")))
+    let reply = http::json_bytes(200, body.into()).with_header(header("Cache-Control", "no-cache"));
+    Ok(with_ignored(reply, &o))
 }
 
 /// `GET /` and `GET /api`: what this service is and where everything lives.

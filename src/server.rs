@@ -383,11 +383,14 @@ impl Worker {
             .filter(|r| r.websocket())
             .ok_or_else(|| routes::not_found(path))?;
         self.allowed_origin(request)?;
-        let options = self
-            .stream_options(request)
-            .map_err(|e| http::bad_query(&e))?;
-        let (accept, slot) = ws::handshake(request, exchange.upgrade, &self.streams)?;
-        Ok(ws::stream(accept, slot, route, options, peer))
+        let accept = ws::handshake(request, exchange.upgrade)?;
+        match self.stream_options(request) {
+            Ok(options) => {
+                let slot = self.streams.reserve()?;
+                Ok(ws::stream(accept, slot, route, options, peer))
+            }
+            Err(invalid) => Ok(ws::refusal(accept, invalid, peer)),
+        }
     }
 
     fn event_stream(&self, request: &Request, peer: SocketAddr) -> Result<StreamFn, Reply> {

@@ -27,7 +27,7 @@ use crate::edge::StreamFn;
 use crate::http::{self, Reply, header, request_header};
 use crate::hub::{Hub, Subscription};
 use crate::metrics::Metrics;
-use crate::options::Options;
+use crate::options::{Invalid, Options};
 use crate::paths::Route;
 use crate::sample::Tick;
 use crate::simulator::Model;
@@ -130,13 +130,9 @@ impl Drop for Slot {
 }
 
 /// Checks an upgrade request; `connection_upgrade`: its `Connection` header named
-/// `upgrade` (the edge read it). On success returns the `Sec-WebSocket-Accept` value and a
-/// reserved slot; otherwise the response that refuses it.
-pub fn handshake(
-    request: &Request,
-    connection_upgrade: bool,
-    streams: &Arc<Streams>,
-) -> Result<(String, Slot), Reply> {
+/// `upgrade` (the edge read it). Returns the `Sec-WebSocket-Accept` value, or the response
+/// that refuses a handshake that cannot be completed.
+pub fn handshake(request: &Request, connection_upgrade: bool) -> Result<String, Reply> {
     if *request.method() != Method::Get {
         return Err(http::error(
             400,
@@ -173,7 +169,7 @@ pub fn handshake(
                 &[],
             )
         })?;
-    Ok((derive_accept_key(key.as_bytes()), streams.reserve()?))
+    Ok(derive_accept_key(key.as_bytes()))
 }
 
 /// A key is 16 bytes in base64: 22 characters and `==`.
@@ -197,13 +193,7 @@ pub fn stream(
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
         let streams = slot.streams();
         let _slot = slot;
-        let response = http::empty(101).with_header(header("Sec-WebSocket-Accept", &accept));
-        let mut head = Vec::with_capacity(256);
-        let _ = response.raw_print(&mut head, HTTPVersion(1, 1), &[], false, Some("websocket"));
-        let sent = socket
-            .set_write_timeout(Some(REPLAY_WRITE_TIMEOUT))
-            .and_then(|()| (&socket).write_all(&head));
-        match sent {
+        match switch(&socket, &accept) {
             Ok(()) => serve(
                 &streams,
                 route,
@@ -215,6 +205,65 @@ pub fn stream(
             Err(e) => log::info!("ws {peer}: the 101 was not delivered: {e}"),
         }
     })
+}
+
+/// A handshake that could be completed, with options that cannot be used: run on the
+/// connection's thread, it accepts, sends one frame with the same JSON a REST client would
+/// get (`"type": "error"`), and closes with 1008 and a short reason. Browsers and Flutter's
+/// `web_socket_channel` show nothing of a refused handshake but its status; they do show
+/// a message and a close reason.
+pub fn refusal(accept: String, invalid: Invalid, peer: SocketAddr) -> StreamFn {
+    Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
+        log::info!(
+            "ws {peer}: refused (bad_query, {}): {}",
+            invalid.parameter,
+            invalid.message
+        );
+        if switch(&socket, &accept).is_err() || socket.set_read_timeout(Some(CLOSE_GRACE)).is_err()
+        {
+            return;
+        }
+        let mut ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config()));
+        let error = json!({
+            "type": "error",
+            "error": "bad_query",
+            "parameter": invalid.parameter,
+            "message": invalid.message,
+        });
+        let mut reason = format!("bad {}: {}", invalid.parameter, invalid.message);
+        while reason.len() > 123 {
+            reason.pop();
+        }
+        let frame = CloseFrame {
+            code: CloseCode::Policy,
+            reason: reason.into(),
+        };
+        if ws.send(Message::Text(error.to_string().into())).is_ok() && ws.close(Some(frame)).is_ok()
+        {
+            // The client's close frame, or the grace period, ends it.
+            let deadline = Instant::now() + CLOSE_GRACE;
+            while ws.read().is_ok() && Instant::now() < deadline {}
+        }
+    })
+}
+
+/// Writes the 101 that switches the connection to WebSocket.
+fn switch(socket: &TcpStream, accept: &str) -> io::Result<()> {
+    let response = http::empty(101).with_header(header("Sec-WebSocket-Accept", accept));
+    let mut head = Vec::with_capacity(256);
+    response.raw_print(&mut head, HTTPVersion(1, 1), &[], false, Some("websocket"))?;
+    socket.set_write_timeout(Some(REPLAY_WRITE_TIMEOUT))?;
+    (&*socket).write_all(&head)
+}
+
+/// tungstenite's settings: small buffers, bounded messages and replies.
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(0)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
 }
 
 /// Why a connection ended, for the disconnect log line.
@@ -239,13 +288,7 @@ fn serve(
     if let Err(e) = socket.options().set_send_buffer_size(SEND_BUFFER) {
         log::debug!("ws {peer}: cannot shrink the send buffer: {e}");
     }
-    let config = WebSocketConfig::default()
-        .read_buffer_size(1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE));
-    let ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config));
+    let ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config()));
     let subscription = route.streams().then(|| streams.hub.subscribe());
     streams.metrics.ws_client(route.path(), 1);
     log::info!(
@@ -566,11 +609,18 @@ pub fn welcome(
         "profile": model.profile.name(),
         "scenario": options.scenario.name(),
         "seq": latest,
-        "resume": "Reconnect with ?since=SEQ (the seq of the last sample you got; add seq=1 to \
-                   receive it in each sample) to get every sample you missed, then the stream.",
     });
+    if streaming {
+        welcome["resume"] = json!(
+            "Reconnect with ?since=SEQ (the seq of the last sample you got; add seq=1 to \
+             receive it in each sample) to get every sample you missed, then the stream."
+        );
+    }
     if let Some(ticks) = replay {
         welcome["replay"] = json!({ "from": ticks.start(), "to": ticks.end() });
+    }
+    if !options.ignored.is_empty() {
+        welcome["ignored"] = json!(options.ignored);
     }
     welcome
 }
@@ -607,6 +657,10 @@ mod tests {
         let v = welcome(Route::Api, &model, &options, 10, Some(5..=10));
         assert_eq!(v["streaming"], false);
         assert_eq!(v["path"], "/api");
+        assert!(
+            v.get("resume").is_none(),
+            "a path that never streams offers no resume"
+        );
         assert_eq!(v["replay"]["from"], 5);
     }
 }

@@ -231,3 +231,18 @@ fn keep_alive_connections_serve_many_requests() {
         assert_eq!(r.status, if path == "/nope" { 404 } else { 200 });
     }
 }
+
+/// Mistyped or unknown query parameters do no harm, and the response names them.
+#[test]
+fn ignored_query_parameters_are_named_in_a_header() {
+    let s = TestServer::start();
+    let r = get(s.addr, "/api/analytics?scenaro=spike&_=1700000000");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("X-Ignored-Parameters"), Some("scenaro, _"));
+    let r = get(s.addr, "/api/analytics/history?last=1m&stpe=3s");
+    assert_eq!(r.header("X-Ignored-Parameters"), Some("stpe"));
+    assert_eq!(
+        get(s.addr, "/api/analytics?seq=1").header("X-Ignored-Parameters"),
+        None
+    );
+}

@@ -362,3 +362,39 @@ fn clients_beyond_the_cap_get_503_with_retry_after() {
     assert!(eventually(TIMEOUT, || s.server().ws_clients() == 1));
     let (_c, _) = ws_connect(s.addr, "/api");
 }
+
+/// A stream client cannot read a refused handshake's body (browsers, Flutter and websocat
+/// show only the status), so bad options on a valid handshake are accepted, explained in
+/// one error frame with the REST error's JSON, and closed with 1008 and a reason.
+#[test]
+fn bad_options_are_explained_in_an_error_frame_and_a_1008_close() {
+    let s = TestServer::start();
+    let mut ws = ws_open(s.addr, "/api/analytics?scenario=spiky");
+    let error = next_json(&mut ws);
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"], "bad_query");
+    assert_eq!(error["parameter"], "scenario");
+    assert!(
+        error["message"].as_str().unwrap().contains("spike"),
+        "{error}"
+    );
+    let close = read_close(&mut ws).expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(
+        close.reason.starts_with("bad scenario: "),
+        "{}",
+        close.reason
+    );
+    assert!(close.reason.len() <= 123);
+    assert_eq!(s.server().ws_clients(), 0, "a refusal takes no client slot");
+}
+
+/// The welcome names query parameters the server does not know (a typo shows).
+#[test]
+fn the_welcome_names_ignored_parameters() {
+    let s = TestServer::start();
+    let (_ws, welcome) = ws_connect(s.addr, "/api/analytics?scenaro=spike&_=1");
+    assert_eq!(welcome["ignored"], serde_json::json!(["scenaro", "_"]));
+    let (_ws, welcome) = ws_connect(s.addr, "/api/analytics?seq=1");
+    assert!(welcome.get("ignored").is_none());
+}
