@@ -3,8 +3,8 @@
 //!
 //! A stream's thread must react to new samples (a channel from the hub) and to frames from
 //! its client (pings, close). A thread can block on only one of them, so the socket side
-//! is converted to the other: the watcher waits on every stream's socket at once (mio:
-//! epoll, kqueue, or AFD on Windows) and, when one becomes readable or hangs up, sends a
+//! is converted to the other: the watcher waits on every stream's socket at once (mio,
+//! which uses each OS's readiness API) and, when one becomes readable or hangs up, sends a
 //! unit message on that stream's channel. Readiness is edge-triggered: the stream reads
 //! until `WouldBlock`, and the next edge is the next message. A client that sends faster
 //! than its thread reads costs one wake-up, not one per byte.

@@ -154,15 +154,8 @@ fn resume_replays_every_missed_sample_then_goes_live() {
     )
     .json();
     assert_eq!(seq_of(&h["samples"][0]), last + 1);
-    // A since in the future is refused before the upgrade.
-    let r = send_raw(
-        s.addr,
-        upgrade_request(s.addr, "/api/analytics?since=99999999999999", HANDSHAKE).as_bytes(),
-    );
-    assert_eq!(
-        (r.status, r.json()["parameter"].as_str()),
-        (400, Some("since"))
-    );
+    // A future `since` on a WebSocket: accepted, explained, closed with 1008.
+    assert_refused(s.addr, "/api/analytics?since=99999999999999", "since");
 }
 
 #[test]
@@ -191,19 +184,32 @@ fn cadence_delivers_every_nth_tick_from_the_one_generator() {
     let (mut ws, _) = ws_connect(s.addr, "/api/analytics?interval_ms=500&seq=1");
     let _immediate = next_json(&mut ws);
     assert!((0..3).all(|_| seq_of(&next_json(&mut ws)).is_multiple_of(5)));
-    for bad in [
-        "every=0",
-        "every=x",
-        "interval_ms=150",
-        "interval_ms=300&every=2",
+    for (bad, parameter) in [
+        ("every=0", "every"),
+        ("every=x", "every"),
+        ("interval_ms=150", "interval_ms"),
+        ("interval_ms=300&every=2", "interval_ms"),
     ] {
-        let r = send_raw(
-            s.addr,
-            upgrade_request(s.addr, &format!("/api/analytics?{bad}"), HANDSHAKE).as_bytes(),
-        );
-        assert_eq!(r.status, 400, "{bad}");
-        assert_eq!(r.json()["error"], "bad_query");
+        assert_refused(s.addr, &format!("/api/analytics?{bad}"), parameter);
     }
+}
+
+/// A WebSocket with an option that cannot be used: an error frame naming `parameter`,
+/// then close 1008.
+fn assert_refused(addr: std::net::SocketAddr, target: &str, parameter: &str) {
+    let mut ws = ws_open(addr, target);
+    let error = next_json(&mut ws);
+    assert_eq!(
+        (
+            error["type"].as_str(),
+            error["error"].as_str(),
+            error["parameter"].as_str()
+        ),
+        (Some("error"), Some("bad_query"), Some(parameter)),
+        "{target}: {error}"
+    );
+    let close = read_close(&mut ws).expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008, "{target}");
 }
 
 #[test]
