@@ -35,8 +35,8 @@ pub fn process_stats() -> Option<(u64, u64)> {
     None
 }
 
-/// Ctrl-C and console close arrive as SIGINT or SIGTERM through the C runtime; a flag is
-/// all a handler may set there, so a thread looks at it ten times a second.
+/// Ctrl-C arrives as SIGINT through the C runtime (SIGTERM only if raised in-process); a
+/// flag is all a handler may set there, so a thread looks at it ten times a second.
 pub fn shutdown_signals() -> io::Result<Receiver<&'static str>> {
     let int = Arc::new(AtomicBool::new(false));
     let term = Arc::new(AtomicBool::new(false));
