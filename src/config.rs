@@ -202,7 +202,7 @@ impl Config {
             )?;
         }
         let count =
-            |var, lo, hi, allowed| get(var).map(|v| parse(var, &v, allowed, in_range(lo..=hi)));
+            |name, lo, hi, allowed| var(name).map(|v| parse(name, &v, allowed, in_range(lo..=hi)));
         let millis = |var, lo, hi, allowed| {
             count(var, lo, hi, allowed).map(|r| r.map(|ms| Duration::from_millis(ms as u64)))
         };
@@ -318,9 +318,35 @@ mod tests {
         assert_eq!(c.log_level, LevelFilter::Info);
     }
 
+    /// Render's dashboard and shells produce empty values: each counts as unset, for
+    /// every variable (`MAX_WS_CLIENTS=` once failed the deploy while `PORT=` did not).
     #[test]
     fn empty_values_count_as_unset() {
-        assert_eq!(from(&[("PORT", ""), ("HOST", " ")]).unwrap().port, 4000);
+        const VARIABLES: [&str; 16] = [
+            "HOST",
+            "PORT",
+            "INTERVAL_MS",
+            "SEED",
+            "PROFILE",
+            "SCENARIO",
+            "UTC_OFFSET_HOURS",
+            "LOG_LEVEL",
+            "CORS_ORIGINS",
+            "MAX_WS_CLIENTS",
+            "MAX_HTTP_CONNECTIONS",
+            "IDLE_TIMEOUT_MS",
+            "HEADER_TIMEOUT_MS",
+            "WRITE_TIMEOUT_MS",
+            "MAX_HEADER_BYTES",
+            "WS_MAX_SKIPPED",
+        ];
+        let defaults = format!("{:?}", Config::default());
+        for name in VARIABLES {
+            for empty in ["", " ", "\t"] {
+                let c = from(&[(name, empty)]).unwrap_or_else(|e| panic!("{name}={empty:?}: {e}"));
+                assert_eq!(format!("{c:?}"), defaults, "{name}={empty:?}");
+            }
+        }
     }
 
     #[test]

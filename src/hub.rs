@@ -7,11 +7,12 @@
 //! generator or any other client. The hub knows nothing about sockets or framing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
 use crate::sample::Tick;
+use crate::sync::lock;
 
 /// How many samples may wait for a subscriber's thread. Two rides out one scheduling
 /// hiccup; more would only deliver stale data late.
@@ -85,12 +86,6 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         lock(&self.hub.subscribers).retain(|(id, _)| *id != self.id);
     }
-}
-
-/// Locks, ignoring poisoning: the guarded data stays consistent even if a holder panicked
-/// (every critical section here is a single assignment or `retain`).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod sample;
 mod server;
 pub mod simulator;
 mod sse;
+mod sync;
 mod watchdog;
 mod watcher;
 mod ws;

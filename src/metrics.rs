@@ -9,6 +9,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::sync::lock;
+
 #[derive(Default)]
 pub struct Metrics {
     pub samples_generated: AtomicU64,
@@ -27,16 +29,12 @@ pub struct Metrics {
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
-    *map.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(key)
-        .or_default() += 1;
+    *lock(map).entry(key).or_default() += 1;
 }
 
 /// A labelled counter's values, each key turned into its label set by `label`.
 fn values<K>(map: &Mutex<BTreeMap<K, u64>>, label: impl Fn(&K) -> String) -> Vec<(String, f64)> {
-    map.lock()
-        .unwrap_or_else(|e| e.into_inner())
+    lock(map)
         .iter()
         .map(|(k, n)| (label(k), *n as f64))
         .collect()
@@ -49,12 +47,7 @@ impl Metrics {
 
     /// A WebSocket on `path` opened (`+1`) or closed (`-1`).
     pub fn ws_client(&self, path: &'static str, delta: i64) {
-        *self
-            .ws_clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(path)
-            .or_default() += delta;
+        *lock(&self.ws_clients).entry(path).or_default() += delta;
     }
 
     /// A response to a request for `route` (a route's path, or "other").
@@ -96,7 +89,7 @@ impl Metrics {
             "Samples not sent to a client because it had not taken the previous ones (slow consumer).",
             &[("", get(&self.frames_skipped) as f64)],
         );
-        let clients = self.ws_clients.lock().unwrap_or_else(|e| e.into_inner());
+        let clients = lock(&self.ws_clients);
         let by_path: Vec<(String, f64)> = ["/", "/api", "/api/analytics"]
             .iter()
             .map(|p| {

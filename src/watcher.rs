@@ -89,7 +89,7 @@ impl Drop for Watcher {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, HashMap<Token, Sender<()>>> {
-        self.wakers.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.wakers)
     }
 }
 

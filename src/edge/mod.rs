@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,7 @@ use crate::config::Cors;
 use crate::http::{self, Reply};
 use crate::metrics::Metrics;
 use crate::platform;
+use crate::sync::lock;
 
 pub use head::Head;
 use head::{Refusal, Scanner};
@@ -674,10 +675,6 @@ pub fn loopback(addr: SocketAddr) -> SocketAddr {
     } else {
         addr
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

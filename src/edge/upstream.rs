@@ -11,10 +11,12 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
+
+use crate::sync::lock;
 
 /// Internal connections: one pool thread of tiny_http's each. A pool thread parses a head
 /// in a few microseconds, so two carry far more than the edge accepts; four ride out one
@@ -82,8 +84,4 @@ impl Upstream {
             )),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
