@@ -65,7 +65,7 @@ pub struct Streams {
     pub ready: Arc<AtomicBool>,
     pub metrics: Arc<Metrics>,
     pub watcher: Watcher,
-    /// Open connections (slots reserved by [`handshake`]).
+    /// Open streaming connections (slots reserved by [`Streams::reserve`]).
     pub clients: AtomicUsize,
 }
 

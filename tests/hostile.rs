@@ -114,8 +114,8 @@ fn the_server_survives_hostile_input_and_returns_to_baseline() {
         );
         eprintln!("ok: {case}");
     };
-    // Baseline after a warm-up, once every lazily started thread exists and pool threads
-    // above tiny_http's minimum have exited.
+    // Baseline after a warm-up, once every lazily started thread exists and the warm-up's
+    // connection threads have ended.
     let _ = get(addr, "/api/analytics");
     drop(ws_connect(addr, "/api/analytics"));
     thread::sleep(Duration::from_secs(6));
