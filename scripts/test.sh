@@ -87,6 +87,9 @@ curl -sSf "$url/openapi.json" -o out/openapi.json
 openapi-spec-validator out/openapi.json
 node tests/web/asyncapi.mjs "$url/asyncapi.json"
 
+echo "== Postman: /openapi.json imported as Postman does, every generated request sent as is"
+node tests/web/postman.mjs "$url"
+
 echo "== the server against its own OpenAPI document (schemathesis)"
 # Generated requests for every operation; every response (SSE events included) must match
 # the documented status codes, content types and schemas. Excluded: the check that

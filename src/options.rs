@@ -216,18 +216,65 @@ pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<O
     Ok(options)
 }
 
-/// Parses a history range. Without `from` or `last`, the last 15 minutes.
+/// Parses a history range. Any two of `from`, `to` and `last` define it, and all three
+/// must agree (so a Postman import that sends every parameter's example works); `to`
+/// defaults to the latest sample, `last` to 15 minutes.
 pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<Range, Invalid> {
     let get = |name| get(pairs, name);
     let interval = model.interval_ms();
     let latest_ms = latest * interval;
-    let to_ms = match get("to") {
-        Some(v) => time(v).ok_or_else(|| invalid("to", TIME_FORMATS))?,
-        None => latest_ms,
+    let time = |name: &'static str| {
+        get(name)
+            .map(|v| time(v).ok_or_else(|| invalid(name, TIME_FORMATS)))
+            .transpose()
+    };
+    let (from, to) = (time("from")?, time("to")?);
+    // A unit is required: `last=30` read as 30 ms would be a silent mistake.
+    let last = get("last")
+        .map(|v| {
+            duration_ms(v)
+                .filter(|_| v.ends_with(|c: char| c.is_ascii_alphabetic()))
+                .ok_or_else(|| {
+                    invalid(
+                        "last",
+                        "Use a duration with a unit, such as 90s, 15m, 6h or 1d.",
+                    )
+                })
+        })
+        .transpose()?;
+    if let Some(from) = from.filter(|&ms| ms > latest_ms) {
+        return Err(invalid(
+            "from",
+            &format!(
+                "from ({}) is in the future; the latest sample is at {}.",
+                crate::sample::timestamp(from as i64),
+                crate::sample::timestamp(latest_ms as i64)
+            ),
+        ));
+    }
+    // Any two of from, to and last define the range; all three must agree.
+    let (from_ms, to_ms, end) = match (from, to, last) {
+        (Some(from), Some(to), Some(last)) if to.checked_sub(from) != Some(last) => {
+            return Err(invalid(
+                "last",
+                &format!(
+                    "from, to and last disagree: to is {} ms after from, last is {last} ms. \
+                     Send any two of them.",
+                    to as i128 - from as i128
+                ),
+            ));
+        }
+        (Some(from), Some(to), _) => (from, to, "to"),
+        (Some(from), None, Some(last)) => (from, from.saturating_add(last), "last"),
+        (Some(from), None, None) => (from, latest_ms, "to"),
+        (None, to, last) => {
+            let to = to.unwrap_or(latest_ms);
+            (to.saturating_sub(last.unwrap_or(15 * 60 * 1000)), to, "to")
+        }
     };
     if to_ms > latest_ms + interval {
         return Err(invalid(
-            "to",
+            end,
             &format!(
                 "The range ends in the future; the latest sample is at {}.",
                 crate::sample::timestamp(latest_ms as i64)
@@ -235,32 +282,6 @@ pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<R
         ));
     }
     let to_ms = to_ms.min(latest_ms);
-    let from_ms = match (get("from"), get("last")) {
-        (Some(_), Some(_)) => return Err(invalid("last", "Send from (and to) or last, not both.")),
-        (Some(v), None) => time(v).ok_or_else(|| invalid("from", TIME_FORMATS))?,
-        (None, Some(v)) => {
-            // A unit is required: `last=30` read as 30 ms would be a silent mistake.
-            let span = duration_ms(v)
-                .filter(|_| v.ends_with(|c: char| c.is_ascii_alphabetic()))
-                .ok_or_else(|| {
-                    invalid(
-                        "last",
-                        "Use a duration with a unit, such as 90s, 15m, 6h or 1d.",
-                    )
-                })?;
-            to_ms.saturating_sub(span)
-        }
-        (None, None) => to_ms.saturating_sub(15 * 60 * 1000),
-    };
-    if from_ms > latest_ms {
-        return Err(invalid(
-            "from",
-            &format!(
-                "from is in the future; the latest sample is at {}.",
-                crate::sample::timestamp(latest_ms as i64)
-            ),
-        ));
-    }
     if from_ms > to_ms {
         return Err(invalid("from", "from is after to."));
     }
@@ -496,6 +517,25 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(hist("from=yesterday").unwrap_err().parameter, "from");
+        // Any two of from, to and last; all three when they agree.
+        let to = "1970-01-18T08:40:00Z";
+        let both = hist(&format!("from={from}&to={to}")).unwrap();
+        assert_eq!(hist(&format!("from={from}&last=1500s")).unwrap(), both);
+        assert_eq!(hist(&format!("to={to}&last=1500s")).unwrap(), both);
+        assert_eq!(
+            hist(&format!("from={from}&to={to}&last=25m")).unwrap(),
+            both
+        );
+        let e = hist(&format!("from={from}&to={to}&last=15m")).unwrap_err();
+        assert!(
+            e.parameter == "last" && e.message.contains("any two"),
+            "{e:?}"
+        );
+        let e = hist(&format!("from={from}&last=1d")).unwrap_err();
+        assert!(
+            e.parameter == "last" && e.message.contains("future"),
+            "{e:?}"
+        );
     }
 
     /// The step the "too many points" error suggests works, and no smaller one does

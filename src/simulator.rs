@@ -29,7 +29,7 @@ use crate::sample::{Details, Sample, timestamp};
 /// A site's audience: its scale and rhythm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Profile {
-    /// A personal or company blog: the seed's magnitudes (50–150 users), evening peak.
+    /// A personal or company blog: the original's magnitudes (about 100 users), evening peak.
     Blog,
     /// An online shop: larger, evening peak, busier at weekends, campaign bursts.
     Shop,
@@ -52,6 +52,18 @@ pub enum Scenario {
     Ramp,
 }
 
+/// Bounds a profile's samples never leave under the `normal` scenario at the default 1.5 s
+/// interval: every factor of the model at its extreme at once. The model enforces them
+/// (bursts that overlap are capped at the largest single gain, a page-view draw at 4
+/// standard deviations), so a dashboard can fix its axes from them. Other scenarios scale
+/// `active_users`: `spike` up to 4×, `ramp` up to 3×, `outage` down to near zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    pub active_users: (u32, u32),
+    pub page_views: (u32, u32),
+    pub avg_session_duration: (f64, f64),
+}
+
 impl Profile {
     pub const ALL: [Profile; 3] = [Profile::Blog, Profile::Shop, Profile::News];
 
@@ -60,6 +72,28 @@ impl Profile {
             Profile::Blog => "blog",
             Profile::Shop => "shop",
             Profile::News => "news",
+        }
+    }
+
+    /// The bounds this profile's samples never leave (see [`Bounds`]).
+    pub fn bounds(self) -> Bounds {
+        let s = self.shape();
+        let (weekday_lo, weekday_hi) = (s.weekend.min(1.0), s.weekend.max(1.0));
+        let users_lo = s.users * (1.0 - s.amplitude()) * weekday_lo * (1.0 - NOISE);
+        let users_hi =
+            s.users * (1.0 + s.amplitude()) * weekday_hi * (1.0 + NOISE) * (1.0 + s.burst_gain.1);
+        let views = |users: f64, z: f64| {
+            let mean = users * s.views_per_user;
+            (mean + z * mean.sqrt()).round().max(0.0) as u32
+        };
+        let tenths = |minutes: f64| (minutes * 10.0).round() / 10.0;
+        Bounds {
+            active_users: (users_lo.round() as u32, users_hi.round() as u32),
+            page_views: (views(users_lo, -MAX_Z), views(users_hi, MAX_Z)),
+            avg_session_duration: (
+                tenths(s.session_min * (1.0 - DRIFT) / (1.0 + BURST_SESSION_DIP * s.burst_gain.1)),
+                tenths(s.session_min * (1.0 + DRIFT)),
+            ),
         }
     }
 
@@ -172,6 +206,22 @@ struct Shape {
     devices: [f64; 3],
 }
 
+impl Shape {
+    /// The daily cycle's amplitude around 1: peak/trough = `daily_ratio`.
+    fn amplitude(&self) -> f64 {
+        (self.daily_ratio - 1.0) / (self.daily_ratio + 1.0)
+    }
+}
+
+/// The smooth noise's largest excursion: the sum of its octaves' amplitudes.
+const NOISE: f64 = 0.12 + 0.05 + 0.02;
+/// The session length's slow drift, ± this share.
+const DRIFT: f64 = 0.15;
+/// How much a burst of gain `g` shortens sessions: divided by `1 + this × g`.
+const BURST_SESSION_DIP: f64 = 0.4;
+/// A page-view draw stays within this many standard deviations of its mean.
+const MAX_Z: f64 = 4.0;
+
 /// Everything that determines the series.
 #[derive(Debug, Clone, Copy)]
 pub struct Model {
@@ -218,9 +268,9 @@ impl Model {
         let drift = if flat {
             0.0
         } else {
-            0.15 * value_noise(self.seed, 7, secs, 3600.0)
+            DRIFT * value_noise(self.seed, 7, secs, 3600.0)
         };
-        let session = shape.session_min * (1.0 + drift) / (1.0 + 0.4 * (burst - 1.0));
+        let session = shape.session_min * (1.0 + drift) / (1.0 + BURST_SESSION_DIP * (burst - 1.0));
         Sample {
             seq: tick,
             timestamp: timestamp(i64::try_from(unix_ms).unwrap_or(i64::MAX)),
@@ -235,8 +285,7 @@ impl Model {
     fn daily(&self, secs: f64, shape: &Shape) -> f64 {
         let local_hours = secs / 3600.0 + self.utc_offset_hours;
         let hour = local_hours.rem_euclid(24.0);
-        let amplitude = (shape.daily_ratio - 1.0) / (shape.daily_ratio + 1.0);
-        let cycle = 1.0 + amplitude * (2.0 * PI * (hour - shape.peak_hour) / 24.0).cos();
+        let cycle = 1.0 + shape.amplitude() * (2.0 * PI * (hour - shape.peak_hour) / 24.0).cos();
         let day = (local_hours / 24.0).floor() as i64;
         // 1970-01-01 was a Thursday: with Monday as 0, day 0 is weekday 3.
         let weekend = |d: i64| {
@@ -250,7 +299,7 @@ impl Model {
         cycle * (weekend(day - 1) * (1.0 - blend) + weekend(day) * blend)
     }
 
-    /// Smooth noise around zero, about ±20 % at most.
+    /// Smooth noise around zero, within ±`NOISE`.
     fn noise(&self, secs: f64) -> f64 {
         0.12 * value_noise(self.seed, 1, secs, 1200.0)
             + 0.05 * value_noise(self.seed, 2, secs, 180.0)
@@ -272,7 +321,8 @@ impl Model {
                 gain += g * pulse(secs - start, 90.0, 900.0);
             }
         }
-        gain
+        // Two overlapping bursts never add up to more than the largest single one.
+        gain.min(1.0 + shape.burst_gain.1)
     }
 
     fn details(&self, secs: f64, shape: &Shape, burst: f64, users: u32, views: u32) -> Details {
@@ -353,7 +403,7 @@ fn value_noise(seed: u64, octave: u64, secs: f64, period: f64) -> f64 {
 }
 
 /// A Poisson-like count with mean `mean` from two uniform hashes: exact (by inversion)
-/// for small means, normal with continuity correction above 30.
+/// for small means, normal above 30, within `MAX_Z` standard deviations.
 fn poisson(mean: f64, h1: u64, h2: u64) -> u32 {
     if mean <= 0.0 {
         return 0;
@@ -370,7 +420,7 @@ fn poisson(mean: f64, h1: u64, h2: u64) -> u32 {
     }
     // Box–Muller.
     let (u1, u2) = (unit(h1).max(1e-12), unit(h2));
-    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos();
+    let z = ((-2.0 * u1.ln()).sqrt() * (2.0 * PI * u2).cos()).clamp(-MAX_Z, MAX_Z);
     (mean + mean.sqrt() * z).round().max(0.0) as u32
 }
 
@@ -444,6 +494,22 @@ mod tests {
             r#"{"timestamp":"2025-04-12T12:01:00.000Z","active_users":1756,"page_views":2840,"avg_session_duration":3.2,"bounce_rate":0.44,"new_visitors":632,"devices":{"desktop":650,"mobile":997,"tablet":109},"countries":{"US":582,"IN":217,"GB":153,"DE":124,"BR":95,"other":585},"referrers":{"direct":570,"search":524,"social":333,"referral":249,"email":80},"top_pages":{"/":943,"/pricing":364,"/blog":565,"/docs":334,"/about":118,"other":516},"seq":1162972840}"#,
         ),
     ];
+
+    #[test]
+    fn four_weeks_stay_within_each_profile_bounds() {
+        for profile in Profile::ALL {
+            let (m, b) = (model(profile), profile.bounds());
+            let start = m.tick_at(1_744_588_800_000);
+            for tick in (start..start + 28 * 57_600).step_by(5) {
+                let s = m.sample(tick, Scenario::Normal, false);
+                let within = (b.active_users.0..=b.active_users.1).contains(&s.active_users)
+                    && (b.page_views.0..=b.page_views.1).contains(&s.page_views)
+                    && (b.avg_session_duration.0..=b.avg_session_duration.1)
+                        .contains(&s.avg_session_duration);
+                assert!(within, "{}: {s:?} outside {b:?}", profile.name());
+            }
+        }
+    }
 
     #[test]
     fn same_seed_and_tick_give_the_same_sample() {

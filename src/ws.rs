@@ -617,7 +617,12 @@ pub fn welcome(
         );
     }
     if let Some(ticks) = replay {
-        welcome["replay"] = json!({ "from": ticks.start(), "to": ticks.end() });
+        // `cut`: the client missed more than the replay holds; the samples between its
+        // `since` and `from` are not sent (history can still fetch them).
+        let cut = options
+            .since
+            .is_some_and(|since| since + 1 < *ticks.start());
+        welcome["replay"] = json!({ "from": ticks.start(), "to": ticks.end(), "cut": cut });
     }
     if !options.ignored.is_empty() {
         welcome["ignored"] = json!(options.ignored);
@@ -662,5 +667,14 @@ mod tests {
             "a path that never streams offers no resume"
         );
         assert_eq!(v["replay"]["from"], 5);
+        // A replay that starts after the client's `since` says it was cut.
+        for (since, cut) in [(4, false), (3, true)] {
+            let options = crate::options::Options {
+                since: Some(since),
+                ..options.clone()
+            };
+            let v = welcome(Route::Analytics, &model, &options, 10, Some(5..=10));
+            assert_eq!(v["replay"]["cut"], cut, "since={since}");
+        }
     }
 }

@@ -114,3 +114,46 @@ fn the_dashboard_is_one_self_contained_page() {
     assert!(!page.contains("http://") && !page.contains("https://"));
     assert!(!page.contains("<script src") && !page.contains("<link rel=\"stylesheet\""));
 }
+
+/// The README's per-profile ranges come from the model: its bounds, and what four
+/// simulated weeks from Monday 2025-04-14 (default seed, UTC) actually span.
+#[test]
+fn the_readme_ranges_are_the_models() {
+    use realtime_analytics_backend::config::DEFAULT_SEED;
+    use realtime_analytics_backend::simulator::{Model, Profile, Scenario};
+    let mut table = String::from(
+        "| `PROFILE` | `active_users` | `page_views` per 1.5 s | `avg_session_duration` (min) |\n\
+         |---|---|---|---|\n",
+    );
+    for profile in Profile::ALL {
+        let model = Model {
+            seed: DEFAULT_SEED,
+            interval: std::time::Duration::from_millis(1500),
+            profile,
+            scenario: Scenario::Normal,
+            utc_offset_hours: 0.0,
+        };
+        let start = model.tick_at(1_744_588_800_000);
+        let samples: Vec<_> = (start..start + 28 * 57_600)
+            .map(|t| model.sample(t, Scenario::Normal, false))
+            .collect();
+        let span = |f: fn(&realtime_analytics_backend::sample::Sample) -> f64| {
+            let values = samples.iter().map(f);
+            let lo = values.clone().fold(f64::MAX, f64::min);
+            (lo, values.fold(0.0, f64::max))
+        };
+        let b = profile.bounds();
+        let cell = |(lo, hi): (f64, f64), (blo, bhi): (f64, f64)| {
+            format!("{lo}–{hi} (never outside {blo}–{bhi})")
+        };
+        let whole = |(lo, hi): (u32, u32)| (f64::from(lo), f64::from(hi));
+        table += &format!(
+            "| `{}` | {} | {} | {} |\n",
+            profile.name(),
+            cell(span(|s| f64::from(s.active_users)), whole(b.active_users)),
+            cell(span(|s| f64::from(s.page_views)), whole(b.page_views)),
+            cell(span(|s| s.avg_session_duration), b.avg_session_duration),
+        );
+    }
+    check_generated("README.md", "ranges", &table);
+}

@@ -396,3 +396,34 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// Checks that the block of `file` (relative to the crate) between `<!-- generated: NAME -->`
+/// and `<!-- end: NAME -->` is `text`. With `UPDATE_DOCS=1` it rewrites the block instead,
+/// so a change to the code's tables is one command away from the docs.
+pub fn check_generated(file: &str, name: &str, text: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let (open, close) = (
+        format!("<!-- generated: {name} -->\n"),
+        format!("<!-- end: {name} -->"),
+    );
+    let start = doc
+        .find(&open)
+        .unwrap_or_else(|| panic!("{file}: no `{open}`"))
+        + open.len();
+    let end = start
+        + doc[start..]
+            .find(&close)
+            .unwrap_or_else(|| panic!("{file}: no `{close}`"));
+    if doc[start..end] == *text {
+        return;
+    }
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, format!("{}{text}{}", &doc[..start], &doc[end..])).unwrap();
+        return;
+    }
+    panic!(
+        "{file}'s `{name}` block is out of date; run `UPDATE_DOCS=1 cargo test --test docs` \
+         to regenerate it. It should be:\n{text}"
+    );
+}
