@@ -133,5 +133,5 @@ fi
 CAPACITY=$(jq -s 'map(select(.server == "ours" and .kind == "capacity"))[0].clients' "$results") \
   bench node node "$peer/server-broadcast.js"
 
-python3 scripts/bench_report.py "$results" "$quick" >"$out"
+python3 scripts/bench_report.py "$results" "$quick" >"$out.new" && mv "$out.new" "$out"
 echo "bench: wrote $out" >&2

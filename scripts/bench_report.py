@@ -124,4 +124,13 @@ for name, label in [("ours", "ours"), ("node", "Node")]:
     if r:
         refused = ", ".join(f"{k}: {v}" for k, v in r["above_refused"].items()) or "none"
         w(f"| {label} | {r['clients']} | {r['held_s']:.0f} s | {r['lost']} | {r['above']} | {r['above_connected']} | {refused} | {r['answering_after']} |")
+# Measurements bench.sh does not take (soak, sizing) are kept from the current file.
+KEEP = "<!-- Everything below is kept by scripts/bench.sh"
+try:
+    kept = open("BENCHMARKS.md").read()
+    if KEEP in kept:
+        w("")
+        w(kept[kept.index(KEEP):].rstrip("\n"))
+except FileNotFoundError:
+    pass
 print("\n".join(out))

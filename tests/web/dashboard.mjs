@@ -3,9 +3,9 @@
 // Starts the release binary on a free port, opens `/` as a browser would (it must land on
 // /dashboard), and checks that the page shows live values, receives samples, draws the
 // chart, and survives a server restart: it reconnects by itself and resumes without a gap
-// in sequence numbers. Saves a screenshot to out/dashboard.png. Then serves the README's
-// browser example from another origin and checks that its WebSocket and EventSource both
-// receive samples across origins.
+// in sequence numbers. Saves a screenshot to out/dashboard.png. Then serves
+// examples/browser.html (the README's browser example) from another origin and checks that
+// its WebSocket and EventSource both receive samples across origins.
 //
 // Usage: node dashboard.mjs PATH_TO_BINARY [OUT_DIR]
 import { spawn } from "node:child_process";
@@ -142,10 +142,9 @@ try {
   check(true, `screenshot saved to ${outDir}/dashboard.png`);
   check(problems.length === 0, `no page or console errors${problems.length ? `: ${problems.join("; ")}` : ""}`);
 
-  // The README's browser example, as written, served from another origin.
-  const readme = await readFile(new URL("../../README.md", import.meta.url), "utf8");
-  const block = readme.split("<!-- example: browser -->")[1]?.match(/```html\n([\s\S]*?)```/)?.[1];
-  check(Boolean(block), "the README has the browser example");
+  // The browser example the README links (examples/browser.html), as written, served from
+  // another origin.
+  const block = await readFile(new URL("../../examples/browser.html", import.meta.url), "utf8");
   const html = block.replaceAll("localhost:4000", `127.0.0.1:${port}`);
   const origin = http.createServer((_, res) => res.writeHead(200, { "content-type": "text/html" }).end(html));
   const originPort = await new Promise((resolve) => origin.listen(0, "127.0.0.1", () => resolve(origin.address().port)));
@@ -159,7 +158,7 @@ try {
       null,
       { timeout: WAIT_MS },
     );
-    check(true, "the README's browser example receives WebSocket and SSE samples from another origin");
+    check(true, "the browser example receives WebSocket and SSE samples from another origin");
     check(problems.length === 0, `no errors in the example${problems.length ? `: ${problems.join("; ")}` : ""}`);
   } finally {
     origin.close();
