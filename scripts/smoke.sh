@@ -157,9 +157,12 @@ output() {
     found && fence == 2 { exit }        # text after the code block: no output shown
     found && fence == 3 { print }' "$readme"
 }
-# shape: what stays the same from run to run: numbers and times become 0, this server's
-# URLs become the README's.
-shape() { sed -E "s#$base#http://localhost:4000#g; s#$ws#ws://localhost:4000#g; s/[0-9]+/0/g"; }
+# shape: what stays the same from run to run and server to server: numbers and times
+# become 0, this server's URLs the README's, its PROFILE and SCENARIO the defaults.
+shape() {
+  sed -E "s#$base#http://localhost:4000#g; s#$ws#ws://localhost:4000#g; s/[0-9]+/0/g
+          s/\"profile\":\"[a-z]+\"/\"profile\":\"blog\"/g; s/\"scenario\":\"[a-z]+\"/\"scenario\":\"normal\"/g"
+}
 # check NAME SECONDS: runs the example; its output must match the README's, shape for shape.
 check() {
   local want got

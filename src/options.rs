@@ -1,13 +1,14 @@
 //! What a client can ask for in the query string, parsed and checked in one place for
-//! REST, history and WebSocket alike.
+//! REST, history and the streams (WebSocket and SSE) alike.
 //!
 //! | parameter | meaning |
 //! |---|---|
 //! | `scenario=spike` | this request's or connection's scenario (others are unaffected) |
+//! | `profile=news` | this request's or connection's site profile (others are unaffected) |
 //! | `fields=active_users,devices` or `fields=all` | which fields each sample carries |
 //! | `seq=1` | add the sequence number (`"seq"`) to each sample |
-//! | `every=N` or `interval_ms=M` | WebSocket: only every N-th tick (M a multiple of the interval) |
-//! | `since=SEQ` | WebSocket: first replay every sample after SEQ (at most 10 000), then go live |
+//! | `every=N` or `interval_ms=M` | streams: only every N-th tick (M a multiple of the interval) |
+//! | `since=SEQ` | streams: first replay every sample after SEQ (at most 10 000), then go live |
 //! | `from`, `to`, `last`, `step` | history: the range and the spacing of the points |
 //!
 //! Unknown parameters are ignored (cache-busters such as `_=1700000000` are common); a
@@ -15,8 +16,8 @@
 
 use bytes::Bytes;
 
-use crate::sample::{FIELDS, Fields, Tick, encode};
-use crate::simulator::{self, Model, Scenario};
+use crate::sample::{FIELDS, Fields, Sample, Tick, encode};
+use crate::simulator::{self, Model, Profile, Scenario};
 
 /// At most this many samples are replayed on resume or returned by one history request.
 pub const MAX_POINTS: u64 = 10_000;
@@ -33,6 +34,7 @@ pub struct Invalid {
 /// Options for samples, over REST or WebSocket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
+    pub profile: Profile,
     pub scenario: Scenario,
     pub fields: Fields,
     pub seq: bool,
@@ -45,7 +47,10 @@ pub struct Options {
 impl Options {
     /// Whether samples are the shared stream's bytes (no per-client encoding needed).
     pub fn is_shared(&self, model: &Model) -> bool {
-        self.scenario == model.scenario && self.fields == Fields::SEED && !self.seq
+        self.profile == model.profile
+            && self.scenario == model.scenario
+            && self.fields == Fields::SEED
+            && !self.seq
     }
 
     /// The bytes of sample `seq` for these options: `shared` (the stream's, encoded once
@@ -54,11 +59,17 @@ impl Options {
     pub fn encode(&self, model: &Model, seq: u64, shared: Option<&Tick>) -> Bytes {
         match shared {
             Some(tick) if tick.seq == seq && self.is_shared(model) => tick.json.clone(),
-            _ => {
-                let sample = model.sample(seq, self.scenario, self.fields.needs_details());
-                encode(&sample, self.fields, self.seq)
-            }
+            _ => encode(&self.sample(model, seq), self.fields, self.seq),
         }
+    }
+
+    /// Sample `tick` under these options' profile and scenario.
+    pub fn sample(&self, model: &Model, tick: u64) -> Sample {
+        let model = Model {
+            profile: self.profile,
+            ..*model
+        };
+        model.sample(tick, self.scenario, self.fields.needs_details())
     }
 
     /// The ticks a client resuming with `since` missed, up to `latest`: at most the last
@@ -124,6 +135,7 @@ pub fn query(target: &str) -> Option<&str> {
 pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<Options, Invalid> {
     let get = |name| get(pairs, name);
     let mut options = Options {
+        profile: model.profile,
         scenario: model.scenario,
         fields: Fields::SEED,
         seq: false,
@@ -131,6 +143,16 @@ pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<O
         since: None,
         ignored: ignored(pairs),
     };
+    if let Some(v) = get("profile") {
+        options.profile =
+            simulator::parse(&Profile::ALL, Profile::name, v).ok_or_else(|| Invalid {
+                parameter: "profile",
+                message: format!(
+                    "Unknown profile {v:?}. Use one of: {}.",
+                    simulator::names(&Profile::ALL, Profile::name)
+                ),
+            })?;
+    }
     if let Some(v) = get("scenario") {
         options.scenario =
             simulator::parse(&Scenario::ALL, Scenario::name, v).ok_or_else(|| Invalid {
@@ -326,7 +348,8 @@ pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<R
 /// Every parameter some request understands. Others are ignored, and named back to the
 /// client (`X-Ignored-Parameters`, or the welcome's `ignored`): harmless for cache-busters,
 /// a hint for a typo such as `scenaro`.
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 11] = [
+    "profile",
     "scenario",
     "fields",
     "seq",
@@ -460,6 +483,13 @@ mod tests {
         assert_eq!((o.every, o.since), (4, Some(999_990)));
         assert_eq!(opts("interval_ms=6000").unwrap().every, 4);
         assert_eq!(opts("interval_ms=6000&every=4").unwrap().every, 4);
+        // Another profile is this client's own series, not the shared bytes.
+        let news = opts("profile=News").unwrap();
+        assert!(news.profile == Profile::News && !news.is_shared(&model()));
+        assert_ne!(
+            news.sample(&model(), 5),
+            opts("").unwrap().sample(&model(), 5)
+        );
     }
 
     #[test]
@@ -470,6 +500,7 @@ mod tests {
                 "scenario",
                 "normal, spike, outage, flatline, ramp",
             ),
+            ("profile=wiki", "profile", "blog, shop, news"),
             ("fields=visits", "fields", "active_users"),
             ("every=0", "every", "1 to 1000"),
             ("every=x", "every", "1 to 1000"),

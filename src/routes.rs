@@ -105,8 +105,7 @@ fn history(request: &Request, service: &Service) -> Result<Reply, Invalid> {
         if i > 0 {
             body.push(b',');
         }
-        let sample = model.sample(tick, o.scenario, o.fields.needs_details());
-        body.extend_from_slice(&encode(&sample, o.fields, o.seq));
+        body.extend_from_slice(&encode(&o.sample(model, tick), o.fields, o.seq));
     }
     body.extend_from_slice(b"]}");
     let reply = http::json_bytes(200, body.into()).with_header(header("Cache-Control", "no-cache"));

@@ -606,7 +606,7 @@ pub fn welcome(
         "streaming": streaming,
         "interval_ms": model.interval_ms() * options.every,
         "fields": options.fields.names(),
-        "profile": model.profile.name(),
+        "profile": options.profile.name(),
         "scenario": options.scenario.name(),
         "seq": latest,
     });

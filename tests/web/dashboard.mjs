@@ -3,7 +3,9 @@
 // Starts the release binary on a free port, opens `/` as a browser would (it must land on
 // /dashboard), and checks that the page shows live values, receives samples, draws the
 // chart, and survives a server restart: it reconnects by itself and resumes without a gap
-// in sequence numbers. Saves a screenshot to out/dashboard.png. Then serves
+// in sequence numbers; that the profile and scenario pickers switch the stream; that at
+// 1280 and 390 px nothing overflows or wraps (screenshots in out/dashboard-WIDTH.png); that
+// ?live=0 and the README's headless screenshot command finish. Then serves
 // examples/browser.html (the README's browser example) from another origin and checks that
 // its WebSocket and EventSource both receive samples across origins.
 //
@@ -114,14 +116,18 @@ try {
   check(s.received >= 2, `received ${s.received} streamed samples`);
   check(Number((await page.textContent("#active_users")).trim()) >= 0, "current active users shown");
   check(/^\d+\.\d$/.test((await page.textContent("#avg_session_duration")).trim()), "average session shown");
-  const painted = await page.evaluate(() => {
-    const c = document.getElementById("chart");
-    const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-    let n = 0;
-    for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n += 1;
-    return { drawn: window.dashboard.drawn, painted: n / (c.width * c.height) };
-  });
-  check(painted.drawn >= 2 && painted.painted > 0.005, `chart drawn (${painted.drawn} points, ${(painted.painted * 100).toFixed(1)}% of pixels)`);
+  // Each chart is drawn, on its own axis.
+  const painted = await page.evaluate(() =>
+    ["users_chart", "views_chart"].map((id) => {
+      const c = document.getElementById(id);
+      const data = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let n = 0;
+      for (let i = 3; i < data.length; i += 4) if (data[i] > 0) n += 1;
+      return n / (c.width * c.height);
+    }));
+  check(painted.every((p) => p > 0.005), `both charts drawn (${painted.map((p) => `${(p * 100).toFixed(1)}%`).join(", ")} of pixels)`);
+  check(/per 0\.5 s/.test(await page.textContent(".cards")), "page views are labelled per interval (INTERVAL_MS=500 here)");
+  check((await page.textContent("#tz")).trim().length > 0, `the time zone is shown (${await page.textContent("#tz")})`);
 
   // Restart the server under the page.
   const before = await state();
@@ -137,10 +143,61 @@ try {
   const gaps = s.samples.filter((seq, i) => i > 0 && seq !== s.samples[i - 1] + 1);
   check(gaps.length === 0, `resumed without a gap: ${s.samples.length} consecutive samples`);
 
+  // Pickers: another profile and scenario, passed on to history and the stream.
+  await page.selectOption("#profile", "news");
+  await page.selectOption("#scenario", "spike");
+  await waitFor("the picked series", () => window.dashboard.status === "live"
+    && window.dashboard.welcome?.profile === "news" && window.dashboard.welcome?.scenario === "spike");
+  s = await state();
+  check(/profile=news/.test(s.url) && /scenario=spike/.test(s.url), `the pickers set the stream's options (${s.url})`);
+  check(/profile=news&scenario=spike/.test(page.url()), `and the page's URL, so it can be shared (${page.url()})`);
+  check(s.samples.length > 100, `history of the picked series filled the charts (${s.samples.length} samples)`);
+  const received = s.received;
+  await page.waitForFunction((n) => window.dashboard.received >= n + 1, received, { timeout: WAIT_MS });
+  check(true, "samples of the picked series stream in");
+
+  // Layout at desktop and phone widths: nothing overflows, no label or value wraps.
   await mkdir(outDir, { recursive: true });
-  await page.screenshot({ path: `${outDir}/dashboard.png` });
-  check(true, `screenshot saved to ${outDir}/dashboard.png`);
+  for (const width of [1280, 390]) {
+    await page.setViewportSize({ width, height: 900 });
+    await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => resolve())));
+    const layout = await page.evaluate(() => {
+      const wrapped = [...document.querySelectorAll("h1, label, #state, .card span, .card b")]
+        .filter((el) => {
+          const line = parseFloat(getComputedStyle(el).lineHeight);
+          return el.getBoundingClientRect().height > line * 1.5 || el.scrollWidth > el.clientWidth + 1;
+        })
+        .map((el) => `${el.id || el.tagName}: ${el.textContent.trim()}`);
+      return { overflow: document.documentElement.scrollWidth - window.innerWidth, wrapped };
+    });
+    check(layout.overflow <= 0, `${width} px: no horizontal overflow (${layout.overflow} px)`);
+    check(layout.wrapped.length === 0, `${width} px: no label or value wraps${layout.wrapped.length ? `: ${layout.wrapped.join("; ")}` : ""}`);
+    await page.screenshot({ path: `${outDir}/dashboard-${width}.png`, fullPage: true });
+    check(true, `screenshot saved to ${outDir}/dashboard-${width}.png`);
+  }
   check(problems.length === 0, `no page or console errors${problems.length ? `: ${problems.join("; ")}` : ""}`);
+
+  // ?live=0 draws history only and opens no stream (for headless screenshots).
+  const still = await browser.newPage();
+  await still.goto(`${base}/dashboard?live=0`);
+  await still.waitForFunction(() => window.dashboard.status === "paused" && window.dashboard.drawn > 100, null, { timeout: WAIT_MS });
+  check((await still.evaluate(() => window.dashboard.url)) === null, "?live=0 draws history and opens no stream");
+  await still.close();
+
+  // The README's screenshot command, as written (with --no-sandbox when run as root), ends.
+  const readme = await readFile(new URL("../../README.md", import.meta.url), "utf8");
+  const command = readme.split("<!-- screenshot -->")[1]?.match(/```bash\n(chromium [^\n]*)\n```/)?.[1];
+  check(Boolean(command), "the README has the screenshot command");
+  const args = command.split(" ").slice(1)
+    .map((a) => a.replace("http://localhost:4000", base).replace("dashboard.png", `${outDir}/readme-screenshot.png`))
+    .concat(process.getuid?.() === 0 ? ["--no-sandbox"] : []);
+  const shot = spawn(CHROMIUM, args.map((a) => a.replace(/^'|'$/g, "")), { stdio: "ignore" });
+  const code = await new Promise((resolve) => {
+    const timer = setTimeout(() => { shot.kill(); resolve("timeout"); }, WAIT_MS);
+    shot.on("exit", (c) => { clearTimeout(timer); resolve(c); });
+  });
+  const png = await readFile(`${outDir}/readme-screenshot.png`).catch(() => Buffer.alloc(0));
+  check(code === 0 && png.length > 10000, `the README's screenshot command ends and writes the page (exit ${code}, ${png.length} bytes)`);
 
   // The browser example the README links (examples/browser.html), as written, served from
   // another origin.
