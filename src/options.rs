@@ -143,25 +143,26 @@ pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<O
         since: None,
         ignored: ignored(pairs),
     };
+    // One of a fixed set of names, or an error that lists them.
+    fn one_of<T: Copy>(
+        parameter: &'static str,
+        all: &[T],
+        name: fn(T) -> &'static str,
+        v: &str,
+    ) -> Result<T, Invalid> {
+        simulator::parse(all, name, v).ok_or_else(|| Invalid {
+            parameter,
+            message: format!(
+                "Unknown {parameter} {v:?}. Use one of: {}.",
+                simulator::names(all, name)
+            ),
+        })
+    }
     if let Some(v) = get("profile") {
-        options.profile =
-            simulator::parse(&Profile::ALL, Profile::name, v).ok_or_else(|| Invalid {
-                parameter: "profile",
-                message: format!(
-                    "Unknown profile {v:?}. Use one of: {}.",
-                    simulator::names(&Profile::ALL, Profile::name)
-                ),
-            })?;
+        options.profile = one_of("profile", &Profile::ALL, Profile::name, v)?;
     }
     if let Some(v) = get("scenario") {
-        options.scenario =
-            simulator::parse(&Scenario::ALL, Scenario::name, v).ok_or_else(|| Invalid {
-                parameter: "scenario",
-                message: format!(
-                    "Unknown scenario {v:?}. Use one of: {}.",
-                    simulator::names(&Scenario::ALL, Scenario::name)
-                ),
-            })?;
+        options.scenario = one_of("scenario", &Scenario::ALL, Scenario::name, v)?;
     }
     if let Some(v) = get("fields") {
         options.fields = Fields::parse(v).map_err(|name| Invalid {
