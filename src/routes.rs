@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::json;
 use tiny_http::{Method, Request};
 
+use crate::generator;
 use crate::http::{self, Reply, header, request_header};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -49,7 +50,7 @@ pub fn handle(request: &Request, path: &str, service: &Service) -> Reply {
                 .with_header(header("Location", Route::Dashboard.path()))
                 .with_header(header("Vary", "Accept")),
             Route::Root | Route::Api => describe(request, service),
-            Route::Health => http::json(200, &json!({ "status": "ok" })),
+            Route::Health => health(service),
             Route::Ready => ready(service),
             Route::Metrics => metrics(&service.metrics),
             Route::OpenApi => document(OPENAPI, request, service),
@@ -200,6 +201,27 @@ fn dashboard() -> Reply {
             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
              connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
         ))
+}
+
+/// Healthy while the latest sample is younger than two intervals: a generator that died or
+/// stopped makes `/healthz` 503, so the watchdog (and the platform's health check) restart
+/// the process.
+fn health(service: &Service) -> Reply {
+    let interval = service.model.interval_ms();
+    let age = generator::now_ms().saturating_sub(service.hub.latest().seq * interval);
+    if age <= 2 * interval {
+        return http::json(200, &json!({ "status": "ok" }));
+    }
+    http::error(
+        503,
+        "stale",
+        &format!(
+            "No sample for {age} ms (the interval is {interval} ms): the generator has \
+             stopped. The watchdog restarts the process after three failed probes; if this \
+             persists, look for an error in the log."
+        ),
+        &[],
+    )
 }
 
 /// `GET /readyz`: whether to send new clients here (503 while shutting down).

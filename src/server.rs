@@ -51,6 +51,8 @@ pub struct Server {
     workers: Vec<JoinHandle<()>>,
     streams: Arc<Streams>,
     stop: Sender<()>,
+    /// Disconnected to stop the generator: at shutdown, or by [`Server::stop_generator`].
+    generator: Option<Sender<()>>,
     ready: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     failed: Receiver<String>,
@@ -164,6 +166,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         )
         .map_err(|e| failure("the edge", &e))?,
     );
+    let (generator, generator_stopped) = bounded::<()>(0);
     let threads = vec![
         edge.spawn().map_err(|e| failure("the accept loop", &e))?,
         generator::spawn(
@@ -171,7 +174,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
             first,
             Arc::clone(&service.hub),
             metrics,
-            stopped.clone(),
+            generator_stopped,
         )
         .map_err(|e| failure("the generator", &e))?,
         watchdog::spawn(edge::loopback(addr), stopped, failed_tx)
@@ -185,6 +188,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         workers,
         streams,
         stop,
+        generator: Some(generator),
         ready,
         stopping,
         failed,
@@ -221,6 +225,13 @@ impl Server {
         self.caps
     }
 
+    /// Stops the generator, as a bug or a stuck thread would: no sample is published any
+    /// more, and `/healthz` turns 503 two intervals later (so the watchdog restarts the
+    /// process). For tests of exactly that.
+    pub fn stop_generator(&mut self) {
+        self.generator = None;
+    }
+
     /// Graceful shutdown: `/readyz` turns 503 and new streams are refused; every stream
     /// gets its close (1001, or `event: close`) with a randomised reconnect delay (up to
     /// 5 s are given to the close handshakes); then the edge stops accepting and closes
@@ -228,6 +239,7 @@ impl Server {
     pub fn shutdown(self) {
         self.ready.store(false, Ordering::SeqCst);
         drop(self.stop);
+        drop(self.generator);
         let deadline = Instant::now() + DRAIN;
         while self.streams.clients() > 0 && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));

@@ -5,8 +5,9 @@
 //! check may take minutes to notice. So a thread sends `GET /healthz` to our own listener
 //! through the edge, like any client; after three probes in a row without an answer it
 //! reports the failure, and `main` exits non-zero so that the platform restarts the
-//! service. A 503 because every connection slot is taken is an answer: a flood of
-//! connections must be refused, not turned into a restart.
+//! service. `/healthz` is 503 when the generator stopped publishing, so that is a miss
+//! too. A 503 because every connection slot is taken is an answer: a flood of connections
+//! must be refused, not turned into a restart.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

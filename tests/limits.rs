@@ -169,6 +169,24 @@ fn connections_over_the_cap_get_503_and_the_server_keeps_answering() {
     assert!(rejected == "10" || rejected == "11", "{rejected}");
 }
 
+/// A dead generator is not healthy: `/healthz` turns 503 once the latest sample is older
+/// than two intervals (and the watchdog, which probes it, then restarts the process).
+#[test]
+fn health_fails_when_the_generator_stops() {
+    let mut s = TestServer::with(|c| c.interval = Duration::from_millis(100));
+    assert_eq!(get(s.addr, "/healthz").status, 200);
+    s.server_mut().stop_generator();
+    assert!(
+        eventually(Duration::from_secs(5), || get(s.addr, "/healthz").status
+            == 503),
+        "/healthz stayed 200 with the generator stopped"
+    );
+    let r = get(s.addr, "/healthz");
+    assert_eq!(r.json()["error"], "stale");
+    assert!(r.json()["message"].as_str().unwrap().contains("generator"));
+    assert_eq!(r.header("Retry-After"), Some("5"));
+}
+
 #[test]
 fn health_readiness_and_metrics_answer() {
     let s = TestServer::start();

@@ -45,6 +45,10 @@ impl TestServer {
         self.server.as_ref().expect("running")
     }
 
+    pub fn server_mut(&mut self) -> &mut Server {
+        self.server.as_mut().expect("running")
+    }
+
     /// Shuts down now (graceful: WebSocket clients get 1001).
     pub fn shutdown(mut self) {
         if let Some(s) = self.server.take() {
