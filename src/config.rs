@@ -96,7 +96,7 @@ impl Default for Config {
 pub struct ConfigError {
     pub var: &'static str,
     pub value: String,
-    pub allowed: &'static str,
+    pub allowed: String,
 }
 
 impl fmt::Display for ConfigError {
@@ -110,6 +110,231 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// One environment variable, defined once: parsing, the error message, `--help` and the
+/// README's configuration table (checked by `tests/docs.rs`) all come from here.
+pub struct Var {
+    pub name: &'static str,
+    /// The default, as people read it (the value [`Config::default`] holds).
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+    kind: Kind,
+}
+
+enum Kind {
+    /// An integer within `lo..=hi`.
+    Integer {
+        lo: u64,
+        hi: u64,
+        set: fn(&mut Config, u64),
+    },
+    /// Anything else: what is allowed, and a parser that sets it (`None`: not allowed).
+    Text {
+        allowed: &'static str,
+        set: fn(&mut Config, &str) -> Option<()>,
+    },
+}
+
+impl Var {
+    /// What a value may be, as the error message and the README say it.
+    pub fn allowed(&self) -> String {
+        match self.kind {
+            Kind::Integer { lo, hi, .. } => format!("an integer from {lo} to {hi}"),
+            Kind::Text { allowed, .. } => allowed.to_string(),
+        }
+    }
+
+    fn apply(&self, config: &mut Config, value: &str) -> Result<(), ConfigError> {
+        let set = match self.kind {
+            Kind::Integer { lo, hi, set } => value
+                .parse()
+                .ok()
+                .filter(|n| (lo..=hi).contains(n))
+                .map(|n| set(config, n)),
+            Kind::Text { set, .. } => set(config, value),
+        };
+        set.ok_or_else(|| ConfigError {
+            var: self.name,
+            value: value.to_string(),
+            allowed: self.allowed(),
+        })
+    }
+}
+
+const fn integer(
+    name: &'static str,
+    default: &'static str,
+    (lo, hi): (u64, u64),
+    doc: &'static str,
+    set: fn(&mut Config, u64),
+) -> Var {
+    Var {
+        name,
+        default,
+        doc,
+        kind: Kind::Integer { lo, hi, set },
+    }
+}
+
+const fn text(
+    name: &'static str,
+    default: &'static str,
+    allowed: &'static str,
+    doc: &'static str,
+    set: fn(&mut Config, &str) -> Option<()>,
+) -> Var {
+    Var {
+        name,
+        default,
+        doc,
+        kind: Kind::Text { allowed, set },
+    }
+}
+
+/// Every variable the server reads, in the order people look for them.
+pub const VARS: [Var; 16] = [
+    integer(
+        "PORT",
+        "4000",
+        (0, 65_535),
+        "TCP port (Render sets it); 0 picks a free port, printed in the startup line",
+        |c, n| c.port = n as u16,
+    ),
+    text(
+        "HOST",
+        "0.0.0.0",
+        "an IP address such as 0.0.0.0, 127.0.0.1 or ::",
+        "address to listen on; :: listens on IPv6 and IPv4",
+        |c, s| {
+            c.host = s.parse().ok()?;
+            Some(())
+        },
+    ),
+    integer(
+        "INTERVAL_MS",
+        "1500",
+        (100, 60_000),
+        "time between samples, in milliseconds",
+        |c, n| c.interval = Duration::from_millis(n),
+    ),
+    text(
+        "SEED",
+        "20250412",
+        "an integer from 0 to 18446744073709551615, or \"random\"",
+        "simulator seed: same seed, same samples at the same time",
+        |c, s| {
+            c.seed = if s == "random" {
+                rand::random()
+            } else {
+                s.parse().ok()?
+            };
+            Some(())
+        },
+    ),
+    text(
+        "PROFILE",
+        "blog",
+        "one of blog, shop, news",
+        "the simulated site's scale and rhythm (a client may pick another with ?profile=)",
+        |c, s| {
+            c.profile = simulator::parse(&Profile::ALL, Profile::name, s)?;
+            Some(())
+        },
+    ),
+    text(
+        "SCENARIO",
+        "normal",
+        "one of normal, spike, outage, flatline, ramp",
+        "the shape of the shared stream (a client may pick another with ?scenario=)",
+        |c, s| {
+            c.scenario = simulator::parse(&Scenario::ALL, Scenario::name, s)?;
+            Some(())
+        },
+    ),
+    text(
+        "UTC_OFFSET_HOURS",
+        "0",
+        "a number of hours from -12 to 14, such as 5.5",
+        "the simulated audience's time zone: where the daily peak falls",
+        |c, s| {
+            c.utc_offset_hours = s
+                .parse()
+                .ok()
+                .filter(|h: &f64| (-12.0..=14.0).contains(h))?;
+            Some(())
+        },
+    ),
+    text(
+        "LOG_LEVEL",
+        "info",
+        "one of error, warn, info, debug, trace, off",
+        "log verbosity (stderr)",
+        |c, s| {
+            c.log_level = s.parse().ok()?;
+            Some(())
+        },
+    ),
+    text(
+        "CORS_ORIGINS",
+        "*",
+        "* or a comma-separated list of origins such as https://app.example.com",
+        "which browser origins may read the responses",
+        |c, s| {
+            c.cors = parse_cors(s)?;
+            Some(())
+        },
+    ),
+    integer(
+        "MAX_WS_CLIENTS",
+        "derived",
+        (1, 100_000),
+        "open streams (WebSocket and SSE together) beyond this get 503; derived from the descriptor and thread limits when unset",
+        |c, n| c.max_ws_clients = Some(n as usize),
+    ),
+    integer(
+        "MAX_HTTP_CONNECTIONS",
+        "derived",
+        (1, 100_000),
+        "HTTP connections beyond this get 503; derived like MAX_WS_CLIENTS when unset",
+        |c, n| c.max_http_connections = Some(n as usize),
+    ),
+    integer(
+        "WS_MAX_SKIPPED",
+        "20",
+        (1, 10_000),
+        "samples a non-reading client may miss in a row before it is closed (1008, or event: close)",
+        |c, n| c.ws_max_skipped = n as u32,
+    ),
+    integer(
+        "IDLE_TIMEOUT_MS",
+        "75000",
+        (1000, 3_600_000),
+        "a keep-alive connection with no request for this long is closed",
+        |c, n| c.idle_timeout = Duration::from_millis(n),
+    ),
+    integer(
+        "HEADER_TIMEOUT_MS",
+        "10000",
+        (500, 600_000),
+        "a request head must be complete this long after connecting or after its first byte (408)",
+        |c, n| c.header_timeout = Duration::from_millis(n),
+    ),
+    integer(
+        "WRITE_TIMEOUT_MS",
+        "10000",
+        (500, 600_000),
+        "a client that takes none of a response for this long is dropped",
+        |c, n| c.write_timeout = Duration::from_millis(n),
+    ),
+    integer(
+        "MAX_HEADER_BYTES",
+        "16384",
+        (1024, 1_048_576),
+        "larger request heads get 431",
+        |c, n| c.max_header_bytes = n,
+    ),
+];
 
 impl Config {
     /// The traffic model this configuration describes.
@@ -131,150 +356,35 @@ impl Config {
     /// Reads variables through `get`, so tests need not touch the process environment.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut config = Config::default();
-        // An empty value counts as unset: Render's dashboard and shells produce them.
-        let var = |name: &str| get(name).filter(|v| !v.trim().is_empty());
-        if let Some(v) = var("HOST") {
-            config.host = parse(
-                "HOST",
-                &v,
-                "an IP address such as 0.0.0.0, 127.0.0.1 or ::",
-                |s| s.parse().ok(),
-            )?;
-        }
-        if let Some(v) = var("PORT") {
-            config.port = parse("PORT", &v, "an integer from 0 to 65535", |s| s.parse().ok())?;
-        }
-        if let Some(v) = var("INTERVAL_MS") {
-            let ms = parse(
-                "INTERVAL_MS",
-                &v,
-                "an integer from 100 to 60000",
-                in_range(100..=60_000u64),
-            )?;
-            config.interval = Duration::from_millis(ms);
-        }
-        if let Some(v) = var("SEED") {
-            config.seed = parse(
-                "SEED",
-                &v,
-                "an integer from 0 to 18446744073709551615, or \"random\"",
-                |s| match s {
-                    "random" => Some(rand::random()),
-                    _ => s.parse().ok(),
-                },
-            )?;
-        }
-        if let Some(v) = var("PROFILE") {
-            config.profile = parse("PROFILE", &v, "one of blog, shop, news", |s| {
-                simulator::parse(&Profile::ALL, Profile::name, s)
-            })?;
-        }
-        if let Some(v) = var("SCENARIO") {
-            config.scenario = parse(
-                "SCENARIO",
-                &v,
-                "one of normal, spike, outage, flatline, ramp",
-                |s| simulator::parse(&Scenario::ALL, Scenario::name, s),
-            )?;
-        }
-        if let Some(v) = var("UTC_OFFSET_HOURS") {
-            config.utc_offset_hours = parse(
-                "UTC_OFFSET_HOURS",
-                &v,
-                "a number of hours from -12 to 14, such as 5.5",
-                |s| s.parse().ok().filter(|h: &f64| (-12.0..=14.0).contains(h)),
-            )?;
-        }
-        if let Some(v) = var("LOG_LEVEL") {
-            config.log_level = parse(
-                "LOG_LEVEL",
-                &v,
-                "one of error, warn, info, debug, trace, off",
-                |s| s.parse().ok(),
-            )?;
-        }
-        if let Some(v) = var("CORS_ORIGINS") {
-            config.cors = parse(
-                "CORS_ORIGINS",
-                &v,
-                "* or a comma-separated list of origins such as https://app.example.com",
-                parse_cors,
-            )?;
-        }
-        let count =
-            |name, lo, hi, allowed| var(name).map(|v| parse(name, &v, allowed, in_range(lo..=hi)));
-        let millis = |var, lo, hi, allowed| {
-            count(var, lo, hi, allowed).map(|r| r.map(|ms| Duration::from_millis(ms as u64)))
-        };
-        if let Some(n) = count("MAX_WS_CLIENTS", 1, 100_000, "an integer from 1 to 100000") {
-            config.max_ws_clients = Some(n?);
-        }
-        if let Some(n) = count(
-            "MAX_HTTP_CONNECTIONS",
-            1,
-            100_000,
-            "an integer from 1 to 100000",
-        ) {
-            config.max_http_connections = Some(n?);
-        }
-        if let Some(ms) = millis(
-            "IDLE_TIMEOUT_MS",
-            1000,
-            3_600_000,
-            "an integer from 1000 to 3600000",
-        ) {
-            config.idle_timeout = ms?;
-        }
-        if let Some(ms) = millis(
-            "HEADER_TIMEOUT_MS",
-            500,
-            600_000,
-            "an integer from 500 to 600000",
-        ) {
-            config.header_timeout = ms?;
-        }
-        if let Some(ms) = millis(
-            "WRITE_TIMEOUT_MS",
-            500,
-            600_000,
-            "an integer from 500 to 600000",
-        ) {
-            config.write_timeout = ms?;
-        }
-        if let Some(n) = count(
-            "MAX_HEADER_BYTES",
-            1024,
-            1_048_576,
-            "an integer from 1024 to 1048576",
-        ) {
-            config.max_header_bytes = n? as u64;
-        }
-        if let Some(n) = count("WS_MAX_SKIPPED", 1, 10_000, "an integer from 1 to 10000") {
-            config.ws_max_skipped = n? as u32;
+        for var in &VARS {
+            // An empty value counts as unset: Render's dashboard and shells produce them.
+            if let Some(value) = get(var.name).filter(|v| !v.trim().is_empty()) {
+                var.apply(&mut config, value.trim())?;
+            }
         }
         Ok(config)
     }
 }
 
-fn parse<T>(
-    var: &'static str,
-    value: &str,
-    allowed: &'static str,
-    f: impl FnOnce(&str) -> Option<T>,
-) -> Result<T, ConfigError> {
-    f(value.trim()).ok_or_else(|| ConfigError {
-        var,
-        value: value.to_string(),
-        allowed,
-    })
-}
-
-/// A parser for integers within `range`.
-fn in_range<T>(range: std::ops::RangeInclusive<T>) -> impl FnOnce(&str) -> Option<T>
-where
-    T: std::str::FromStr + PartialOrd,
-{
-    move |s| s.parse().ok().filter(|n| range.contains(n))
+/// The `--help` text: what the server is, and every variable with its default.
+pub fn help() -> String {
+    let mut text = format!(
+        "{} {}: simulated website-traffic analytics over REST, WebSocket and Server-Sent \
+         Events.\n\nUsage: {0}\n\nConfigured by environment variables, all optional (an \
+         empty value is unset):\n",
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_PKG_VERSION"),
+    );
+    for var in &VARS {
+        text += &format!(
+            "\n  {} (default {})\n      {}.\n      Allowed: {}.\n",
+            var.name,
+            var.default,
+            var.doc,
+            var.allowed()
+        );
+    }
+    text
 }
 
 fn parse_cors(s: &str) -> Option<Cors> {
@@ -322,26 +432,8 @@ mod tests {
     /// every variable (`MAX_WS_CLIENTS=` once failed the deploy while `PORT=` did not).
     #[test]
     fn empty_values_count_as_unset() {
-        const VARIABLES: [&str; 16] = [
-            "HOST",
-            "PORT",
-            "INTERVAL_MS",
-            "SEED",
-            "PROFILE",
-            "SCENARIO",
-            "UTC_OFFSET_HOURS",
-            "LOG_LEVEL",
-            "CORS_ORIGINS",
-            "MAX_WS_CLIENTS",
-            "MAX_HTTP_CONNECTIONS",
-            "IDLE_TIMEOUT_MS",
-            "HEADER_TIMEOUT_MS",
-            "WRITE_TIMEOUT_MS",
-            "MAX_HEADER_BYTES",
-            "WS_MAX_SKIPPED",
-        ];
         let defaults = format!("{:?}", Config::default());
-        for name in VARIABLES {
+        for name in VARS.map(|v| v.name) {
             for empty in ["", " ", "\t"] {
                 let c = from(&[(name, empty)]).unwrap_or_else(|e| panic!("{name}={empty:?}: {e}"));
                 assert_eq!(format!("{c:?}"), defaults, "{name}={empty:?}");
@@ -424,6 +516,34 @@ mod tests {
             assert!(msg.contains(var) && msg.contains(value), "{msg}");
             assert!(msg.contains("expected"), "{msg}");
         }
+    }
+
+    /// Each variable's documented default is the value `Config::default` holds, and an
+    /// integer's bounds are the ones enforced.
+    #[test]
+    fn the_table_agrees_with_the_defaults_and_bounds() {
+        let defaults = format!("{:?}", Config::default());
+        for var in &VARS {
+            let mut c = Config::default();
+            match var.apply(&mut c, var.default) {
+                Ok(()) => assert_eq!(format!("{c:?}"), defaults, "{}", var.name),
+                Err(_) => assert_eq!(var.default, "derived", "{}", var.name),
+            }
+            if let Kind::Integer { lo, hi, .. } = var.kind {
+                for (n, ok) in [(lo, true), (hi, true), (hi + 1, false)] {
+                    let got = var.apply(&mut Config::default(), &n.to_string()).is_ok();
+                    assert_eq!(got, ok, "{}={n}", var.name);
+                }
+                if lo > 0 {
+                    assert!(
+                        var.apply(&mut Config::default(), &(lo - 1).to_string())
+                            .is_err()
+                    );
+                }
+            }
+        }
+        let names: std::collections::HashSet<_> = VARS.iter().map(|v| v.name).collect();
+        assert_eq!(names.len(), VARS.len(), "a variable is defined twice");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `realtime-analytics-backend`: reads the configuration, starts the server, and waits
 //! for SIGTERM or SIGINT (a graceful shutdown, exit 0) or for the server to fail (exit 1,
 //! so the platform restarts it). A bad configuration exits 2 before anything starts.
+//! `--help` lists every variable.
 
 #![forbid(unsafe_code)]
 
@@ -11,6 +12,25 @@ use realtime_analytics_backend::{Config, platform, start};
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 
 fn main() -> ExitCode {
+    // Configured by the environment alone; the only arguments say how.
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("-h" | "--help") => {
+            print!("{}", realtime_analytics_backend::config::help());
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!(
+                "realtime-analytics-backend: unexpected argument {other:?}: the server is \
+                 configured by environment variables (see --help)"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -28,6 +28,39 @@ fn bad_configuration_names_the_variable_and_exits_2() {
     }
 }
 
+/// `--help` lists every variable; any other argument is refused, since the environment is
+/// the only configuration.
+#[test]
+fn help_lists_every_variable_and_other_arguments_are_refused() {
+    let run = |arg: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_realtime-analytics-backend"))
+            .arg(arg)
+            .output()
+            .unwrap()
+    };
+    let help = run("--help");
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8(help.stdout).unwrap();
+    for var in &realtime_analytics_backend::config::VARS {
+        assert!(
+            text.contains(&format!("\n  {} (default {})", var.name, var.default)),
+            "{text}"
+        );
+    }
+    assert!(
+        String::from_utf8(run("-V").stdout)
+            .unwrap()
+            .starts_with("realtime-analytics-backend ")
+    );
+    let other = run("--port=80");
+    assert_eq!(other.status.code(), Some(2));
+    assert!(
+        String::from_utf8(other.stderr)
+            .unwrap()
+            .contains("environment variables (see --help)")
+    );
+}
+
 #[test]
 fn a_port_in_use_is_reported_and_exits_1() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();

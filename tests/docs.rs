@@ -226,3 +226,20 @@ fn the_readme_config_error_is_the_servers() {
         &format!("```text\n{line}\n```\n"),
     );
 }
+
+/// The README's configuration table is the code's (`config::VARS`).
+#[test]
+fn the_readme_configuration_table_is_the_codes() {
+    use realtime_analytics_backend::config::VARS;
+    let mut table = String::from("| variable | default | allowed | meaning |\n|---|---|---|---|\n");
+    for var in &VARS {
+        table += &format!(
+            "| `{}` | `{}` | {} | {} |\n",
+            var.name,
+            var.default,
+            var.allowed(),
+            var.doc
+        );
+    }
+    check_generated("README.md", "config", &table);
+}
