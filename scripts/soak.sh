@@ -73,7 +73,7 @@ for _ in $(seq 30); do
   sleep 1
 done
 closes=$(curl -s "$url/metrics" | grep '^analytics_ws_closes_total' | sed 's/analytics_ws_closes_total//' | tr '\n' ' ')
-skipped=$(curl -s "$url/metrics" | awk '/^analytics_ws_frames_skipped_total/ {print $2}')
+skipped=$(curl -s "$url/metrics" | awk '/^analytics_(ws_frames_skipped|samples_missed)_total/ {n += $2} END {print n}')
 lost=$(jq .samples_lost <<<"$result")
 
 {

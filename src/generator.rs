@@ -6,7 +6,6 @@
 //! the sequence number a pure function of time, shared by every instance.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,11 +46,7 @@ fn run(model: Model, mut last: u64, hub: &Hub, metrics: &Metrics, stop: &Receive
         }
         // After a suspend or a clock jump, publish the tick we are in, not every missed one.
         let next = model.tick_at(now_ms()).max(last + 1);
-        let missed = hub.publish(tick(&model, next));
-        Metrics::count(&metrics.samples_generated);
-        metrics
-            .frames_skipped
-            .fetch_add(missed as u64, Ordering::Relaxed);
+        metrics.sample_generated(hub.publish(tick(&model, next)));
         log::trace!("published tick {next}");
         last = next;
     }

@@ -17,7 +17,7 @@ mod edge;
 mod generator;
 mod http;
 mod hub;
-mod metrics;
+pub mod metrics;
 mod options;
 mod paths;
 pub mod platform;

@@ -1,8 +1,9 @@
 //! Counters and gauges, rendered in Prometheus text format at `GET /metrics`.
 //!
-//! Every part of the server writes here (atomics, or a short lock for labelled
-//! counters); only `/metrics` reads. Process RSS and thread count come from the platform
-//! seam at scrape time, where the OS tells them cheaply (Linux).
+//! The fields are private: each event the server reports has one method, and [`METRICS`]
+//! lists every metric once (name, type, help, how to read it), in the order `/metrics`
+//! shows them; ARCHITECTURE.md's table is checked against it. Process RSS and thread count
+//! come from the platform seam at scrape time, where the OS tells them cheaply (Linux).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,51 +14,249 @@ use crate::sync::lock;
 
 #[derive(Default)]
 pub struct Metrics {
-    pub samples_generated: AtomicU64,
-    pub frames_sent: AtomicU64,
-    pub frames_skipped: AtomicU64,
-    pub ws_rejected: AtomicU64,
-    pub http_rejected: AtomicU64,
-    pub http_connections: AtomicI64,
-    pub sse_clients: AtomicI64,
-    pub sse_events_sent: AtomicU64,
-    pub sse_events_skipped: AtomicU64,
+    samples_generated: AtomicU64,
+    samples_missed: AtomicU64,
+    ws_frames_sent: AtomicU64,
+    ws_frames_skipped: AtomicU64,
     ws_clients: Mutex<BTreeMap<&'static str, i64>>,
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    closes: Mutex<BTreeMap<String, u64>>,
+    ws_closes: Mutex<BTreeMap<String, u64>>,
+    streams_rejected: AtomicU64,
+    sse_clients: AtomicI64,
+    sse_events_sent: AtomicU64,
+    sse_events_skipped: AtomicU64,
+    http_connections: AtomicI64,
+    http_rejected: AtomicU64,
     http_closed: Mutex<BTreeMap<&'static str, u64>>,
+    http_requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+}
+
+/// One metric: what `/metrics` says about it, and how to read its values.
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub help: &'static str,
+    values: fn(&Metrics) -> Values,
+}
+
+const fn metric(
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    values: fn(&Metrics) -> Values,
+) -> Metric {
+    Metric {
+        name,
+        kind,
+        help,
+        values,
+    }
+}
+
+/// Every metric, in the order `/metrics` lists them.
+pub const METRICS: [Metric; 16] = [
+    metric(
+        "analytics_samples_generated_total",
+        "counter",
+        "Samples the generator published.",
+        |m| one(&m.samples_generated),
+    ),
+    metric(
+        "analytics_samples_missed_total",
+        "counter",
+        "Samples a streaming client's thread had not taken from its queue in time (WebSocket and SSE).",
+        |m| one(&m.samples_missed),
+    ),
+    metric(
+        "analytics_ws_clients",
+        "gauge",
+        "Open WebSocket connections by path.",
+        |m| {
+            let clients = lock(&m.ws_clients);
+            Some(
+                ["/", "/api", "/api/analytics"]
+                    .iter()
+                    .map(|p| {
+                        (
+                            format!("path=\"{p}\""),
+                            *clients.get(p).unwrap_or(&0) as f64,
+                        )
+                    })
+                    .collect(),
+            )
+        },
+    ),
+    metric(
+        "analytics_ws_frames_sent_total",
+        "counter",
+        "Sample frames handed to the kernel, over all WebSocket clients.",
+        |m| one(&m.ws_frames_sent),
+    ),
+    metric(
+        "analytics_ws_frames_skipped_total",
+        "counter",
+        "Samples not sent to a WebSocket client whose socket had not taken the previous ones (slow consumer).",
+        |m| one(&m.ws_frames_skipped),
+    ),
+    metric(
+        "analytics_ws_closes_total",
+        "counter",
+        "Closed WebSocket connections by close code (\"lost\": no close frame).",
+        |m| labelled(&m.ws_closes, |code| format!("code=\"{code}\"")),
+    ),
+    metric(
+        "analytics_ws_rejected_total",
+        "counter",
+        "WebSocket upgrades and SSE streams refused with 503 (at MAX_WS_CLIENTS, or shutting down).",
+        |m| one(&m.streams_rejected),
+    ),
+    metric(
+        "analytics_sse_clients",
+        "gauge",
+        "Open Server-Sent Events streams.",
+        |m| level(&m.sse_clients),
+    ),
+    metric(
+        "analytics_sse_events_sent_total",
+        "counter",
+        "Sample events handed to the kernel, over all SSE clients.",
+        |m| one(&m.sse_events_sent),
+    ),
+    metric(
+        "analytics_sse_events_skipped_total",
+        "counter",
+        "Samples not sent to an SSE client whose socket had not taken the previous ones.",
+        |m| one(&m.sse_events_skipped),
+    ),
+    metric(
+        "analytics_http_connections",
+        "gauge",
+        "Open HTTP connections (streams not included).",
+        |m| level(&m.http_connections),
+    ),
+    metric(
+        "analytics_http_rejected_total",
+        "counter",
+        "HTTP connections refused with 503 at MAX_HTTP_CONNECTIONS.",
+        |m| one(&m.http_rejected),
+    ),
+    metric(
+        "analytics_http_closed_total",
+        "counter",
+        "HTTP connections closed by the server, by reason.",
+        |m| labelled(&m.http_closed, |why| format!("reason=\"{why}\"")),
+    ),
+    metric(
+        "analytics_http_requests_total",
+        "counter",
+        "HTTP responses by route and status.",
+        |m| {
+            labelled(&m.http_requests, |(route, status)| {
+                format!("route=\"{route}\",status=\"{status}\"")
+            })
+        },
+    ),
+    metric(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident set size (Linux).",
+        |_| crate::platform::process_stats().map(|(rss, _)| vec![(String::new(), rss as f64)]),
+    ),
+    metric(
+        "process_threads",
+        "gauge",
+        "Threads in the process (Linux).",
+        |_| {
+            crate::platform::process_stats()
+                .map(|(_, threads)| vec![(String::new(), threads as f64)])
+        },
+    ),
+];
+
+/// Label sets and values; `None`: not reported on this platform.
+type Values = Option<Vec<(String, f64)>>;
+
+fn one(counter: &AtomicU64) -> Values {
+    Some(vec![(
+        String::new(),
+        counter.load(Ordering::Relaxed) as f64,
+    )])
+}
+
+fn level(gauge: &AtomicI64) -> Values {
+    Some(vec![(String::new(), gauge.load(Ordering::Relaxed) as f64)])
+}
+
+/// A labelled counter's values, each key turned into its label set by `label`.
+fn labelled<K>(map: &Mutex<BTreeMap<K, u64>>, label: impl Fn(&K) -> String) -> Values {
+    Some(
+        lock(map)
+            .iter()
+            .map(|(k, n)| (label(k), *n as f64))
+            .collect(),
+    )
 }
 
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
     *lock(map).entry(key).or_default() += 1;
 }
 
-/// A labelled counter's values, each key turned into its label set by `label`.
-fn values<K>(map: &Mutex<BTreeMap<K, u64>>, label: impl Fn(&K) -> String) -> Vec<(String, f64)> {
-    lock(map)
-        .iter()
-        .map(|(k, n)| (label(k), *n as f64))
-        .collect()
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
 }
 
 impl Metrics {
-    pub fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// The generator published a sample that `missed` subscribers had no room for.
+    pub fn sample_generated(&self, missed: usize) {
+        add(&self.samples_generated, 1);
+        add(&self.samples_missed, missed as u64);
     }
 
-    /// A WebSocket on `path` opened (`+1`) or closed (`-1`).
-    pub fn ws_client(&self, path: &'static str, delta: i64) {
-        *lock(&self.ws_clients).entry(path).or_default() += delta;
+    /// A WebSocket on `path` opened.
+    pub fn ws_opened(&self, path: &'static str) {
+        *lock(&self.ws_clients).entry(path).or_default() += 1;
     }
 
-    /// A response to a request for `route` (a route's path, or "other").
-    pub fn request(&self, route: &'static str, status: u16) {
-        bump(&self.requests, (route, status));
+    /// A WebSocket on `path` closed with `code` ("1000", or "lost": no close frame).
+    pub fn ws_closed(&self, path: &'static str, code: String) {
+        *lock(&self.ws_clients).entry(path).or_default() -= 1;
+        bump(&self.ws_closes, code);
     }
 
-    /// A WebSocket closed with `code` ("1000", or "lost" when there was no close frame).
-    pub fn close(&self, code: String) {
-        bump(&self.closes, code);
+    pub fn ws_frame_sent(&self) {
+        add(&self.ws_frames_sent, 1);
+    }
+
+    pub fn ws_frame_skipped(&self) {
+        add(&self.ws_frames_skipped, 1);
+    }
+
+    /// A WebSocket upgrade or SSE stream refused with 503.
+    pub fn stream_rejected(&self) {
+        add(&self.streams_rejected, 1);
+    }
+
+    /// An SSE stream opened (`+1`) or closed (`-1`).
+    pub fn sse_client(&self, delta: i64) {
+        self.sse_clients.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn sse_event_sent(&self) {
+        add(&self.sse_events_sent, 1);
+    }
+
+    pub fn sse_event_skipped(&self) {
+        add(&self.sse_events_skipped, 1);
+    }
+
+    /// The number of open HTTP connections is now `n`.
+    pub fn http_connections(&self, n: usize) {
+        self.http_connections.store(n as i64, Ordering::Relaxed);
+    }
+
+    /// An HTTP connection refused with 503 at the cap (and closed).
+    pub fn http_rejected(&self) {
+        add(&self.http_rejected, 1);
+        self.http_closed("over_capacity");
     }
 
     /// An HTTP connection closed by us, and why ("idle", "header_timeout", ...).
@@ -65,148 +264,27 @@ impl Metrics {
         bump(&self.http_closed, reason);
     }
 
+    /// A response to a request for `route` (a route's path, or "other").
+    pub fn request(&self, route: &'static str, status: u16) {
+        bump(&self.http_requests, (route, status));
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        metric(
-            &mut out,
-            "analytics_samples_generated_total",
-            "counter",
-            "Samples the generator published.",
-            &[("", get(&self.samples_generated) as f64)],
-        );
-        metric(
-            &mut out,
-            "analytics_ws_frames_sent_total",
-            "counter",
-            "Sample frames handed to the kernel, over all WebSocket clients.",
-            &[("", get(&self.frames_sent) as f64)],
-        );
-        metric(
-            &mut out,
-            "analytics_ws_frames_skipped_total",
-            "counter",
-            "Samples not sent to a client because it had not taken the previous ones (slow consumer).",
-            &[("", get(&self.frames_skipped) as f64)],
-        );
-        let clients = lock(&self.ws_clients);
-        let by_path: Vec<(String, f64)> = ["/", "/api", "/api/analytics"]
-            .iter()
-            .map(|p| {
-                (
-                    format!("path=\"{p}\""),
-                    *clients.get(p).unwrap_or(&0) as f64,
-                )
-            })
-            .collect();
-        drop(clients);
-        labelled(
-            &mut out,
-            "analytics_ws_clients",
-            "gauge",
-            "Open WebSocket connections by path.",
-            &by_path,
-        );
-        let closes = values(&self.closes, |code| format!("code=\"{code}\""));
-        labelled(
-            &mut out,
-            "analytics_ws_closes_total",
-            "counter",
-            "Closed WebSocket connections by close code (\"lost\": no close frame).",
-            &closes,
-        );
-        metric(
-            &mut out,
-            "analytics_ws_rejected_total",
-            "counter",
-            "WebSocket upgrades and SSE streams refused with 503 (at MAX_WS_CLIENTS, or shutting down).",
-            &[("", get(&self.ws_rejected) as f64)],
-        );
-        metric(
-            &mut out,
-            "analytics_sse_clients",
-            "gauge",
-            "Open Server-Sent Events streams.",
-            &[("", self.sse_clients.load(Ordering::Relaxed) as f64)],
-        );
-        metric(
-            &mut out,
-            "analytics_sse_events_sent_total",
-            "counter",
-            "Sample events handed to the kernel, over all SSE clients.",
-            &[("", get(&self.sse_events_sent) as f64)],
-        );
-        metric(
-            &mut out,
-            "analytics_sse_events_skipped_total",
-            "counter",
-            "Samples not sent to an SSE client because it had not taken the previous ones.",
-            &[("", get(&self.sse_events_skipped) as f64)],
-        );
-        metric(
-            &mut out,
-            "analytics_http_connections",
-            "gauge",
-            "Open HTTP connections (WebSockets not included), as of the last check.",
-            &[("", self.http_connections.load(Ordering::Relaxed) as f64)],
-        );
-        metric(
-            &mut out,
-            "analytics_http_rejected_total",
-            "counter",
-            "HTTP connections refused with 503 at MAX_HTTP_CONNECTIONS.",
-            &[("", get(&self.http_rejected) as f64)],
-        );
-        let closed = values(&self.http_closed, |why| format!("reason=\"{why}\""));
-        labelled(
-            &mut out,
-            "analytics_http_closed_total",
-            "counter",
-            "HTTP connections closed by the server, by reason.",
-            &closed,
-        );
-        let requests = values(&self.requests, |(route, status)| {
-            format!("route=\"{route}\",status=\"{status}\"")
-        });
-        labelled(
-            &mut out,
-            "analytics_http_requests_total",
-            "counter",
-            "HTTP responses by route and status.",
-            &requests,
-        );
-        if let Some((rss, threads)) = crate::platform::process_stats() {
-            metric(
-                &mut out,
-                "process_resident_memory_bytes",
-                "gauge",
-                "Resident set size.",
-                &[("", rss as f64)],
-            );
-            metric(
-                &mut out,
-                "process_threads",
-                "gauge",
-                "Threads in the process.",
-                &[("", threads as f64)],
-            );
+        for metric in &METRICS {
+            let Some(values) = (metric.values)(self) else {
+                continue;
+            };
+            let (name, kind, help) = (metric.name, metric.kind, metric.help);
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in values {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {value}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            }
         }
         out
-    }
-}
-
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, values: &[(&str, f64)]) {
-    let values: Vec<(String, f64)> = values.iter().map(|(l, v)| (l.to_string(), *v)).collect();
-    labelled(out, name, kind, help, &values);
-}
-
-fn labelled(out: &mut String, name: &str, kind: &str, help: &str, values: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    for (labels, value) in values {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {value}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
     }
 }

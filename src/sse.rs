@@ -23,7 +23,6 @@ use std::convert::Infallible;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -106,7 +105,7 @@ fn serve(
         log::debug!("sse {peer}: cannot shrink the send buffer: {e}");
     }
     let (first, subscription) = streams.hub.subscribe();
-    streams.metrics.sse_clients.fetch_add(1, Ordering::Relaxed);
+    streams.metrics.sse_client(1);
     log::info!("sse connect peer={peer} clients={}", streams.clients());
     let mut stream = EventStream {
         socket,
@@ -119,7 +118,7 @@ fn serve(
     };
     let Err(end) = stream.run(streams, &first, &subscription, quiet, cors);
     let detail = stream.finish(end);
-    streams.metrics.sse_clients.fetch_sub(1, Ordering::Relaxed);
+    streams.metrics.sse_client(-1);
     log::info!(
         "sse disconnect peer={peer} lifetime={:.1}s end={detail} samples={}",
         started.elapsed().as_secs_f64(),
@@ -235,14 +234,14 @@ impl EventStream {
         self.pending.extend_from_slice(&json);
         self.pending.extend_from_slice(b"\n\n");
         self.sent += 1;
-        Metrics::count(&self.metrics.sse_events_sent);
+        self.metrics.sse_event_sent();
     }
 
     /// Sends one sample, or skips it while earlier bytes are still unsent.
     fn deliver(&mut self, streams: &Streams, tick: &Tick) -> Result<(), End> {
         if !self.flush()? {
             self.skipped += 1;
-            Metrics::count(&streams.metrics.sse_events_skipped);
+            streams.metrics.sse_event_skipped();
             if self.skipped >= streams.max_skipped {
                 let reason = format!("client is not reading: {} samples skipped", self.skipped);
                 return Err(End::Close(json!({ "reason": reason })));

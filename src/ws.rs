@@ -79,7 +79,7 @@ impl Streams {
     /// shutting down, or at `MAX_WS_CLIENTS` (WebSocket and SSE clients together).
     pub fn reserve(self: &Arc<Self>) -> Result<Slot, Reply> {
         if !self.ready.load(Ordering::SeqCst) {
-            Metrics::count(&self.metrics.ws_rejected);
+            self.metrics.stream_rejected();
             return Err(http::error(
                 503,
                 "shutting_down",
@@ -93,7 +93,7 @@ impl Streams {
                 (n < self.max_clients).then_some(n + 1)
             });
         if reserved.is_err() {
-            Metrics::count(&self.metrics.ws_rejected);
+            self.metrics.stream_rejected();
             let message = format!(
                 "This server is at its limit of {} streaming clients. Retry in a few seconds, \
                  or poll GET /api/analytics.",
@@ -290,7 +290,7 @@ fn serve(
     }
     let ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config()));
     let subscription = route.streams().then(|| streams.hub.subscribe());
-    streams.metrics.ws_client(route.path(), 1);
+    streams.metrics.ws_opened(route.path());
     log::info!(
         "ws connect path={} peer={peer} clients={}",
         route.path(),
@@ -308,8 +308,7 @@ fn serve(
     };
     let end = conn.run(streams, route, subscription);
     let (code, detail) = conn.finish(end);
-    streams.metrics.ws_client(route.path(), -1);
-    streams.metrics.close(code.clone());
+    streams.metrics.ws_closed(route.path(), code.clone());
     log::info!(
         "ws disconnect path={} peer={peer} lifetime={:.1}s close={code}{detail} samples={}",
         route.path(),
@@ -404,7 +403,7 @@ impl Connection {
             match self.ws.write(Message::Text(text)) {
                 Ok(()) => {
                     self.sent += 1;
-                    Metrics::count(&self.metrics.frames_sent);
+                    self.metrics.ws_frame_sent();
                 }
                 Err(Error::Io(e)) if is_timeout(&e) => {
                     let reason = "client too slow to take the missed samples".to_string();
@@ -427,7 +426,7 @@ impl Connection {
         }
         if self.pending {
             self.skipped += 1;
-            Metrics::count(&self.metrics.frames_skipped);
+            self.metrics.ws_frame_skipped();
             if self.skipped >= max_skipped {
                 let reason = format!("client is not reading: {} samples skipped", self.skipped);
                 return Err(End::Close(CloseCode::Policy, reason));
@@ -438,7 +437,7 @@ impl Connection {
         let text = utf8(self.options.encode(&self.model, tick.seq, Some(tick)))?;
         self.send(Message::Text(text))?;
         self.sent += 1;
-        Metrics::count(&self.metrics.frames_sent);
+        self.metrics.ws_frame_sent();
         Ok(())
     }
 

@@ -243,3 +243,14 @@ fn the_readme_configuration_table_is_the_codes() {
     }
     check_generated("README.md", "config", &table);
 }
+
+/// ARCHITECTURE.md's metrics table is the code's (`metrics::METRICS`).
+#[test]
+fn the_metrics_table_is_the_codes() {
+    use realtime_analytics_backend::metrics::METRICS;
+    let mut table = String::from("| metric | type | meaning |\n|---|---|---|\n");
+    for m in &METRICS {
+        table += &format!("| `{}` | {} | {} |\n", m.name, m.kind, m.help);
+    }
+    check_generated("ARCHITECTURE.md", "metrics", &table);
+}

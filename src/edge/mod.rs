@@ -134,9 +134,7 @@ struct Place {
 impl Open {
     fn take(self: &Arc<Self>) -> Place {
         let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        self.metrics
-            .http_connections
-            .store(n as i64, Ordering::Relaxed);
+        self.metrics.http_connections(n);
         Place {
             open: Arc::clone(self),
             held: AtomicBool::new(true),
@@ -148,10 +146,7 @@ impl Place {
     fn give_back(&self) {
         if self.held.swap(false, Ordering::SeqCst) {
             let n = self.open.count.fetch_sub(1, Ordering::SeqCst) - 1;
-            self.open
-                .metrics
-                .http_connections
-                .store(n as i64, Ordering::Relaxed);
+            self.open.metrics.http_connections(n);
         }
     }
 }
@@ -311,8 +306,7 @@ impl Edge {
             let _ = platform::tune(&socket);
             let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
             if self.open.count.load(Ordering::SeqCst) >= self.limits.max_connections {
-                Metrics::count(&self.metrics.http_rejected);
-                self.metrics.http_closed("over_capacity");
+                self.metrics.http_rejected();
                 let refusal = Refusal {
                     status: 503,
                     error: "too_many_connections",
