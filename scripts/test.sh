@@ -54,8 +54,8 @@ if [ ! tests/web/node_modules/.package-lock.json -nt tests/web/package-lock.json
 fi
 mkdir -p out
 
-echo "== cargo test (release)"
-cargo test --release --locked --workspace
+echo "== cargo test (release): the fast tier, then the slow and load tiers (#[ignore]d)"
+cargo test --release --locked --workspace -- --include-ignored
 
 # The same suite on the portable POSIX platform backend, which macOS and the BSDs run
 # (src/platform): the code they use is exercised here too.

@@ -106,6 +106,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         model,
         max_clients: max_ws,
         max_skipped: config.ws_max_skipped,
+        heartbeat: config.sse_heartbeat,
         stop: stopped.clone(),
         ready: Arc::clone(&ready),
         metrics: Arc::clone(&metrics),

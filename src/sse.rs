@@ -41,8 +41,6 @@ use crate::sample::Tick;
 use crate::watcher::Socket;
 use crate::ws::{self, SEND_BUFFER, Slot, Streams};
 
-/// A comment line after this long without an event, so that proxies keep the stream open.
-const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long `EventSource` waits before reconnecting after the stream drops.
 const RETRY_MS: u64 = 2000;
 /// How long one blocking write may take while sending the head and the missed samples.
@@ -157,7 +155,7 @@ impl EventStream {
             .watch(&streams.watcher)
             .map_err(|e| End::Lost(format!("cannot watch the socket: {e}")))?;
         loop {
-            let quiet = HEARTBEAT.saturating_sub(self.last_write.elapsed());
+            let quiet = streams.heartbeat.saturating_sub(self.last_write.elapsed());
             select! {
                 recv(subscription.samples) -> tick => match tick {
                     Ok(tick) if tick.seq % self.options.every == 0 => self.deliver(streams, &tick)?,

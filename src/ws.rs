@@ -59,6 +59,8 @@ pub struct Streams {
     pub model: Model,
     pub max_clients: usize,
     pub max_skipped: u32,
+    /// SSE's keep-alive comment after this long without an event.
+    pub heartbeat: Duration,
     /// Disconnected when the server shuts down.
     pub stop: Receiver<()>,
     /// Cleared when shutdown starts: new upgrades get 503.

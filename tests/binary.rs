@@ -75,7 +75,7 @@ fn a_port_in_use_is_reported_and_exits_1() {
 }
 
 #[test]
-fn startup_line_lists_every_endpoint_and_sigterm_closes_clients_with_1001() {
+fn sigterm_closes_websocket_clients_with_1001_and_logs_each_disconnect() {
     let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INTERVAL_MS", "200")]);
     let addr = p.wait_until_listening();
     assert_eq!(get(addr, "/api/analytics").status, 200);
@@ -169,6 +169,7 @@ fn sigterm_drains_readiness_refuses_upgrades_and_spreads_reconnects() {
 /// flood of connections is refused with 503 while the server keeps answering: the accept
 /// loop never dies, and the watchdog does not mistake a full house for a dead server.
 #[test]
+#[ignore = "slow tier: holds a flood past three watchdog probes (9 s); scripts/test.sh runs it"]
 fn a_connection_flood_under_a_low_descriptor_limit_is_refused_and_the_server_stays_up() {
     let mut p = Process::spawn_limited(
         &[

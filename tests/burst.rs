@@ -4,7 +4,7 @@
 //! served client sockets, and 12 of 1000 handshakes in the design before the edge). The
 //! edge now accepts every connection itself and tiny_http only sees its few internal ones
 //! (src/edge); these bursts stay as the proof: every connection must get its answer, in
-//! every round.
+//! every round. A load tier: `cargo test -- --include-ignored` (as `scripts/test.sh` does).
 
 mod common;
 
@@ -113,6 +113,7 @@ fn handshake_burst(addr: std::net::SocketAddr, n: usize, threads: usize) -> usiz
 }
 
 #[test]
+#[ignore = "load tier (about 25 s): scripts/test.sh runs it"]
 fn every_keep_alive_connection_in_a_burst_is_served() {
     let s = TestServer::start();
     for round in 0..ROUNDS {
@@ -127,6 +128,7 @@ fn every_keep_alive_connection_in_a_burst_is_served() {
 }
 
 #[test]
+#[ignore = "load tier (about 7 s): scripts/test.sh runs it"]
 fn every_websocket_handshake_in_a_burst_is_answered() {
     let s = TestServer::with(|c| c.max_ws_clients = Some(5000));
     for round in 0..ROUNDS {
