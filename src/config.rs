@@ -57,9 +57,9 @@ pub struct Config {
     /// `WS_MAX_SKIPPED`: consecutive samples a client may fail to accept before it is
     /// closed with 1008.
     pub ws_max_skipped: u32,
-    /// `SSE_HEARTBEAT_MS`: an event stream with nothing to send for this long gets a
-    /// `: keep-alive` comment, so that proxies do not close it.
-    pub sse_heartbeat: Duration,
+    /// `HEARTBEAT_MS`: a stream with nothing to send for this long gets a keep-alive (SSE:
+    /// a comment line; WebSocket: a ping), so that proxies do not close it.
+    pub heartbeat: Duration,
 }
 
 /// Which origins get an `Access-Control-Allow-Origin` header.
@@ -90,7 +90,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             ws_max_skipped: 20,
-            sse_heartbeat: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -311,11 +311,11 @@ pub const VARS: [Var; 17] = [
         |c, n| c.ws_max_skipped = n as u32,
     ),
     integer(
-        "SSE_HEARTBEAT_MS",
+        "HEARTBEAT_MS",
         "15000",
         (1000, 600_000),
-        "an SSE stream with nothing to send for this long gets a `: keep-alive` comment; keep it under your proxy's idle timeout",
-        |c, n| c.sse_heartbeat = Duration::from_millis(n),
+        "a stream with nothing to send for this long gets a keep-alive (SSE: a `: keep-alive` comment; WebSocket: a ping); keep it under your proxy's idle timeout",
+        |c, n| c.heartbeat = Duration::from_millis(n),
     ),
     integer(
         "IDLE_TIMEOUT_MS",

@@ -3,16 +3,17 @@
 //! thread.
 //!
 //! Data flows one way: [`simulator`] (pure) → `generator` (one thread) → `hub` (latest
-//! sample and subscribers) → `ws` and `sse` (on each client's own thread) and `routes`
-//! (REST). `edge` owns the listener and every client connection, reads request heads
-//! strictly and hands them to tiny_http; `server` decides REST, WebSocket or SSE for each
-//! request. [`platform`] is the only code that knows the operating system. [`start`] runs it all
+//! sample and subscribers) → `stream` (each client on its own thread; WebSocket and SSE
+//! are its two encoders) and `routes` (REST), which share a `context`. `edge` owns the
+//! listener and every client connection, reads request heads strictly and hands them to
+//! tiny_http; `server` decides REST, WebSocket or SSE for each request. [`platform`] is the only code that knows the operating system. [`start`] runs it all
 //! in-process, which is how the integration tests drive the real server on port 0.
 
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod config;
+mod context;
 mod edge;
 mod generator;
 mod http;
@@ -25,11 +26,11 @@ mod routes;
 pub mod sample;
 mod server;
 pub mod simulator;
-mod sse;
+mod stream;
 mod sync;
 mod watchdog;
 mod watcher;
-mod ws;
 
 pub use config::Config;
+pub use context::Caps;
 pub use server::{Server, StartError, start};

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
         }
     };
     let addr = server.local_addr();
-    let (max_ws, max_http) = server.caps();
+    let caps = server.caps();
     let host = server.host();
     log::info!(
         "{} {} listening on http://{addr} (seed {}, interval {} ms): REST http://{host}/api/analytics, \
@@ -80,7 +80,11 @@ fn main() -> ExitCode {
         config.seed,
         config.interval.as_millis(),
     );
-    log::info!("limits: MAX_WS_CLIENTS={max_ws} MAX_HTTP_CONNECTIONS={max_http}");
+    log::info!(
+        "limits: MAX_WS_CLIENTS={} MAX_HTTP_CONNECTIONS={}",
+        caps.streams,
+        caps.http
+    );
 
     select! {
         recv(signals) -> signal => {

@@ -12,6 +12,13 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use crate::sync::lock;
 
+/// The two kinds of stream, counted apart.
+#[derive(Debug, Clone, Copy)]
+pub enum Stream {
+    WebSocket,
+    Sse,
+}
+
 #[derive(Default)]
 pub struct Metrics {
     samples_generated: AtomicU64,
@@ -222,12 +229,26 @@ impl Metrics {
         bump(&self.ws_closes, code);
     }
 
-    pub fn ws_frame_sent(&self) {
-        add(&self.ws_frames_sent, 1);
+    /// A sample handed to a stream's socket.
+    pub fn stream_sent(&self, stream: Stream) {
+        add(
+            match stream {
+                Stream::WebSocket => &self.ws_frames_sent,
+                Stream::Sse => &self.sse_events_sent,
+            },
+            1,
+        );
     }
 
-    pub fn ws_frame_skipped(&self) {
-        add(&self.ws_frames_skipped, 1);
+    /// A sample skipped for a stream whose socket had not taken the previous ones.
+    pub fn stream_skipped(&self, stream: Stream) {
+        add(
+            match stream {
+                Stream::WebSocket => &self.ws_frames_skipped,
+                Stream::Sse => &self.sse_events_skipped,
+            },
+            1,
+        );
     }
 
     /// A WebSocket upgrade or SSE stream refused with 503.
@@ -238,14 +259,6 @@ impl Metrics {
     /// An SSE stream opened (`+1`) or closed (`-1`).
     pub fn sse_client(&self, delta: i64) {
         self.sse_clients.fetch_add(delta, Ordering::Relaxed);
-    }
-
-    pub fn sse_event_sent(&self) {
-        add(&self.sse_events_sent, 1);
-    }
-
-    pub fn sse_event_skipped(&self) {
-        add(&self.sse_events_skipped, 1);
     }
 
     /// The number of open HTTP connections is now `n`.

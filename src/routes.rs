@@ -6,55 +6,40 @@
 //! to the dashboard). The API descriptions and the dashboard page are compiled into the
 //! binary. Everything else is a JSON error that says what to do instead.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use serde_json::json;
 use tiny_http::{Method, Request};
 
+use crate::context::Context;
 use crate::generator;
 use crate::http::{self, Reply, header, request_header};
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::options::{self, Invalid};
 use crate::paths::{self, Route};
 use crate::sample::{FIELDS, encode, timestamp};
-use crate::simulator::Model;
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 
-/// What the REST handlers read.
-pub struct Service {
-    pub hub: Arc<Hub>,
-    pub model: Model,
-    /// `host:port` to advertise when a request has no usable `Host` header.
-    pub default_host: String,
-    pub metrics: Arc<Metrics>,
-    /// (`MAX_WS_CLIENTS`, `MAX_HTTP_CONNECTIONS`) in force.
-    pub caps: (usize, usize),
-    /// Cleared when shutdown starts: `/readyz` turns 503.
-    pub ready: Arc<AtomicBool>,
-}
-
 /// Answers one request whose target normalised to `path`.
-pub fn handle(request: &Request, path: &str, service: &Service) -> Reply {
+pub fn handle(request: &Request, path: &str, ctx: &Context) -> Reply {
     let Some(route) = paths::route(path) else {
         return not_found(path);
     };
     match request.method() {
         Method::Get | Method::Head => match route {
-            Route::Analytics => analytics(request, service).unwrap_or_else(|e| http::bad_query(&e)),
-            Route::History => history(request, service).unwrap_or_else(|e| http::bad_query(&e)),
+            Route::Analytics => analytics(request, ctx).unwrap_or_else(|e| http::bad_query(&e)),
+            Route::History => history(request, ctx).unwrap_or_else(|e| http::bad_query(&e)),
             // A browser (curl and Postman send `*/*`, so they get JSON).
             Route::Root if http::accepts(request, "text/html") => http::empty(303)
                 .with_header(header("Location", Route::Dashboard.path()))
                 .with_header(header("Vary", "Accept")),
-            Route::Root | Route::Api => describe(request, service),
-            Route::Health => health(service),
-            Route::Ready => ready(service),
-            Route::Metrics => metrics(&service.metrics),
-            Route::OpenApi => document(OPENAPI, request, service),
-            Route::AsyncApi => document(ASYNCAPI, request, service),
+            Route::Root | Route::Api => describe(request, ctx),
+            Route::Health => health(ctx),
+            Route::Ready => ready(ctx),
+            Route::Metrics => metrics(&ctx.metrics),
+            Route::OpenApi => document(OPENAPI, request, ctx),
+            Route::AsyncApi => document(ASYNCAPI, request, ctx),
             Route::Dashboard => dashboard(),
         },
         Method::Options => preflight(request),
@@ -65,11 +50,11 @@ pub fn handle(request: &Request, path: &str, service: &Service) -> Reply {
 /// `GET /api/analytics`: the latest sample, the shared stream's bytes unless the query
 /// asks for another scenario, other fields or the sequence number. `no-store`, because it
 /// changes every tick.
-fn analytics(request: &Request, service: &Service) -> Result<Reply, Invalid> {
-    let latest = service.hub.latest();
+fn analytics(request: &Request, ctx: &Context) -> Result<Reply, Invalid> {
+    let latest = ctx.hub.latest();
     let pairs = options::pairs(options::query(request.url()));
-    let o = options::parse(&pairs, &service.model, latest.seq)?;
-    let body = o.encode(&service.model, latest.seq, Some(&latest));
+    let o = options::parse(&pairs, &ctx.model, latest.seq)?;
+    let body = o.encode(&ctx.model, latest.seq, Some(&latest));
     let reply = http::json_bytes(200, body).with_header(header("Cache-Control", "no-store"));
     Ok(with_ignored(reply, &o))
 }
@@ -86,12 +71,12 @@ fn with_ignored(reply: Reply, options: &options::Options) -> Reply {
 
 /// `GET /api/analytics/history`: the samples of a time range, computed (nothing is
 /// stored), at most 10 000 points.
-fn history(request: &Request, service: &Service) -> Result<Reply, Invalid> {
-    let latest = service.hub.latest().seq;
+fn history(request: &Request, ctx: &Context) -> Result<Reply, Invalid> {
+    let latest = ctx.hub.latest().seq;
     let pairs = options::pairs(options::query(request.url()));
-    let o = options::parse(&pairs, &service.model, latest)?;
-    let range = options::range(&pairs, &service.model, latest)?;
-    let model = &service.model;
+    let o = options::parse(&pairs, &ctx.model, latest)?;
+    let range = options::range(&pairs, &ctx.model, latest)?;
+    let model = &ctx.model;
     let ms = |tick: u64| timestamp((tick * model.interval_ms()) as i64);
     let count = range.ticks().count();
     let mut body = format!(
@@ -114,22 +99,22 @@ fn history(request: &Request, service: &Service) -> Result<Reply, Invalid> {
 }
 
 /// `GET /` and `GET /api`: what this service is and where everything lives.
-fn describe(request: &Request, service: &Service) -> Reply {
-    let (http, ws) = base_urls(request, &service.default_host);
+fn describe(request: &Request, ctx: &Context) -> Reply {
+    let (http, ws) = base_urls(request, &ctx.default_host);
     let body = json!({
         "service": env!("CARGO_PKG_NAME"),
         "version": env!("CARGO_PKG_VERSION"),
         "message": "Welcome to the Real-Time Analytics Backend",
         "description": "Simulated website-traffic analytics: poll over REST, or stream over \
                         WebSocket or Server-Sent Events on the same path.",
-        "interval_ms": service.model.interval_ms(),
-        "profile": service.model.profile.name(),
-        "scenario": service.model.scenario.name(),
+        "interval_ms": ctx.model.interval_ms(),
+        "profile": ctx.model.profile.name(),
+        "scenario": ctx.model.scenario.name(),
         "fields": &FIELDS[..4],
         "detail_fields": &FIELDS[4..],
         "limits": {
-            "max_ws_clients": service.caps.0,
-            "max_http_connections": service.caps.1,
+            "max_ws_clients": ctx.caps.streams,
+            "max_http_connections": ctx.caps.http,
         },
         "endpoints": {
             "rest": {
@@ -167,8 +152,8 @@ const OPENAPI: &str = include_str!("static/openapi.json");
 const ASYNCAPI: &str = include_str!("static/asyncapi.json");
 const DASHBOARD: &str = include_str!("static/dashboard.html");
 
-fn document(text: &'static str, request: &Request, service: &Service) -> Reply {
-    let (http, ws) = base_urls(request, &service.default_host);
+fn document(text: &'static str, request: &Request, ctx: &Context) -> Reply {
+    let (http, ws) = base_urls(request, &ctx.default_host);
     let (http_scheme, host) = http.split_once("://").unwrap_or(("http", &http));
     let ws_scheme = ws.split_once("://").map_or("ws", |(s, _)| s);
     let body = text
@@ -206,9 +191,9 @@ fn dashboard() -> Reply {
 /// Healthy while the latest sample is younger than two intervals: a generator that died or
 /// stopped makes `/healthz` 503, so the watchdog (and the platform's health check) restart
 /// the process.
-fn health(service: &Service) -> Reply {
-    let interval = service.model.interval_ms();
-    let age = generator::now_ms().saturating_sub(service.hub.latest().seq * interval);
+fn health(ctx: &Context) -> Reply {
+    let interval = ctx.model.interval_ms();
+    let age = generator::now_ms().saturating_sub(ctx.hub.latest().seq * interval);
     if age <= 2 * interval {
         return http::json(200, &json!({ "status": "ok" }));
     }
@@ -225,8 +210,8 @@ fn health(service: &Service) -> Reply {
 }
 
 /// `GET /readyz`: whether to send new clients here (503 while shutting down).
-fn ready(service: &Service) -> Reply {
-    if service.ready.load(Ordering::SeqCst) {
+fn ready(ctx: &Context) -> Reply {
+    if ctx.ready.load(Ordering::SeqCst) {
         http::json(200, &json!({ "status": "ready" }))
     } else {
         http::error(

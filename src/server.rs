@@ -17,6 +17,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::Request;
 
 use crate::config::{Config, Cors};
+use crate::context::{Caps, Context};
 use crate::edge::{self, Client, Clients, Edge, Exchange, Limits, StreamFn};
 use crate::generator;
 use crate::http::{self, Reply, request_header};
@@ -25,11 +26,10 @@ use crate::metrics::Metrics;
 use crate::options;
 use crate::paths::{self, Route};
 use crate::platform;
-use crate::routes::{self, Service};
-use crate::sse;
+use crate::routes;
+use crate::stream::{Streams, sse, ws};
 use crate::watchdog;
 use crate::watcher::Watcher;
-use crate::ws::{self, Streams};
 
 /// Threads taking requests from tiny_http's queue. They only build small replies and send
 /// them without blocking; streams and slow clients are the connections' own threads' work.
@@ -56,7 +56,7 @@ pub struct Server {
     ready: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     failed: Receiver<String>,
-    caps: (usize, usize),
+    caps: Caps,
 }
 
 /// Why the server could not start.
@@ -93,23 +93,26 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let failure =
         |what: &str, e: &dyn std::fmt::Display| StartError(format!("cannot start {what}: {e}"));
 
-    let (max_ws, max_http) = caps(config);
+    let caps = caps(config);
     let model = config.model();
     let first = model.tick_at(generator::now_ms());
-    let hub = Arc::new(Hub::new(generator::tick(&model, first)));
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(true));
+    let ctx = Arc::new(Context {
+        hub: Arc::new(Hub::new(generator::tick(&model, first))),
+        model,
+        metrics: Arc::clone(&metrics),
+        ready: Arc::clone(&ready),
+        caps,
+        default_host: default_host(addr),
+    });
     let (stop, stopped) = bounded::<()>(0);
     let (failed_tx, failed) = bounded(WORKERS + 1);
     let streams = Arc::new(Streams {
-        hub: Arc::clone(&hub),
-        model,
-        max_clients: max_ws,
+        ctx: Arc::clone(&ctx),
         max_skipped: config.ws_max_skipped,
-        heartbeat: config.sse_heartbeat,
+        heartbeat: config.heartbeat,
         stop: stopped.clone(),
-        ready: Arc::clone(&ready),
-        metrics: Arc::clone(&metrics),
         watcher: Watcher::start().map_err(|e| failure("the stream watcher", &e))?,
         clients: AtomicUsize::new(0),
     });
@@ -122,21 +125,13 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         tiny_http::Server::from_listener(private.1, None).map_err(|e| failure("tiny_http", &e))?,
     );
     let (clients, acked) = Clients::new();
-    let service = Arc::new(Service {
-        hub,
-        model,
-        default_host: default_host(addr),
-        metrics: Arc::clone(&metrics),
-        caps: (max_ws, max_http),
-        ready: Arc::clone(&ready),
-    });
     let stopping = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::with_capacity(WORKERS);
     for i in 0..WORKERS {
         let worker = Worker {
             http: Arc::clone(&http),
             clients: Arc::clone(&clients),
-            service: Arc::clone(&service),
+            ctx: Arc::clone(&ctx),
             streams: Arc::clone(&streams),
             cors: config.cors.clone(),
             stopping: Arc::clone(&stopping),
@@ -154,7 +149,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         idle_timeout: config.idle_timeout,
         write_timeout: config.write_timeout,
         max_header_bytes: config.max_header_bytes as usize,
-        max_connections: max_http,
+        max_connections: caps.http,
     };
     let edge = Arc::new(
         Edge::new(
@@ -173,7 +168,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         generator::spawn(
             model,
             first,
-            Arc::clone(&service.hub),
+            Arc::clone(&ctx.hub),
             metrics,
             generator_stopped,
         )
@@ -193,7 +188,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         ready,
         stopping,
         failed,
-        caps: (max_ws, max_http),
+        caps,
     })
 }
 
@@ -221,8 +216,8 @@ impl Server {
         self.streams.clients()
     }
 
-    /// (`MAX_WS_CLIENTS`, `MAX_HTTP_CONNECTIONS`) in force, derived or configured.
-    pub fn caps(&self) -> (usize, usize) {
+    /// The caps in force, derived or configured.
+    pub fn caps(&self) -> Caps {
         self.caps
     }
 
@@ -277,7 +272,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 /// costs one descriptor and one thread; a fifth of the budget goes to HTTP connections.
 /// Configured caps the limits cannot hold are lowered, with a warning: refusing clients
 /// with 503 beats failing to accept anyone.
-fn caps(config: &Config) -> (usize, usize) {
+fn caps(config: &Config) -> Caps {
     let descriptors = platform::raise_fd_limit().map(|n| {
         usize::try_from(n)
             .unwrap_or(usize::MAX)
@@ -308,7 +303,7 @@ fn caps(config: &Config) -> (usize, usize) {
              to serve more"
         );
     }
-    (ws, http)
+    Caps { streams: ws, http }
 }
 
 /// `host:port` for URLs when a request carries no usable `Host` header.
@@ -323,7 +318,7 @@ fn default_host(addr: SocketAddr) -> String {
 struct Worker {
     http: Arc<tiny_http::Server>,
     clients: Arc<Clients>,
-    service: Arc<Service>,
+    ctx: Arc<Context>,
     streams: Arc<Streams>,
     cors: Cors,
     stopping: Arc<AtomicBool>,
@@ -379,7 +374,7 @@ impl Worker {
         } else if route.is_some_and(Route::streams) && sse::is_event_stream(request) {
             self.event_stream(request, client.peer)
         } else {
-            return Answer::Reply(routes::handle(request, path, &self.service));
+            return Answer::Reply(routes::handle(request, path, &self.ctx));
         };
         stream.map_or_else(Answer::Reply, Answer::Stream)
     }
@@ -439,13 +434,13 @@ impl Worker {
         if !pairs.iter().any(|(k, _)| k == "since") {
             pairs.extend(sse::last_event_id(request).map(|id| ("since".to_string(), id)));
         }
-        options::parse(&pairs, &self.streams.model, self.streams.hub.latest().seq)
+        options::parse(&pairs, &self.ctx.model, self.ctx.hub.latest().seq)
     }
 
     fn reply(&self, client: Arc<Client>, request: Request, reply: Reply, route: Option<Route>) {
         let status = reply.status_code().0;
         let label = route.map_or("other", |r| r.path());
-        self.service.metrics.request(label, status);
+        self.ctx.metrics.request(label, status);
         if !(200..400).contains(&status) {
             let level = if status >= 500 {
                 log::Level::Warn

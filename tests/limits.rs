@@ -139,7 +139,7 @@ fn oversized_request_heads_get_431() {
 #[test]
 fn connections_over_the_cap_get_503_and_the_server_keeps_answering() {
     let s = TestServer::with(|c| c.max_http_connections = Some(20));
-    assert_eq!(s.server().caps().1, 20);
+    assert_eq!(s.server().caps().http, 20);
     let conns: Vec<TcpStream> = (0..30)
         .map(|_| TcpStream::connect(s.addr).unwrap())
         .collect();

@@ -392,7 +392,7 @@ fn a_quiet_stream_gets_a_keep_alive_comment() {
     // One sample in 200 ticks of 100 ms: 20 s between samples; a comment after 1 s.
     let s = TestServer::with(|c| {
         c.interval = Duration::from_millis(100);
-        c.sse_heartbeat = Duration::from_secs(1);
+        c.heartbeat = Duration::from_secs(1);
     });
     let mut es = Events::open(s.addr, "/api/analytics?every=200", &[]);
     es.welcome();

@@ -406,3 +406,32 @@ fn the_welcome_names_ignored_parameters() {
     let (_ws, welcome) = ws_connect(s.addr, "/api/analytics?seq=1");
     assert!(welcome.get("ignored").is_none());
 }
+
+/// A quiet stream gets a ping after `HEARTBEAT_MS` without a frame, so that proxies see
+/// traffic (the client's automatic pong is read and dropped).
+#[test]
+fn a_quiet_stream_gets_a_ping() {
+    // One sample in 200 ticks of 100 ms: 20 s between samples; a ping after 1 s.
+    let s = TestServer::with(|c| {
+        c.interval = Duration::from_millis(100);
+        c.heartbeat = Duration::from_secs(1);
+    });
+    let (mut ws, _) = ws_connect(s.addr, "/api/analytics?every=200");
+    let _first = next_json(&mut ws);
+    let mut last_frame = Instant::now();
+    let quiet = loop {
+        match ws.read().expect("the stream stays open") {
+            tungstenite::Message::Ping(_) => break last_frame.elapsed(),
+            // A sample on the 200-tick grid may come first: the quiet starts again.
+            tungstenite::Message::Text(_) => last_frame = Instant::now(),
+            _ => {}
+        }
+    };
+    // Not before the heartbeat; well before the next sample (generous: a loaded machine).
+    assert!(
+        quiet > Duration::from_millis(900) && quiet < Duration::from_secs(15),
+        "{quiet:?}"
+    );
+    // The stream goes on.
+    assert_eq!(s.server().ws_clients(), 1);
+}

@@ -1,0 +1,399 @@
+//! Streams: one dedicated thread per client, fed by the hub, with WebSocket ([`ws`]) and
+//! Server-Sent Events ([`sse`]) as two thin encoders over the same loop.
+//!
+//! This module owns what both share: the client cap, the subscription, the welcome, the
+//! replay of missed samples, the cadence (`every`), the slow-consumer policy, the
+//! heartbeat and the shutdown. Each client's thread (the connection's own, handed over by
+//! the edge) blocks in one `select!` over three channels: its hub subscription (samples),
+//! the watcher (the client sent something or left) and the server's stop signal. Writes
+//! go to the non-blocking socket, so a client that stops reading costs its own thread
+//! nothing but a skipped sample; after `WS_MAX_SKIPPED` samples in a row could not be
+//! handed to the kernel, the stream is closed. Nothing a client does can delay the
+//! generator or another client.
+
+pub mod sse;
+pub mod ws;
+
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, never, select};
+use serde_json::{Value, json};
+
+use crate::context::Context;
+use crate::http::{self, Reply};
+use crate::metrics::Stream;
+use crate::options::Options;
+use crate::paths::Route;
+use crate::watcher::{Socket, Watcher};
+
+/// Kernel send buffer per client (Linux doubles it). A stream of ~100-byte samples needs
+/// little; a small buffer bounds the kernel memory a stalled client pins and how long it
+/// takes to notice one: about 150 samples (~4 minutes at 1.5 s) before writes would block.
+const SEND_BUFFER: usize = 8 * 1024;
+/// How long one blocking write may take while the stream opens (welcome and replay).
+const OPENING_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown each client is told to reconnect after a random delay up to this, so that
+/// a deploy does not bring every dashboard back in the same instant.
+const RECONNECT_SPREAD_MS: u64 = 5000;
+
+/// What every stream shares: the context, the cap and the stream settings.
+pub struct Streams {
+    pub ctx: Arc<Context>,
+    pub max_skipped: u32,
+    /// How long a stream may stay silent before its encoder's keep-alive.
+    pub heartbeat: Duration,
+    /// Disconnected when the server shuts down.
+    pub stop: Receiver<()>,
+    pub watcher: Watcher,
+    /// Open streams (slots reserved by [`Streams::reserve`]).
+    pub clients: AtomicUsize,
+}
+
+impl Streams {
+    /// Open streams (WebSocket and SSE).
+    pub fn clients(&self) -> usize {
+        self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Reserves a client slot, or returns the 503 that refuses the client: while
+    /// shutting down, or at `MAX_WS_CLIENTS` (WebSocket and SSE clients together).
+    pub fn reserve(self: &Arc<Self>) -> Result<Slot, Reply> {
+        let metrics = &self.ctx.metrics;
+        if !self.ctx.ready.load(Ordering::SeqCst) {
+            metrics.stream_rejected();
+            return Err(http::error(
+                503,
+                "shutting_down",
+                "This instance is shutting down. Reconnect in a few seconds.",
+                &[],
+            ));
+        }
+        let max = self.ctx.caps.streams;
+        let reserved = self
+            .clients
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            });
+        if reserved.is_err() {
+            metrics.stream_rejected();
+            let message = format!(
+                "This server is at its limit of {max} streaming clients. Retry in a few \
+                 seconds, or poll GET /api/analytics."
+            );
+            return Err(http::error(503, "too_many_clients", &message, &[]));
+        }
+        Ok(Slot(Arc::clone(self)))
+    }
+}
+
+/// A client slot, reserved before the response head and released when the stream ends.
+pub struct Slot(Arc<Streams>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a stream ended.
+pub enum End {
+    /// The client left (over WebSocket, with this close code if it sent one).
+    ClientClosed(Option<u16>),
+    /// We end it: a WebSocket close code, and a JSON body with at least `"reason"`.
+    Close(u16, Value),
+    /// The socket failed (reset, timeout): nothing more can be sent.
+    Lost(String),
+}
+
+impl End {
+    /// We end the stream, with this code and reason.
+    fn close(code: u16, reason: impl Into<String>) -> End {
+        End::Close(code, json!({ "reason": reason.into() }))
+    }
+}
+
+/// Close 1001 with a body that tells the client when to come back: a random delay up to
+/// 5 s, so that a deploy does not bring every dashboard back in the same instant.
+fn going_away() -> End {
+    let delay = rand::random_range(RECONNECT_SPREAD_MS / 5..=RECONNECT_SPREAD_MS);
+    End::Close(
+        1001,
+        json!({ "reason": "server shutting down", "reconnect_after_ms": delay }),
+    )
+}
+
+/// One encoding of the stream. The loop in [`run`] decides what to send and when; an
+/// encoder only frames it and moves bytes.
+trait Encoder {
+    /// For the metrics.
+    const KIND: Stream;
+    /// The welcome's `resume` hint.
+    const RESUME: &'static str;
+
+    fn socket(&mut self) -> &mut Socket;
+    /// Writes the welcome and the opening samples. The socket is blocking, with a
+    /// timeout: none of it may be skipped.
+    fn open(&mut self, welcome: &Value, samples: Vec<(u64, Bytes)>) -> Result<(), End>;
+    /// Hands earlier bytes to the kernel without blocking: `Ok(false)` while some are
+    /// left (the client is not reading).
+    fn flush(&mut self) -> Result<bool, End>;
+    /// Queues one sample and flushes what it can.
+    fn send(&mut self, seq: u64, json: Bytes) -> Result<(), End>;
+    /// The client sent something (or left): read it.
+    fn read(&mut self) -> Result<(), End>;
+    /// Nothing was sent for the heartbeat: a keep-alive.
+    fn keep_alive(&mut self) -> Result<(), End>;
+    /// Ends the stream (a close frame or event, when we end it). `readable`: the
+    /// watcher's channel, once streaming. Returns a detail for the log.
+    fn finish(&mut self, end: End, readable: Option<&Receiver<()>>) -> String;
+}
+
+/// One client's stream, from the welcome to its end.
+struct Client<'a, E> {
+    streams: &'a Streams,
+    encoder: E,
+    options: Options,
+    route: Route,
+    /// Samples handed to the encoder.
+    sent: u64,
+    /// Samples skipped in a row because earlier bytes were still unsent.
+    skipped: u32,
+    last_write: Instant,
+}
+
+/// Streams to one client until it leaves, is too slow, breaks the protocol, or the
+/// server stops. Returns how it ended (for the log) and how many samples were sent.
+fn run<E: Encoder>(
+    streams: &Streams,
+    mut encoder: E,
+    route: Route,
+    options: Options,
+) -> (String, u64) {
+    if let Err(e) = encoder.socket().options().set_send_buffer_size(SEND_BUFFER) {
+        log::debug!("cannot shrink a stream's send buffer: {e}");
+    }
+    let mut client = Client {
+        streams,
+        encoder,
+        options,
+        route,
+        sent: 0,
+        skipped: 0,
+        last_write: Instant::now(),
+    };
+    let mut readable = None;
+    let end = client.stream(&mut readable);
+    let detail = client.encoder.finish(end, readable.as_ref());
+    (detail, client.sent)
+}
+
+impl<E: Encoder> Client<'_, E> {
+    /// Returns only when the stream ends, with why.
+    fn stream(&mut self, readable: &mut Option<Receiver<()>>) -> End {
+        let ctx = &self.streams.ctx;
+        let subscription = self.route.streams().then(|| ctx.hub.subscribe());
+        let first = match &subscription {
+            Some((first, _)) => first.clone(),
+            None => ctx.hub.latest(),
+        };
+        let replay = self
+            .options
+            .replay(first.seq)
+            .filter(|_| self.route.streams());
+        let welcome = welcome(
+            self.route,
+            &self.options,
+            &ctx.model,
+            first.seq,
+            replay.clone(),
+            E::RESUME,
+        );
+        let opening = match (&subscription, replay) {
+            (None, _) => Vec::new(),
+            (Some(_), Some(ticks)) => ticks
+                .filter(|seq| seq % self.options.every == 0)
+                .map(|seq| (seq, self.options.encode(&ctx.model, seq, None)))
+                .collect(),
+            (Some(_), None) => vec![(
+                first.seq,
+                self.options.encode(&ctx.model, first.seq, Some(&first)),
+            )],
+        };
+        let count = opening.len() as u64;
+        let opened = self
+            .encoder
+            .socket()
+            .options()
+            .set_write_timeout(Some(OPENING_WRITE_TIMEOUT))
+            .map_err(|e| End::Lost(e.to_string()))
+            .and_then(|()| self.encoder.open(&welcome, opening));
+        if let Err(end) = opened {
+            return end;
+        }
+        for _ in 0..count {
+            self.counted_sent();
+        }
+        let watched = self.encoder.socket().watch(&self.streams.watcher);
+        let stream_on = watched.and_then(|r| {
+            self.encoder.socket().options().set_write_timeout(None)?;
+            Ok(r)
+        });
+        let events = match stream_on {
+            Ok(r) => readable.insert(r).clone(),
+            Err(e) => return End::Lost(format!("cannot watch the socket: {e}")),
+        };
+        // What came with the request (frames after a handshake) is already buffered,
+        // where the watcher cannot see it: read once before waiting.
+        if let Err(end) = self.encoder.read() {
+            return end;
+        }
+        self.last_write = Instant::now();
+        let none = never();
+        let samples = subscription.as_ref().map_or(&none, |(_, s)| &s.samples);
+        loop {
+            let quiet = self
+                .streams
+                .heartbeat
+                .saturating_sub(self.last_write.elapsed());
+            let step = select! {
+                recv(samples) -> tick => match tick {
+                    Ok(tick) if tick.seq % self.options.every == 0 => {
+                        let json = self.options.encode(&ctx.model, tick.seq, Some(&tick));
+                        self.deliver(tick.seq, json)
+                    }
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(going_away()),
+                },
+                recv(events) -> _ => self.encoder.read(),
+                recv(self.streams.stop) -> _ => Err(going_away()),
+                default(quiet) => self.keep_alive(),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+        }
+    }
+
+    /// Sends one sample, or skips it while the client has not taken the previous ones;
+    /// too many skips in a row close the stream (1008).
+    fn deliver(&mut self, seq: u64, json: Bytes) -> Result<(), End> {
+        if !self.encoder.flush()? {
+            self.skipped += 1;
+            self.streams.ctx.metrics.stream_skipped(E::KIND);
+            if self.skipped >= self.streams.max_skipped {
+                let reason = format!("client is not reading: {} samples skipped", self.skipped);
+                return Err(End::close(1008, reason));
+            }
+            return Ok(());
+        }
+        self.skipped = 0;
+        self.encoder.send(seq, json)?;
+        self.counted_sent();
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    fn keep_alive(&mut self) -> Result<(), End> {
+        if self.encoder.flush()? {
+            self.encoder.keep_alive()?;
+        }
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    fn counted_sent(&mut self) {
+        self.sent += 1;
+        self.streams.ctx.metrics.stream_sent(E::KIND);
+    }
+}
+
+/// The first message every client gets: what this path offers, what samples look like,
+/// and how to resume (`resume`, on paths that stream).
+fn welcome(
+    route: Route,
+    options: &Options,
+    model: &crate::simulator::Model,
+    latest: u64,
+    replay: Option<RangeInclusive<u64>>,
+    resume: &str,
+) -> Value {
+    let streaming = route.streams();
+    let message = if streaming {
+        "Connected to the Real-Time Analytics Backend: the latest sample follows, then one \
+         per interval."
+    } else {
+        "Connected to the Real-Time Analytics Backend. This path only says hello; connect to \
+         /api/analytics for the stream."
+    };
+    let mut welcome = json!({
+        "type": "welcome",
+        "message": message,
+        "path": route.path(),
+        "streaming": streaming,
+        "interval_ms": model.interval_ms() * options.every,
+        "fields": options.fields.names(),
+        "profile": options.profile.name(),
+        "scenario": options.scenario.name(),
+        "seq": latest,
+    });
+    if streaming {
+        welcome["resume"] = json!(resume);
+    }
+    if let Some(ticks) = replay {
+        // `cut`: the client missed more than the replay holds; the samples between its
+        // `since` and `from` are not sent (history can still fetch them).
+        let cut = options
+            .since
+            .is_some_and(|since| since + 1 < *ticks.start());
+        welcome["replay"] = json!({ "from": ticks.start(), "to": ticks.end(), "cut": cut });
+    }
+    if !options.ignored.is_empty() {
+        welcome["ignored"] = json!(options.ignored);
+    }
+    welcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn welcome_says_whether_the_path_streams() {
+        let model = crate::simulator::Model {
+            seed: 1,
+            interval: Duration::from_millis(1500),
+            profile: crate::simulator::Profile::Blog,
+            scenario: crate::simulator::Scenario::Normal,
+            utc_offset_hours: 0.0,
+        };
+        let options = crate::options::parse(&[], &model, 10).unwrap();
+        let v = welcome(Route::Analytics, &options, &model, 10, None, "hint");
+        assert_eq!(v["type"], "welcome");
+        assert_eq!(v["streaming"], true);
+        assert_eq!(v["interval_ms"], 1500);
+        assert_eq!(v["seq"], 10);
+        assert_eq!(v["resume"], "hint");
+        assert_eq!(v["fields"].as_array().unwrap().len(), 4);
+        let v = welcome(Route::Api, &options, &model, 10, Some(5..=10), "hint");
+        assert_eq!(v["streaming"], false);
+        assert_eq!(v["path"], "/api");
+        assert!(
+            v.get("resume").is_none(),
+            "a path that never streams offers no resume"
+        );
+        assert_eq!(v["replay"]["from"], 5);
+        // A replay that starts after the client's `since` says it was cut.
+        for (since, cut) in [(4, false), (3, true)] {
+            let options = Options {
+                since: Some(since),
+                ..options.clone()
+            };
+            let v = welcome(Route::Analytics, &options, &model, 10, Some(5..=10), "");
+            assert_eq!(v["replay"]["cut"], cut, "since={since}");
+        }
+    }
+}

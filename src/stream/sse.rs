@@ -1,0 +1,247 @@
+//! Server-Sent Events: the stream on the same path for clients that would rather not
+//! speak WebSocket: a browser's `EventSource`, `curl -N`, anything that reads HTTP.
+//!
+//! `GET /api/analytics` with `Accept: text/event-stream` gets the same samples as the
+//! WebSocket stream, each as `id: SEQ`, `event: sample`, `data: JSON`. `EventSource`
+//! reconnects by itself and sends the last id it saw as `Last-Event-ID`, which resumes
+//! exactly like `?since=`: every missed sample, then live, with no gap or duplicate.
+//!
+//! The loop is the WebSocket's (see the parent module): the same cap, subscription,
+//! replay, slow-consumer policy and shutdown; this encoder writes the head, frames each
+//! sample as an event, keeps a silent stream alive with a comment line, and ends with an
+//! `event: close` whose `retry:` is the random reconnect delay. The head says `Connection: close` and has no
+//! length: the stream ends by closing the connection. A client has nothing to send on an
+//! event stream, so anything it sends (a pipelined request, say) ends the stream: no
+//! bytes pile up, and no request is answered inside the stream.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::Receiver;
+use serde_json::Value;
+use tiny_http::{Header, Method, Request};
+
+use super::{Encoder, End, Slot};
+use crate::edge::StreamFn;
+use crate::http::{self, request_header};
+use crate::metrics::Stream;
+use crate::options::Options;
+use crate::paths::Route;
+use crate::watcher::Socket;
+
+/// How long `EventSource` waits before reconnecting after the stream drops.
+const RETRY_MS: u64 = 2000;
+
+/// Whether a GET asks for an event stream (`Accept: text/event-stream`, as `EventSource`
+/// sends). Everything else, `*/*` included, keeps getting JSON.
+pub fn is_event_stream(request: &Request) -> bool {
+    *request.method() == Method::Get && http::accepts(request, "text/event-stream")
+}
+
+/// The `since` of a resuming `EventSource`: its `Last-Event-ID`, if that is a sequence
+/// number. (Anything else is ignored, as the spec says ids are opaque to the client.)
+pub fn last_event_id(request: &Request) -> Option<String> {
+    request_header(request, "Last-Event-ID")
+        .map(str::trim)
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string)
+}
+
+/// The event stream for a request, run on the connection's own thread. `cors` goes into
+/// the head; `leftover` is what the client sent after the request.
+pub fn stream(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr) -> StreamFn {
+    Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
+        let streams = &slot.0;
+        let metrics = &streams.ctx.metrics;
+        let started = Instant::now();
+        metrics.sse_client(1);
+        log::info!("sse connect peer={peer} clients={}", streams.clients());
+        let encoder = Events {
+            socket: Socket::new(socket),
+            pending: Vec::new(),
+            cors,
+            quiet: leftover.is_empty(),
+        };
+        let (end, sent) = super::run(streams, encoder, Route::Analytics, options);
+        metrics.sse_client(-1);
+        log::info!(
+            "sse disconnect peer={peer} lifetime={:.1}s end={end} samples={sent}",
+            started.elapsed().as_secs_f64(),
+        );
+    })
+}
+
+/// The SSE encoder: each sample an event.
+struct Events {
+    socket: Socket,
+    /// Bytes accepted for this client but not yet taken by the kernel.
+    pending: Vec<u8>,
+    /// CORS headers for the head.
+    cors: Vec<Header>,
+    /// The client sent nothing after its request.
+    quiet: bool,
+}
+
+impl Encoder for Events {
+    const KIND: Stream = Stream::Sse;
+    const RESUME: &'static str = "EventSource resumes by itself: it sends the id of the last \
+        sample it got as Last-Event-ID, and receives every sample it missed, then the stream. \
+        Other clients can send that header, or ?since=SEQ.";
+
+    fn socket(&mut self) -> &mut Socket {
+        &mut self.socket
+    }
+
+    /// The head, `retry:`, the welcome event and the samples, in one write.
+    fn open(&mut self, welcome: &Value, samples: Vec<(u64, Bytes)>) -> Result<(), End> {
+        let mut out = String::from(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+             Cache-Control: no-cache, no-transform\r\nX-Accel-Buffering: no\r\n\
+             Connection: close\r\n",
+        );
+        for header in &self.cors {
+            out.push_str(&format!("{header}\r\n"));
+        }
+        out.push_str(&format!(
+            "\r\nretry: {RETRY_MS}\nevent: welcome\ndata: {welcome}\n\n"
+        ));
+        self.pending = out.into_bytes();
+        for (seq, json) in samples {
+            self.push(seq, &json);
+        }
+        let written = self.socket.write_all(&self.pending);
+        // The opening burst can be large (a replay); do not keep its buffer.
+        self.pending = Vec::new();
+        written.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                End::close(1008, "client too slow to take the stream's first samples")
+            }
+            _ => End::Lost(e.to_string()),
+        })?;
+        if self.quiet {
+            Ok(())
+        } else {
+            Err(data_after_request())
+        }
+    }
+
+    /// Hands pending bytes to the kernel without blocking. `Ok(true)` when none are left.
+    fn flush(&mut self) -> Result<bool, End> {
+        while !self.pending.is_empty() {
+            match self.socket.write(&self.pending) {
+                Ok(0) => return Err(End::Lost("the connection accepts no more data".into())),
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(End::Lost(e.to_string())),
+            }
+        }
+        Ok(true)
+    }
+
+    fn send(&mut self, seq: u64, json: Bytes) -> Result<(), End> {
+        self.push(seq, &json);
+        self.flush().map(drop)
+    }
+
+    /// Reads what the client sent: end of stream means it left; anything else ends the
+    /// stream (see the module docs).
+    fn read(&mut self) -> Result<(), End> {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.socket.read(&mut buf) {
+                Ok(0) => return Err(End::ClientClosed(None)),
+                Ok(_) => return Err(data_after_request()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(End::Lost(e.to_string())),
+            }
+        }
+    }
+
+    /// A comment line: proxies see traffic, `EventSource` ignores it.
+    fn keep_alive(&mut self) -> Result<(), End> {
+        self.pending.extend_from_slice(b": keep-alive\n\n");
+        self.flush().map(drop)
+    }
+
+    /// Ends the stream: a last `event: close` when we end it (best effort; its `retry:`
+    /// tells `EventSource` when to reconnect), then our half of the connection is shut,
+    /// so the client sees the end of the response. Returns a detail for the log.
+    fn finish(&mut self, end: End, _readable: Option<&Receiver<()>>) -> String {
+        let detail = match end {
+            End::ClientClosed(_) => "client".into(),
+            End::Lost(why) => format!("lost ({why})"),
+            End::Close(_, body) => {
+                let retry = body["reconnect_after_ms"].as_u64().unwrap_or(RETRY_MS);
+                self.pending.extend_from_slice(
+                    format!("retry: {retry}\nevent: close\ndata: {body}\n\n").as_bytes(),
+                );
+                let _ = self.flush();
+                format!("closed ({})", body["reason"].as_str().unwrap_or(""))
+            }
+        };
+        let _ = self.socket.options().shutdown(Shutdown::Both);
+        detail
+    }
+}
+
+impl Events {
+    fn push(&mut self, seq: u64, json: &[u8]) {
+        self.pending
+            .extend_from_slice(format!("id: {seq}\nevent: sample\ndata: ").as_bytes());
+        self.pending.extend_from_slice(json);
+        self.pending.extend_from_slice(b"\n\n");
+    }
+}
+
+fn data_after_request() -> End {
+    End::close(
+        1008,
+        "the client sent data after its event-stream request; an event stream only sends",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tiny_http::TestRequest;
+
+    fn request(method: Method, headers: &[(&str, &str)]) -> Request {
+        headers
+            .iter()
+            .fold(TestRequest::new().with_method(method), |r, (k, v)| {
+                r.with_header(Header::from_bytes(*k, *v).unwrap())
+            })
+            .into()
+    }
+
+    #[test]
+    fn only_gets_that_accept_event_streams_are_streams() {
+        let get = |accept| is_event_stream(&request(Method::Get, &[("Accept", accept)]));
+        assert!(get("text/event-stream"));
+        assert!(get("TEXT/Event-Stream; q=0.9"));
+        assert!(get("application/json, text/event-stream"));
+        assert!(!get("*/*"));
+        assert!(!get("application/json"));
+        assert!(!get("text/event-streams"));
+        assert!(!is_event_stream(&request(Method::Get, &[])));
+        let head = request(Method::Head, &[("Accept", "text/event-stream")]);
+        assert!(!is_event_stream(&head));
+    }
+
+    #[test]
+    fn last_event_id_is_used_only_when_it_is_a_sequence_number() {
+        let id = |value| last_event_id(&request(Method::Get, &[("Last-Event-ID", value)]));
+        assert_eq!(id("42").as_deref(), Some("42"));
+        assert_eq!(id(" 7 ").as_deref(), Some("7"));
+        assert_eq!(id(""), None);
+        assert_eq!(id("abc"), None);
+        assert_eq!(id("-1"), None);
+        assert_eq!(last_event_id(&request(Method::Get, &[])), None);
+    }
+}
