@@ -39,8 +39,8 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// `CORS_ORIGINS`: which browser origins may read the responses.
     pub cors: Cors,
-    /// `MAX_WS_CLIENTS`: open WebSockets beyond this are refused with 503. `None`: derived
-    /// at startup from the descriptor and memory-map limits.
+    /// `MAX_WS_CLIENTS`: open streams (WebSocket and SSE) beyond this are refused with 503.
+    /// `None`: derived at startup from the descriptor and memory-map limits.
     pub max_ws_clients: Option<usize>,
     /// `MAX_HTTP_CONNECTIONS`: HTTP connections beyond this are refused with 503. `None`:
     /// derived like `max_ws_clients`.

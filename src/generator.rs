@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::sample::Tick;
 use crate::simulator::Model;
 
-/// The shared stream's tick: the configured scenario, the seed's four fields.
+/// The shared stream's tick: the configured scenario, the original's four fields.
 pub fn tick(model: &Model, tick: u64) -> Tick {
     Tick::new(&model.sample(tick, model.scenario, false))
 }

@@ -1,5 +1,5 @@
-//! HTTP plumbing shared by REST and WebSocket: JSON responses, error bodies, headers and
-//! CORS, in one place so that REST and WebSocket refusals look alike to a client.
+//! HTTP plumbing shared by REST and the streams: JSON responses, error bodies, headers and
+//! CORS, in one place so that REST and stream refusals look alike to a client.
 
 use std::io::Cursor;
 

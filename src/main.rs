@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     select! {
         recv(signals) -> signal => {
             let name = signal.unwrap_or("a signal");
-            log::info!("{name} received: closing {} streaming clients and stopping", server.ws_clients());
+            log::info!("{name} received: closing {} streaming clients and stopping", server.stream_clients());
             server.shutdown();
             log::info!("stopped");
             ExitCode::SUCCESS

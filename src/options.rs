@@ -49,7 +49,7 @@ impl Options {
     pub fn is_shared(&self, model: &Model) -> bool {
         self.profile == model.profile
             && self.scenario == model.scenario
-            && self.fields == Fields::SEED
+            && self.fields == Fields::ORIGINAL
             && !self.seq
     }
 
@@ -137,7 +137,7 @@ pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<O
     let mut options = Options {
         profile: model.profile,
         scenario: model.scenario,
-        fields: Fields::SEED,
+        fields: Fields::ORIGINAL,
         seq: false,
         every: 1,
         since: None,

@@ -1,6 +1,6 @@
-//! Path normalisation and the route table, shared by REST and WebSocket.
+//! Path normalisation and the route table, shared by REST and the streams.
 //!
-//! The seed's rules: repeated slashes collapse, a trailing slash is ignored, and the query
+//! The Node original's rules: repeated slashes collapse, a trailing slash is ignored, and the query
 //! string (and any fragment) plays no part in routing, so `//api` and `/api//analytics/`
 //! reach the same place as `/api` and `/api/analytics`.
 //!
@@ -8,7 +8,7 @@
 //! route and get 404. Decoding would let two different spellings reach one handler, which
 //! buys nothing for three fixed paths and is how path-confusion bugs start.
 
-/// Every path the server answers: the seed's three, history, three for operators, the
+/// Every path the server answers: the original's three, history, three for operators, the
 /// two API descriptions and the dashboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -63,13 +63,14 @@ impl Route {
         }
     }
 
-    /// Whether WebSocket upgrades are accepted here (the seed's three paths).
+    /// Whether WebSocket upgrades are accepted here (the original's three paths).
     pub fn websocket(self) -> bool {
         matches!(self, Route::Root | Route::Api | Route::Analytics)
     }
 
-    /// Whether a WebSocket on this route receives samples.
-    pub fn streams(self) -> bool {
+    /// Whether a stream (WebSocket or SSE) on this route receives samples; elsewhere a
+    /// WebSocket gets only the welcome.
+    pub fn sends_samples(self) -> bool {
         self == Route::Analytics
     }
 }
@@ -120,7 +121,8 @@ fn strip_authority(target: &str) -> &str {
 mod tests {
     use super::*;
 
-    /// The normalisation table; the integration tests replay it over real sockets.
+    /// The normalisation table. (`tests/http.rs` sends a sample of these spellings over
+    /// real sockets; this table, private to the crate, is the complete one.)
     pub const TABLE: &[(&str, Option<Route>)] = &[
         ("/", Some(Route::Root)),
         ("", Some(Route::Root)),

@@ -1,4 +1,4 @@
-//! The sample: the seed's four-field JSON object, optional detail fields, and the one
+//! The sample: the Node original's four-field JSON object, optional detail fields, and the one
 //! encoder that turns a sample into the bytes clients receive.
 //!
 //! By default a sample is exactly the Node original's object, fields in its order, so its
@@ -58,8 +58,8 @@ pub struct Details {
 pub struct Fields(u16);
 
 impl Fields {
-    /// The seed's four fields: the default.
-    pub const SEED: Fields = Fields(0b1111);
+    /// The Node original's four fields: the default.
+    pub const ORIGINAL: Fields = Fields(0b1111);
     pub const ALL: Fields = Fields((1 << FIELDS.len()) - 1);
 
     /// Parses `a,b,c` or `all`; an unknown name is returned as the error.
@@ -95,7 +95,7 @@ impl Fields {
 
     /// Whether any selected field needs [`Details`].
     pub fn needs_details(self) -> bool {
-        self.0 & !Fields::SEED.0 != 0
+        self.0 & !Fields::ORIGINAL.0 != 0
     }
 }
 
@@ -184,7 +184,7 @@ impl Tick {
     pub fn new(sample: &Sample) -> Tick {
         Tick {
             seq: sample.seq,
-            json: encode(sample, Fields::SEED, false),
+            json: encode(sample, Fields::ORIGINAL, false),
         }
     }
 }

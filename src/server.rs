@@ -212,7 +212,7 @@ impl Server {
     }
 
     /// Open streaming connections (WebSocket and SSE).
-    pub fn ws_clients(&self) -> usize {
+    pub fn stream_clients(&self) -> usize {
         self.streams.clients()
     }
 
@@ -371,7 +371,7 @@ impl Worker {
         let exchange = client.exchange();
         let stream = if ws::is_upgrade(request) {
             self.websocket(request, &exchange, path, route, client.peer)
-        } else if route.is_some_and(Route::streams) && sse::is_event_stream(request) {
+        } else if route.is_some_and(Route::sends_samples) && sse::is_event_stream(request) {
             self.event_stream(request, client.peer)
         } else {
             return Answer::Reply(routes::handle(request, path, &self.ctx));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ fn threads_and_descriptors_return_to_baseline_after_clients_leave() {
     let _ = get(s.addr, "/api/analytics");
     let (ws, _) = ws_connect(s.addr, "/api/analytics");
     drop(ws);
-    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 0));
+    assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
     let settled = || {
         let (t, f) = threads_and_fds();
         std::thread::sleep(Duration::from_millis(200));
@@ -43,18 +43,7 @@ fn threads_and_descriptors_return_to_baseline_after_clients_leave() {
         } else {
             ""
         };
-        write!(
-            &stream,
-            "GET /api/analytics HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{close}\r\n"
-        )
-        .unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        while !line.starts_with("event: sample") {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-        }
-        events.push(reader);
+        events.push(open_event_stream(s.addr, close));
     }
     let mut http = Vec::new();
     for _ in 0..20 {
@@ -65,7 +54,7 @@ fn threads_and_descriptors_return_to_baseline_after_clients_leave() {
         assert_eq!(read_response(&mut reader, false).status, 200);
         http.push(stream);
     }
-    assert_eq!(s.server().ws_clients(), 90);
+    assert_eq!(s.server().stream_clients(), 90);
     let (threads, fds) = threads_and_fds();
     assert!(
         threads >= baseline.0 + 90,
@@ -91,7 +80,7 @@ fn threads_and_descriptors_return_to_baseline_after_clients_leave() {
     drop(events);
 
     assert!(
-        eventually(Duration::from_secs(20), || s.server().ws_clients() == 0),
+        eventually(Duration::from_secs(20), || s.server().stream_clients() == 0),
         "every connection thread ended"
     );
     // tiny_http's pool threads above its minimum exit after 5 s idle.

@@ -138,7 +138,7 @@ fn every_websocket_handshake_in_a_burst_is_answered() {
             "round {round}: {missing} of 1000 handshakes never answered"
         );
         assert!(
-            eventually(Duration::from_secs(20), || s.server().ws_clients() == 0),
+            eventually(Duration::from_secs(20), || s.server().stream_clients() == 0),
             "round {round}: clients left"
         );
     }

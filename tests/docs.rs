@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 
-use std::io::Write;
 use std::net::SocketAddr;
 
 #[test]
@@ -190,20 +189,9 @@ fn the_readme_log_is_the_servers() {
     .unwrap();
     while ws.read().is_ok() {}
     lines.push(server.wait_for_line("ws disconnect"));
-    let sse = std::net::TcpStream::connect(addr).unwrap();
-    sse.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    (&sse)
-        .write_all(b"GET /api/analytics HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
-        .unwrap();
+    // Up to the first sample, then leave as a client does (a FIN, not a reset).
+    let (sse, _reader) = open_event_stream(addr, "");
     lines.push(server.wait_for_line("sse connect"));
-    // Read up to the first sample, then leave as a client does (a FIN, not a reset).
-    let mut reader = std::io::BufReader::new(&sse);
-    let mut line = String::new();
-    while !line.starts_with("event: sample") {
-        line.clear();
-        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
-    }
     sse.shutdown(std::net::Shutdown::Write).unwrap();
     lines.push(server.wait_for_line("sse disconnect"));
     assert_eq!(get(addr, "/bad").status, 404);

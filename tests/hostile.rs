@@ -363,7 +363,7 @@ fn the_server_survives_hostile_input_and_returns_to_baseline() {
         http.shutdown(Shutdown::Write).unwrap();
         let (ws, _reader) = raw_upgrade(addr, "/api/analytics");
         ws.shutdown(Shutdown::Write).unwrap();
-        assert!(eventually(TIMEOUT, || s.server().ws_clients() == 0));
+        assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
         thread::sleep(Duration::from_millis(500));
         drop((http, ws));
     }

@@ -60,7 +60,7 @@ fn analytics_returns_the_latest_sample_uncached() {
 }
 
 #[test]
-fn paths_are_normalised_like_the_seed_and_nothing_is_decoded() {
+fn paths_are_normalised_like_the_original_and_nothing_is_decoded() {
     let s = TestServer::start();
     let cases = [
         ("/api/analytics", "sample"),

@@ -155,7 +155,7 @@ fn an_event_stream_carries_the_same_samples_as_the_websocket() {
         "{frames:?} has {next:?}"
     );
     assert_eq!(
-        s.server().ws_clients(),
+        s.server().stream_clients(),
         2,
         "SSE and WebSocket share the count"
     );
@@ -202,7 +202,7 @@ fn last_event_id_resumes_without_gap_or_duplicate() {
     drop(es);
     // Gone long enough to miss several samples.
     let live = s.server();
-    assert!(eventually(TIMEOUT, || live.ws_clients() == 0));
+    assert!(eventually(TIMEOUT, || live.stream_clients() == 0));
     std::thread::sleep(Duration::from_millis(500));
 
     let resume = format!("Last-Event-ID: {last}");
@@ -285,7 +285,7 @@ fn the_cap_counts_websocket_and_sse_clients_together() {
     // Plain REST still answers at the cap.
     assert_eq!(get(s.addr, "/api/analytics").status, 200);
     drop(es);
-    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 1));
+    assert!(eventually(TIMEOUT, || s.server().stream_clients() == 1));
     Events::open(s.addr, "/api/analytics", &[]).welcome();
 }
 
@@ -305,7 +305,7 @@ fn a_stalled_client_is_dropped_and_never_delays_the_others() {
     fast.welcome();
     let mut last = fast.sample().id();
     let started = Instant::now();
-    while s.server().ws_clients() == 2 {
+    while s.server().stream_clients() == 2 {
         assert!(started.elapsed() < Duration::from_secs(60), "never dropped");
         let id = fast.sample().id();
         assert_eq!(id, last + 1, "the fast client misses nothing");
@@ -336,9 +336,9 @@ fn vanished_clients_are_noticed_on_keep_alive_and_after_connection_close() {
         let a = es.sample().id();
         assert_eq!(es.sample().id(), a + 1);
     }
-    assert_eq!(s.server().ws_clients(), 3);
+    assert_eq!(s.server().stream_clients(), 3);
     drop(streams);
-    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 0));
+    assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
     // Thread and descriptor counts: tests/baseline.rs, which runs alone in its process.
 }
 
@@ -383,7 +383,7 @@ fn data_after_an_event_stream_request_ends_the_stream_unanswered() {
             "the pipelined request was answered: {rest}"
         );
     }
-    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 0));
+    assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
     assert_eq!(get(s.addr, "/healthz").status, 200);
 }
 

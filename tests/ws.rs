@@ -250,7 +250,7 @@ fn client_close_completes_the_close_handshake() {
         ws.read(),
         Err(tungstenite::Error::ConnectionClosed)
     ));
-    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 0));
+    assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
 }
 
 #[test]
@@ -311,7 +311,7 @@ fn a_stalled_client_is_dropped_and_never_delays_the_others() {
         let t = ts(&sample);
         assert_eq!(t - last, 100, "the fast client misses nothing");
         last = t;
-        if closed_after.is_none() && s.server().ws_clients() == 1 {
+        if closed_after.is_none() && s.server().stream_clients() == 1 {
             closed_after = Some(started.elapsed());
         }
         if let Some(after) = closed_after {
@@ -331,10 +331,10 @@ fn a_stalled_client_is_dropped_and_never_delays_the_others() {
 fn a_vanished_client_is_noticed_and_its_thread_ends() {
     let s = TestServer::with(|c| c.interval = Duration::from_millis(100));
     let (ws, _) = ws_connect(s.addr, "/api/analytics");
-    assert_eq!(s.server().ws_clients(), 1);
+    assert_eq!(s.server().stream_clients(), 1);
     // Drop the TCP connection without a close frame.
     drop(ws);
-    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 0));
+    assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
 }
 
 #[test]
@@ -367,7 +367,7 @@ fn clients_beyond_the_cap_get_503_with_retry_after() {
     // REST still answers at the cap.
     assert_eq!(get(s.addr, "/api/analytics").status, 200);
     drop(_a);
-    assert!(eventually(TIMEOUT, || s.server().ws_clients() == 1));
+    assert!(eventually(TIMEOUT, || s.server().stream_clients() == 1));
     let (_c, _) = ws_connect(s.addr, "/api");
 }
 
@@ -394,7 +394,11 @@ fn bad_options_are_explained_in_an_error_frame_and_a_1008_close() {
         close.reason
     );
     assert!(close.reason.len() <= 123);
-    assert_eq!(s.server().ws_clients(), 0, "a refusal takes no client slot");
+    assert_eq!(
+        s.server().stream_clients(),
+        0,
+        "a refusal takes no client slot"
+    );
 }
 
 /// The welcome names query parameters the server does not know (a typo shows).
@@ -433,5 +437,5 @@ fn a_quiet_stream_gets_a_ping() {
         "{quiet:?}"
     );
     // The stream goes on.
-    assert_eq!(s.server().ws_clients(), 1);
+    assert_eq!(s.server().stream_clients(), 1);
 }

@@ -195,7 +195,7 @@ impl<E: Encoder> Client<'_, E> {
     /// Returns only when the stream ends, with why.
     fn stream(&mut self, readable: &mut Option<Receiver<()>>) -> End {
         let ctx = &self.streams.ctx;
-        let subscription = self.route.streams().then(|| ctx.hub.subscribe());
+        let subscription = self.route.sends_samples().then(|| ctx.hub.subscribe());
         let first = match &subscription {
             Some((first, _)) => first.clone(),
             None => ctx.hub.latest(),
@@ -203,7 +203,7 @@ impl<E: Encoder> Client<'_, E> {
         let replay = self
             .options
             .replay(first.seq)
-            .filter(|_| self.route.streams());
+            .filter(|_| self.route.sends_samples());
         let welcome = welcome(
             self.route,
             &self.options,
@@ -321,7 +321,7 @@ fn welcome(
     replay: Option<RangeInclusive<u64>>,
     resume: &str,
 ) -> Value {
-    let streaming = route.streams();
+    let streaming = route.sends_samples();
     let message = if streaming {
         "Connected to the Real-Time Analytics Backend: the latest sample follows, then one \
          per interval."

@@ -185,6 +185,25 @@ pub fn raw_upgrade(addr: SocketAddr, path: &str) -> (TcpStream, BufReader<TcpStr
     (stream, reader)
 }
 
+/// Opens an event stream on `/api/analytics` (with `extra` header lines, each ending in
+/// CRLF) and reads up to its first sample. Returns the stream and its reader.
+pub fn open_event_stream(addr: SocketAddr, extra: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        &stream,
+        "GET /api/analytics HTTP/1.1\r\nHost: test\r\nAccept: text/event-stream\r\n{extra}\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("event: sample") {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+    }
+    (stream, reader)
+}
+
 /// Reads until the peer's close frame and returns it (other messages are skipped).
 pub fn read_close(ws: &mut Ws) -> Option<CloseFrame> {
     loop {
