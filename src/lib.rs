@@ -15,6 +15,7 @@
 pub mod config;
 mod context;
 mod edge;
+mod error;
 mod generator;
 mod http;
 mod hub;
@@ -33,4 +34,5 @@ mod watcher;
 
 pub use config::Config;
 pub use context::Caps;
-pub use server::{Server, StartError, start};
+pub use error::{Failure, StartError};
+pub use server::{Server, start};

@@ -95,7 +95,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         recv(server.failed()) -> why => {
-            log::error!("exiting: {}", why.unwrap_or_default());
+            match why {
+                Ok(failure) => log::error!("exiting: {failure}"),
+                Err(_) => log::error!("exiting: the server stopped"),
+            }
             ExitCode::FAILURE
         }
     }

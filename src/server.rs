@@ -19,6 +19,7 @@ use tiny_http::Request;
 use crate::config::{Config, Cors};
 use crate::context::{Caps, Context};
 use crate::edge::{self, Client, Clients, Edge, Exchange, Limits, StreamFn};
+use crate::error::{Failure, Refusal, StartError};
 use crate::generator;
 use crate::http::{self, Reply, request_header};
 use crate::hub::Hub;
@@ -55,43 +56,18 @@ pub struct Server {
     generator: Option<Sender<()>>,
     ready: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
-    failed: Receiver<String>,
+    failed: Receiver<Failure>,
     caps: Caps,
 }
-
-/// Why the server could not start.
-#[derive(Debug)]
-pub struct StartError(String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// Binds, starts tiny_http and its workers, the edge, the generator and the watchdog.
 pub fn start(config: &Config) -> Result<Server, StartError> {
     let addr = SocketAddr::new(config.host, config.port);
-    let listener = listen(addr).map_err(|e| {
-        StartError(match e.kind() {
-            io::ErrorKind::AddrInUse => format!(
-                "cannot listen on {addr}: the port is already in use; stop the other \
-                 process or set PORT to a free port"
-            ),
-            io::ErrorKind::AddrNotAvailable => format!(
-                "cannot listen on {addr}: no interface has that address; set HOST to one \
-                 this machine has, or 0.0.0.0 for all"
-            ),
-            _ => format!("cannot listen on {addr}: {e}"),
-        })
-    })?;
+    let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
     let addr = listener
         .local_addr()
-        .map_err(|e| StartError(e.to_string()))?;
-    let failure =
-        |what: &str, e: &dyn std::fmt::Display| StartError(format!("cannot start {what}: {e}"));
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let part = StartError::part;
 
     let caps = caps(config);
     let model = config.model();
@@ -113,16 +89,19 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         max_skipped: config.ws_max_skipped,
         heartbeat: config.heartbeat,
         stop: stopped.clone(),
-        watcher: Watcher::start().map_err(|e| failure("the stream watcher", &e))?,
+        watcher: Watcher::start().map_err(part("the stream watcher"))?,
         clients: AtomicUsize::new(0),
     });
 
     // tiny_http, on a port only the edge connects to.
     let private = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| Ok((l.local_addr()?, l)))
-        .map_err(|e| failure("tiny_http's internal listener", &e))?;
+        .map_err(part("tiny_http's internal listener"))?;
     let http = Arc::new(
-        tiny_http::Server::from_listener(private.1, None).map_err(|e| failure("tiny_http", &e))?,
+        tiny_http::Server::from_listener(private.1, None).map_err(|source| StartError::Part {
+            what: "tiny_http",
+            source,
+        })?,
     );
     let (clients, acked) = Clients::new();
     let stopping = Arc::new(AtomicBool::new(false));
@@ -140,7 +119,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         let handle = thread::Builder::new()
             .name(format!("http-{i}"))
             .spawn(move || worker.run())
-            .map_err(|e| failure("the HTTP workers", &e))?;
+            .map_err(part("the HTTP workers"))?;
         workers.push(handle);
     }
 
@@ -160,11 +139,11 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
             config.cors.clone(),
             Arc::clone(&metrics),
         )
-        .map_err(|e| failure("the edge", &e))?,
+        .map_err(part("the edge"))?,
     );
     let (generator, generator_stopped) = bounded::<()>(0);
     let threads = vec![
-        edge.spawn().map_err(|e| failure("the accept loop", &e))?,
+        edge.spawn().map_err(part("the accept loop"))?,
         generator::spawn(
             model,
             first,
@@ -172,9 +151,11 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
             metrics,
             generator_stopped,
         )
-        .map_err(|e| failure("the generator", &e))?,
-        watchdog::spawn(edge::loopback(addr), stopped, failed_tx)
-            .map_err(|e| failure("the watchdog", &e))?,
+        .map_err(part("the generator"))?,
+        watchdog::spawn(edge::loopback(addr), stopped, move |e| {
+            let _ = failed_tx.try_send(Failure::Unresponsive(e));
+        })
+        .map_err(part("the watchdog"))?,
     ];
     Ok(Server {
         addr,
@@ -207,7 +188,7 @@ impl Server {
     /// Receives a message if the server can no longer serve (tiny_http's workers lost
     /// their queue, or the watchdog's probes went unanswered). The process should then
     /// exit non-zero so that it is restarted.
-    pub fn failed(&self) -> &Receiver<String> {
+    pub fn failed(&self) -> &Receiver<Failure> {
         &self.failed
     }
 
@@ -322,7 +303,7 @@ struct Worker {
     streams: Arc<Streams>,
     cors: Cors,
     stopping: Arc<AtomicBool>,
-    failed: Sender<String>,
+    failed: Sender<Failure>,
 }
 
 /// What answers a request.
@@ -338,9 +319,9 @@ impl Worker {
                 Ok(request) => self.handle(request),
                 Err(_) if self.stopping.load(Ordering::SeqCst) => return,
                 Err(e) => {
-                    let message = format!("tiny_http stopped: {e}");
-                    log::error!("{message}");
-                    let _ = self.failed.try_send(message);
+                    let failure = Failure::Workers(e);
+                    log::error!("{failure}");
+                    let _ = self.failed.try_send(failure);
                     return;
                 }
             }
@@ -390,11 +371,12 @@ impl Worker {
         let route = route
             .filter(|r| r.websocket())
             .ok_or_else(|| routes::not_found(path))?;
-        self.allowed_origin(request)?;
-        let accept = ws::handshake(request, exchange.upgrade)?;
+        let refused = |refusal: Refusal| refusal.reply();
+        self.allowed_origin(request).map_err(refused)?;
+        let accept = ws::handshake(request, exchange.upgrade).map_err(refused)?;
         match self.stream_options(request) {
             Ok(options) => {
-                let slot = self.streams.reserve()?;
+                let slot = self.streams.reserve().map_err(refused)?;
                 Ok(ws::stream(accept, slot, route, options, peer))
             }
             Err(invalid) => Ok(ws::refusal(accept, invalid, peer)),
@@ -405,7 +387,7 @@ impl Worker {
         let options = self
             .stream_options(request)
             .map_err(|e| http::bad_query(&e))?;
-        let slot = self.streams.reserve()?;
+        let slot = self.streams.reserve().map_err(|r| r.reply())?;
         let cors = http::cors_headers(&self.cors, request_header(request, "Origin"));
         Ok(sse::stream(slot, options, cors, peer))
     }
@@ -413,15 +395,10 @@ impl Worker {
     /// With a `CORS_ORIGINS` allowlist, a browser's upgrade from another origin is refused
     /// (browsers do not apply CORS to WebSockets; the server must). Clients that send no
     /// `Origin` are not browsers and are let in.
-    fn allowed_origin(&self, request: &Request) -> Result<(), Reply> {
+    fn allowed_origin(&self, request: &Request) -> Result<(), Refusal> {
         match (&self.cors, request_header(request, "Origin")) {
             (Cors::Only(allowed), Some(origin)) if !allowed.iter().any(|a| a == origin) => {
-                Err(http::error(
-                    403,
-                    "origin_not_allowed",
-                    "This server's CORS_ORIGINS does not list the page's origin.",
-                    &[("origin", origin)],
-                ))
+                Err(Refusal::OriginNotAllowed(origin.to_string()))
             }
             _ => Ok(()),
         }

@@ -14,18 +14,18 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 const EVERY: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(3);
 const MISSES: u32 = 3;
 
-/// Starts probing `listener`; a failure is sent on `failed`. Stops when `stop` is
-/// disconnected.
+/// Starts probing `listener`; after three misses in a row, `failed` gets the last error.
+/// Stops when `stop` is disconnected.
 pub fn spawn(
     listener: SocketAddr,
     stop: Receiver<()>,
-    failed: Sender<String>,
+    failed: impl FnOnce(std::io::Error) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("watchdog".into())
@@ -43,9 +43,7 @@ pub fn spawn(
                         misses += 1;
                         log::warn!("watchdog: probe {misses} of {MISSES} failed: {e}");
                         if misses == MISSES {
-                            let _ = failed.send(format!(
-                                "the server stopped answering its own health probe ({e})"
-                            ));
+                            failed(e);
                             return;
                         }
                     }

@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, never, select};
 use serde_json::{Value, json};
 
 use crate::context::Context;
-use crate::http::{self, Reply};
+use crate::error::Refusal;
 use crate::metrics::Stream;
 use crate::options::Options;
 use crate::paths::Route;
@@ -59,18 +59,13 @@ impl Streams {
         self.clients.load(Ordering::Relaxed)
     }
 
-    /// Reserves a client slot, or returns the 503 that refuses the client: while
-    /// shutting down, or at `MAX_WS_CLIENTS` (WebSocket and SSE clients together).
-    pub fn reserve(self: &Arc<Self>) -> Result<Slot, Reply> {
+    /// Reserves a client slot, or refuses the client: while shutting down, or at
+    /// `MAX_WS_CLIENTS` (WebSocket and SSE clients together).
+    pub fn reserve(self: &Arc<Self>) -> Result<Slot, Refusal> {
         let metrics = &self.ctx.metrics;
         if !self.ctx.ready.load(Ordering::SeqCst) {
             metrics.stream_rejected();
-            return Err(http::error(
-                503,
-                "shutting_down",
-                "This instance is shutting down. Reconnect in a few seconds.",
-                &[],
-            ));
+            return Err(Refusal::ShuttingDown);
         }
         let max = self.ctx.caps.streams;
         let reserved = self
@@ -80,11 +75,7 @@ impl Streams {
             });
         if reserved.is_err() {
             metrics.stream_rejected();
-            let message = format!(
-                "This server is at its limit of {max} streaming clients. Retry in a few \
-                 seconds, or poll GET /api/analytics."
-            );
-            return Err(http::error(503, "too_many_clients", &message, &[]));
+            return Err(Refusal::TooManyClients(max));
         }
         Ok(Slot(Arc::clone(self)))
     }

@@ -18,7 +18,8 @@ use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 
 use super::{Encoder, End, Slot};
 use crate::edge::StreamFn;
-use crate::http::{self, Reply, header, request_header};
+use crate::error::Refusal;
+use crate::http::{self, header, request_header};
 use crate::metrics::Stream;
 use crate::options::{Invalid, Options};
 use crate::paths::Route;
@@ -46,45 +47,22 @@ pub fn is_upgrade(request: &Request) -> bool {
 }
 
 /// Checks an upgrade request; `connection_upgrade`: its `Connection` header named
-/// `upgrade` (the edge read it). Returns the `Sec-WebSocket-Accept` value, or the response
-/// that refuses a handshake that cannot be completed.
-pub fn handshake(request: &Request, connection_upgrade: bool) -> Result<String, Reply> {
+/// `upgrade` (the edge read it). Returns the `Sec-WebSocket-Accept` value, or why the
+/// handshake cannot be completed.
+pub fn handshake(request: &Request, connection_upgrade: bool) -> Result<String, Refusal> {
     if *request.method() != Method::Get {
-        return Err(http::error(
-            400,
-            "bad_handshake",
-            "WebSocket upgrades must use GET.",
-            &[],
-        ));
+        return Err(Refusal::NotGet);
     }
     if !connection_upgrade {
-        return Err(http::error(
-            400,
-            "bad_handshake",
-            "A WebSocket upgrade needs `Connection: Upgrade`.",
-            &[],
-        ));
+        return Err(Refusal::NoConnectionUpgrade);
     }
     if request_header(request, "Sec-WebSocket-Version").map(str::trim) != Some("13") {
-        return Err(http::error(
-            426,
-            "unsupported_websocket_version",
-            "Only WebSocket version 13 (RFC 6455) is supported: send `Sec-WebSocket-Version: 13`.",
-            &[],
-        )
-        .with_header(header("Sec-WebSocket-Version", "13")));
+        return Err(Refusal::WebSocketVersion);
     }
     let key = request_header(request, "Sec-WebSocket-Key")
         .map(str::trim)
         .filter(|k| is_valid_key(k))
-        .ok_or_else(|| {
-            http::error(
-                400,
-                "bad_handshake",
-                "Missing or malformed Sec-WebSocket-Key: it must be 16 random bytes in base64.",
-                &[],
-            )
-        })?;
+        .ok_or(Refusal::BadKey)?;
     Ok(derive_accept_key(key.as_bytes()))
 }
 
