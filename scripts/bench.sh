@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks our release binary and the Node peer (../shared/peers/node-seed, broadcast
-# variant) side by side, one server at a time on this machine, and writes the tables.
+# Benchmarks our release binary, the design's floor (bench/src/bin/floor.rs: the least a
+# thread-per-client fan-out can cost, with and without a reader thread per client) and the
+# Node peer (../shared/peers/node-seed, broadcast variant) side by side, one server at a
+# time on this machine, and writes the tables.
 #
 #   scripts/bench.sh           # the full run, about 12 minutes: writes BENCHMARKS.md
 #   scripts/bench.sh --quick   # seconds, at tiny scale: writes out/bench.md (what CI runs,
@@ -59,6 +61,7 @@ bench() {
     <<<"$started" >>"$results"
   echo "$name: first answer after $(jq .first_answer_ms <<<"$started") ms, idle RSS $idle kB" >&2
 
+  if [ "${FANOUT_ONLY:-}" != yes ]; then
   wrk -t2 -c64 -d"$wrk_time" --latency "http://127.0.0.1:$port/api/analytics" >"out/$name-wrk.txt"
   python3 - "$name" "out/$name-wrk.txt" >>"$results" <<'EOF'
 import json, re, sys
@@ -77,6 +80,7 @@ print(json.dumps({
 }))
 EOF
   echo "$name: REST $(tail -1 "$results")" >&2
+  fi
 
   for n in $counts; do
     local ramp settle run lg t0 t1 rss
@@ -103,6 +107,11 @@ EOF
     sleep 3
   done
 
+  if [ "${FANOUT_ONLY:-}" = yes ]; then
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    return
+  fi
   # Capacity: hold the cap (ours: MAX_WS_CLIENTS; Node has none, so the same count) for
   # $hold seconds, then try one step above it.
   local cap step
@@ -130,6 +139,10 @@ if [ $quick = yes ]; then
 else
   bench ours "$release/realtime-analytics-backend"
 fi
+# The design's floor (bench/src/bin/floor.rs): fan-out only, with and without the second
+# thread per client that tiny_http's upgrade used to pin.
+FANOUT_ONLY=yes bench floor "$release/floor"
+FANOUT_ONLY=yes bench floor_reader "$release/floor" --reader
 CAPACITY=$(jq -s 'map(select(.server == "ours" and .kind == "capacity"))[0].clients' "$results") \
   bench node node "$peer/server-broadcast.js"
 
