@@ -392,8 +392,12 @@ impl Edge {
                     let socket = Arc::try_unwrap(socket)
                         .or_else(|shared| shared.try_clone())
                         .map_err(|e| log::error!("{peer}: cannot take over the socket: {e}"));
+                    // The head buffer is not kept for the stream's lifetime: only what
+                    // followed the head goes on.
+                    let leftover = buf[len..].to_vec();
+                    drop(std::mem::take(&mut buf));
                     if let Ok(socket) = socket {
-                        run(socket, buf.split_off(len));
+                        run(socket, leftover);
                     }
                     return;
                 }
