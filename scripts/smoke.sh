@@ -157,10 +157,11 @@ output() {
     found && fence == 2 { exit }        # text after the code block: no output shown
     found && fence == 3 { print }' "$readme"
 }
-# shape: what stays the same from run to run and server to server: numbers and times
+# shape: what stays the same from run to run and server to server: numbers (4.0 and 4
+# alike: jq prints whole floats without the fraction) and times
 # become 0, this server's URLs the README's, its PROFILE and SCENARIO the defaults.
 shape() {
-  sed -E "s#$base#http://localhost:4000#g; s#$ws#ws://localhost:4000#g; s/[0-9]+/0/g
+  sed -E "s#$base#http://localhost:4000#g; s#$ws#ws://localhost:4000#g; s/[0-9]+(\.[0-9]+)?/0/g
           s/\"profile\":\"[a-z]+\"/\"profile\":\"blog\"/g; s/\"scenario\":\"[a-z]+\"/\"scenario\":\"normal\"/g"
 }
 # check NAME SECONDS: runs the example; its output must match the README's, shape for shape.
