@@ -28,6 +28,7 @@ use crate::error::Refusal;
 use crate::metrics::Stream;
 use crate::options::Options;
 use crate::paths::Route;
+use crate::sample::Tick;
 use crate::watcher::{Socket, Watcher};
 
 /// Kernel send buffer per client (Linux doubles it). A stream of ~100-byte samples needs
@@ -252,10 +253,7 @@ impl<E: Encoder> Client<'_, E> {
                 .saturating_sub(self.last_write.elapsed());
             let step = select! {
                 recv(samples) -> tick => match tick {
-                    Ok(tick) if tick.seq % self.options.every == 0 => {
-                        let json = self.options.encode(&ctx.model, tick.seq, Some(&tick));
-                        self.deliver(tick.seq, json)
-                    }
+                    Ok(tick) if tick.seq % self.options.every == 0 => self.deliver(&tick),
                     Ok(_) => Ok(()),
                     Err(_) => Err(going_away()),
                 },
@@ -271,7 +269,9 @@ impl<E: Encoder> Client<'_, E> {
 
     /// Sends one sample, or skips it while the client has not taken the previous ones;
     /// too many skips in a row close the stream (1008).
-    fn deliver(&mut self, seq: u64, json: Bytes) -> Result<(), End> {
+    /// The sample is encoded only once it can be sent: a skipped client costs no
+    /// encoding (its own, when its options differ from the shared stream's).
+    fn deliver(&mut self, tick: &Tick) -> Result<(), End> {
         if !self.encoder.flush()? {
             self.skipped += 1;
             self.streams.ctx.metrics.stream_skipped(E::KIND);
@@ -282,7 +282,10 @@ impl<E: Encoder> Client<'_, E> {
             return Ok(());
         }
         self.skipped = 0;
-        self.encoder.send(seq, json)?;
+        let json = self
+            .options
+            .encode(&self.streams.ctx.model, tick.seq, Some(tick));
+        self.encoder.send(tick.seq, json)?;
         self.counted_sent();
         self.last_write = Instant::now();
         Ok(())
