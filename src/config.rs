@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use crate::chaos;
+use crate::options;
 use crate::simulator::{self, Profile, Scenario};
 
 /// The seed used when `SEED` is unset, so that a fresh start is reproducible.
@@ -60,6 +62,8 @@ pub struct Config {
     /// `HEARTBEAT_MS`: a stream with nothing to send for this long gets a keep-alive (SSE:
     /// a comment line; WebSocket: a ping), so that proxies do not close it.
     pub heartbeat: Duration,
+    /// `CHAOS` and `CHAOS_SEED`: delivery faults for every client that asks for none.
+    pub chaos: chaos::Defaults,
 }
 
 /// Which origins get an `Access-Control-Allow-Origin` header.
@@ -91,6 +95,7 @@ impl Default for Config {
             max_header_bytes: 16 * 1024,
             ws_max_skipped: 20,
             heartbeat: Duration::from_secs(15),
+            chaos: chaos::Defaults::default(),
         }
     }
 }
@@ -197,7 +202,7 @@ const fn text(
 }
 
 /// Every variable the server reads, in the order people look for them.
-pub const VARS: [Var; 17] = [
+pub const VARS: [Var; 19] = [
     integer(
         "PORT",
         "4000",
@@ -266,6 +271,30 @@ pub const VARS: [Var; 17] = [
                 .parse()
                 .ok()
                 .filter(|h: &f64| (-12.0..=14.0).contains(h))?;
+            Some(())
+        },
+    ),
+    text(
+        "CHAOS",
+        "off",
+        chaos::GRAMMAR,
+        "delivery faults for every client, for a deployment dedicated to testing dashboards; a client's own ?chaos= overrides it, ?chaos=off turns it off",
+        |c, s| {
+            c.chaos.faults = options::faults(s).ok()?;
+            Some(())
+        },
+    ),
+    text(
+        "CHAOS_SEED",
+        "random",
+        "an integer from 0 to 18446744073709551615, or \"random\"",
+        "the seed of CHAOS's decisions; random: each stream or request draws its own and reports it",
+        |c, s| {
+            c.chaos.seed = if s == "random" {
+                None
+            } else {
+                Some(s.parse().ok()?)
+            };
             Some(())
         },
     ),

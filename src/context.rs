@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use crate::chaos;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::simulator::Model;
@@ -11,6 +12,8 @@ use crate::simulator::Model;
 pub struct Context {
     pub hub: Arc<Hub>,
     pub model: Model,
+    /// `CHAOS` and `CHAOS_SEED`: the faults of clients that ask for none.
+    pub chaos: chaos::Defaults,
     pub metrics: Arc<Metrics>,
     /// Cleared when shutdown starts: `/readyz` turns 503 and new streams get 503.
     pub ready: Arc<AtomicBool>,

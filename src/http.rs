@@ -100,7 +100,7 @@ pub fn cors_headers(cors: &Cors, origin: Option<&str>) -> Vec<Header> {
     let expose = || {
         header(
             "Access-Control-Expose-Headers",
-            "Retry-After, X-Ignored-Parameters",
+            "Retry-After, X-Ignored-Parameters, X-Chaos, X-Chaos-Seed",
         )
     };
     match cors {

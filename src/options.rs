@@ -10,12 +10,17 @@
 //! | `every=N` or `interval_ms=M` | streams: only every N-th tick (M a multiple of the interval) |
 //! | `since=SEQ` | streams: first replay every sample after SEQ (at most 10 000), then go live |
 //! | `from`, `to`, `last`, `step` | history: the range and the spacing of the points |
+//! | `chaos=drop:30s,gap:0.1` or `chaos=off` | delivery faults for this client (see `chaos`) |
+//! | `chaos_seed=N` | the seed of those faults' decisions, to replay a run |
 //!
 //! Unknown parameters are ignored (cache-busters such as `_=1700000000` are common); a
 //! known parameter with a bad value is an error that lists what is allowed.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
+use crate::chaos::{self, Chaos, Faults, Stall};
 use crate::sample::{FIELDS, Fields, Sample, Tick, encode};
 use crate::simulator::{self, Model, Profile, Scenario};
 
@@ -40,6 +45,8 @@ pub struct Options {
     pub seq: bool,
     pub every: u64,
     pub since: Option<u64>,
+    /// Delivery faults, from `chaos=` or the server's `CHAOS`.
+    pub chaos: Option<Chaos>,
     /// Parameters no request understands: named back to the client.
     pub ignored: Vec<String>,
 }
@@ -131,8 +138,14 @@ pub fn query(target: &str) -> Option<&str> {
     Some(q.split_once('#').map_or(q, |(q, _)| q))
 }
 
-/// Parses the sample options. `latest` is the newest published tick.
-pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<Options, Invalid> {
+/// Parses the sample options. `latest` is the newest published tick; `defaults` is the
+/// server's `CHAOS` and `CHAOS_SEED`.
+pub fn parse(
+    pairs: &[(String, String)],
+    model: &Model,
+    defaults: &chaos::Defaults,
+    latest: u64,
+) -> Result<Options, Invalid> {
     let get = |name| get(pairs, name);
     let mut options = Options {
         profile: model.profile,
@@ -141,6 +154,7 @@ pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<O
         seq: false,
         every: 1,
         since: None,
+        chaos: None,
         ignored: ignored(pairs),
     };
     // One of a fixed set of names, or an error that lists them.
@@ -236,7 +250,122 @@ pub fn parse(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<O
         }
         options.since = Some(since);
     }
+    let faults = match get("chaos") {
+        Some(v) => faults(v)
+            .map_err(|why| invalid("chaos", &format!("{why}. Use chaos={}.", chaos::GRAMMAR)))?,
+        None => defaults.faults,
+    };
+    let seed = match get("chaos_seed") {
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            invalid(
+                "chaos_seed",
+                "Use chaos_seed=N with N from 0 to 18446744073709551615 (the seed a \
+                 welcome or an X-Chaos-Seed header reported, to replay that run).",
+            )
+        })?),
+        None => defaults.seed,
+    };
+    options.chaos = faults.map(|faults| Chaos {
+        faults,
+        seed: seed.unwrap_or_else(Chaos::random_seed),
+    });
     Ok(options)
+}
+
+/// Parses a `chaos=` value (or `CHAOS`): `None` for `off` or faults that are all zero.
+/// The error says what is wrong with it; the caller adds the grammar.
+pub fn faults(spec: &str) -> Result<Option<Faults>, String> {
+    if spec == "off" {
+        return Ok(None);
+    }
+    let mut f = Faults::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for part in spec.split(',') {
+        let (name, args) = part
+            .split_once(':')
+            .ok_or_else(|| format!("Fault {part:?} has no value"))?;
+        if seen.contains(&name) {
+            return Err(format!("{name} is given twice"));
+        }
+        seen.push(name);
+        let bad = |allowed: &str| format!("{part:?}: {allowed}");
+        let between = |v: &str, lo: Duration, hi: Duration| {
+            duration_ms(v)
+                .filter(|_| v.ends_with(|c: char| c.is_ascii_alphabetic()))
+                .map(Duration::from_millis)
+                .filter(|d| (lo..=hi).contains(d))
+        };
+        let chance = |v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|p| (0.0..=1.0).contains(p))
+                .ok_or_else(|| bad("use a chance from 0 to 1, such as 0.1"))
+        };
+        match name {
+            "drop" | "close" => {
+                let d = between(
+                    args,
+                    Duration::from_millis(100),
+                    Duration::from_secs(86_400),
+                )
+                .ok_or_else(|| bad("use a duration from 100ms to 24h, such as 30s"))?;
+                *(if name == "drop" {
+                    &mut f.drop
+                } else {
+                    &mut f.close
+                }) = Some(d);
+            }
+            "latency" => {
+                let (lo, hi) = args.split_once("..").unwrap_or((args, args));
+                let max = Duration::from_secs(30);
+                let range = between(lo, Duration::ZERO, max)
+                    .zip(between(hi, Duration::ZERO, max))
+                    .filter(|(lo, hi)| lo <= hi);
+                f.latency = Some(range.ok_or_else(|| {
+                    bad("use a delay up to 30s, such as 400ms, or a range such as 200ms..1s")
+                })?);
+            }
+            "stall" => {
+                let (pause, rest) = args.split_once('/').unwrap_or((args, ""));
+                let (period, mode) = rest.split_once(':').unwrap_or((rest, ""));
+                let hour = Duration::from_secs(3600);
+                let stall = between(pause, Duration::from_millis(1), hour)
+                    .zip(between(period, Duration::from_millis(1), hour))
+                    .filter(|(pause, period)| pause < period)
+                    .zip(match mode {
+                        "" => Some(false),
+                        "latest" => Some(true),
+                        _ => None,
+                    })
+                    .map(|((pause, period), latest)| Stall {
+                        pause,
+                        period,
+                        latest,
+                    });
+                f.stall = Some(stall.ok_or_else(|| {
+                    bad(
+                        "use PAUSE/PERIOD with the pause shorter, up to 1h, such as 10s/60s, \
+                         or 10s/60s:latest",
+                    )
+                })?);
+            }
+            "gap" => f.gap = chance(args)?,
+            "dup" => f.dup = chance(args)?,
+            "reorder" => f.reorder = chance(args)?,
+            "garbage" => f.garbage = chance(args)?,
+            "error" => {
+                let (p, status) = args.split_once(':').unwrap_or((args, "503"));
+                let status = status
+                    .parse()
+                    .ok()
+                    .filter(|s| [500, 502, 503, 504].contains(s))
+                    .ok_or_else(|| bad("the status is one of 500, 502, 503, 504"))?;
+                f.error = Some((chance(p)?, status));
+            }
+            _ => return Err(format!("Unknown fault {name:?}")),
+        }
+    }
+    Ok((!f.is_off()).then_some(f))
 }
 
 /// Parses a history range. Any two of `from`, `to` and `last` define it, and all three
@@ -349,7 +478,7 @@ pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<R
 /// Every parameter some request understands. Others are ignored, and named back to the
 /// client (`X-Ignored-Parameters`, or the welcome's `ignored`): harmless for cache-busters,
 /// a hint for a typo such as `scenaro`.
-const KNOWN: [&str; 11] = [
+const KNOWN: [&str; 13] = [
     "profile",
     "scenario",
     "fields",
@@ -361,6 +490,8 @@ const KNOWN: [&str; 11] = [
     "to",
     "last",
     "step",
+    "chaos",
+    "chaos_seed",
 ];
 
 /// The names of the parameters in `pairs` that no request understands.
@@ -459,7 +590,12 @@ mod tests {
     }
 
     fn opts(q: &str) -> Result<Options, Invalid> {
-        parse(&pairs(Some(q)), &model(), 1_000_000)
+        parse(
+            &pairs(Some(q)),
+            &model(),
+            &chaos::Defaults::default(),
+            1_000_000,
+        )
     }
 
     fn hist(q: &str) -> Result<Range, Invalid> {
@@ -515,6 +651,87 @@ mod tests {
             assert_eq!(e.parameter, parameter, "{q}");
             assert!(e.message.contains(hint), "{q}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn chaos_is_read_in_its_canonical_form_or_explained() {
+        for (q, canonical) in [
+            ("chaos=drop:30s", "drop:30s"),
+            ("chaos=gap:0.1,drop:30000ms", "drop:30s,gap:0.1"),
+            (
+                "chaos=latency:200ms..1s,stall:10s/60s:latest",
+                "latency:200ms..1s,stall:10s/1m:latest",
+            ),
+            (
+                "chaos=error:0.2:500,garbage:0.01,dup:0.05,reorder:1",
+                "dup:0.05,reorder:1,error:0.2:500,garbage:0.01",
+            ),
+            ("chaos=error:1,close:1m", "close:1m,error:1"),
+        ] {
+            let c = opts(q).unwrap().chaos.expect(q);
+            assert_eq!(c.faults.to_string(), canonical, "{q}");
+        }
+        // Off: absent, `off`, or nothing but zeros; a seed alone turns nothing on.
+        for q in ["", "chaos=off", "chaos=gap:0", "chaos_seed=5"] {
+            assert_eq!(opts(q).unwrap().chaos, None, "{q}");
+        }
+        assert_eq!(
+            opts("chaos=gap:0.5&chaos_seed=42")
+                .unwrap()
+                .chaos
+                .unwrap()
+                .seed,
+            42
+        );
+        // Without a seed, one is drawn, small enough for JavaScript.
+        let seed = opts("chaos=gap:0.5").unwrap().chaos.unwrap().seed;
+        assert!(seed > 0 && seed <= u64::from(u32::MAX));
+        for (q, hint) in [
+            ("chaos=", "no value"),
+            ("chaos=on", "no value"),
+            ("chaos=boom:1", "Unknown fault"),
+            ("chaos=drop:30", "duration"),
+            ("chaos=drop:10ms", "100ms to 24h"),
+            ("chaos=drop:2d", "100ms to 24h"),
+            ("chaos=gap:0.1,gap:0.2", "twice"),
+            ("chaos=gap:1.5", "from 0 to 1"),
+            ("chaos=gap:NaN", "from 0 to 1"),
+            ("chaos=latency:31s", "up to 30s"),
+            ("chaos=latency:1s..200ms", "range"),
+            ("chaos=stall:60s/10s", "shorter"),
+            ("chaos=stall:10s", "PAUSE/PERIOD"),
+            ("chaos=stall:10s/60s:oldest", "latest"),
+            ("chaos=error:0.2:404", "500, 502, 503, 504"),
+            ("chaos=drop:30s&chaos_seed=x", "chaos_seed=N"),
+        ] {
+            let e = opts(q).unwrap_err();
+            assert!(e.parameter.starts_with("chaos"), "{q}");
+            assert!(e.message.contains(hint), "{q}: {}", e.message);
+            if e.parameter == "chaos" {
+                assert!(
+                    e.message.contains("drop:30s, close:60s"),
+                    "{q}: the grammar"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_server_default_applies_unless_the_client_says_otherwise() {
+        let defaults = chaos::Defaults {
+            faults: faults("gap:0.5").unwrap(),
+            seed: Some(9),
+        };
+        let with = |q| {
+            parse(&pairs(Some(q)), &model(), &defaults, 100)
+                .unwrap()
+                .chaos
+        };
+        assert_eq!(with("").unwrap().faults.to_string(), "gap:0.5");
+        assert_eq!(with("").unwrap().seed, 9);
+        assert_eq!(with("chaos=drop:5s").unwrap().faults.to_string(), "drop:5s");
+        assert_eq!(with("chaos_seed=3").unwrap().seed, 3);
+        assert_eq!(with("chaos=off"), None);
     }
 
     #[test]

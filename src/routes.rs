@@ -7,6 +7,9 @@
 //! binary. Everything else is a JSON error that says what to do instead.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use serde_json::json;
 use tiny_http::{Method, Request};
@@ -21,15 +24,18 @@ use crate::sample::{FIELDS, encode, timestamp};
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 
-/// Answers one request whose target normalised to `path`.
-pub fn handle(request: &Request, path: &str, ctx: &Context) -> Reply {
+/// Answers one request whose target normalised to `path`, and says how long to hold the
+/// answer (the request's chaos `latency`; zero otherwise).
+pub fn handle(request: &Request, path: &str, ctx: &Context) -> (Reply, Duration) {
     let Some(route) = paths::route(path) else {
-        return not_found(path);
+        return (not_found(path), Duration::ZERO);
     };
-    match request.method() {
+    let reply = match request.method() {
         Method::Get | Method::Head => match route {
-            Route::Analytics => analytics(request, ctx).unwrap_or_else(|e| http::bad_query(&e)),
-            Route::History => history(request, ctx).unwrap_or_else(|e| http::bad_query(&e)),
+            Route::Analytics | Route::History => {
+                return samples(request, route, ctx)
+                    .unwrap_or_else(|e| (http::bad_query(&e), Duration::ZERO));
+            }
             // A browser (curl and Postman send `*/*`, so they get JSON).
             Route::Root if http::accepts(request, "text/html") => http::empty(303)
                 .with_header(header("Location", Route::Dashboard.path()))
@@ -44,19 +50,50 @@ pub fn handle(request: &Request, path: &str, ctx: &Context) -> Reply {
         },
         Method::Options => preflight(request),
         other => method_not_allowed(other, route),
-    }
+    };
+    (reply, Duration::ZERO)
 }
 
-/// `GET /api/analytics`: the latest sample, the shared stream's bytes unless the query
-/// asks for another scenario, other fields or the sequence number. `no-store`, because it
-/// changes every tick.
-fn analytics(request: &Request, ctx: &Context) -> Result<Reply, Invalid> {
+/// `GET /api/analytics` (the latest sample: the same bytes the streams got for that tick
+/// unless the query asks for other options; `no-store`, as it changes every tick) and
+/// `GET /api/analytics/history`, with the request's chaos applied: an injected error
+/// instead of the answer, garbage instead of its body, and a delay.
+fn samples(request: &Request, route: Route, ctx: &Context) -> Result<(Reply, Duration), Invalid> {
     let latest = ctx.hub.latest();
     let pairs = options::pairs(options::query(request.url()));
-    let o = options::parse(&pairs, &ctx.model, latest.seq)?;
-    let body = o.encode(&ctx.model, latest.seq, Some(&latest));
-    let reply = http::json_bytes(200, body).with_header(header("Cache-Control", "no-store"));
-    Ok(with_ignored(reply, &o))
+    let o = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq)?;
+    let (body, cache) = match route {
+        Route::History => (history(&o, &pairs, ctx, latest.seq)?, "no-cache"),
+        _ => (o.encode(&ctx.model, latest.seq, Some(&latest)), "no-store"),
+    };
+    let ok = |body| {
+        let reply = http::json_bytes(200, body).with_header(header("Cache-Control", cache));
+        with_ignored(reply, &o)
+    };
+    let Some(chaos) = &o.chaos else {
+        return Ok((ok(body), Duration::ZERO));
+    };
+    let tick = latest.seq;
+    let reply = match chaos.error(tick) {
+        Some(status) => http::error(
+            status,
+            "chaos",
+            &format!(
+                "An error injected on purpose (chaos={}, chaos_seed={}): a dashboard should \
+                 show it and retry. Send chaos=off for real answers.",
+                chaos.faults, chaos.seed
+            ),
+            &[],
+        ),
+        None => match chaos.garbage(tick) {
+            Some(garbage) => ok(garbage.apply(&body)),
+            None => ok(body),
+        },
+    };
+    let reply = reply
+        .with_header(header("X-Chaos", &chaos.faults.to_string()))
+        .with_header(header("X-Chaos-Seed", &chaos.seed.to_string()));
+    Ok((reply, chaos.latency(tick)))
 }
 
 /// Names the query parameters this server ignored, so that a typo (`?scenaro=spike`) is
@@ -69,14 +106,16 @@ fn with_ignored(reply: Reply, options: &options::Options) -> Reply {
     }
 }
 
-/// `GET /api/analytics/history`: the samples of a time range, computed (nothing is
-/// stored), at most 10 000 points.
-fn history(request: &Request, ctx: &Context) -> Result<Reply, Invalid> {
-    let latest = ctx.hub.latest().seq;
-    let pairs = options::pairs(options::query(request.url()));
-    let o = options::parse(&pairs, &ctx.model, latest)?;
-    let range = options::range(&pairs, &ctx.model, latest)?;
+/// The body of `GET /api/analytics/history`: the samples of a time range, computed
+/// (nothing is stored), at most 10 000 points.
+fn history(
+    o: &options::Options,
+    pairs: &[(String, String)],
+    ctx: &Context,
+    latest: u64,
+) -> Result<Bytes, Invalid> {
     let model = &ctx.model;
+    let range = options::range(pairs, model, latest)?;
     let ms = |tick: u64| timestamp((tick * model.interval_ms()) as i64);
     let count = range.ticks().count();
     let mut body = format!(
@@ -94,8 +133,7 @@ fn history(request: &Request, ctx: &Context) -> Result<Reply, Invalid> {
         body.extend_from_slice(&encode(&o.sample(model, tick), o.fields, o.seq));
     }
     body.extend_from_slice(b"]}");
-    let reply = http::json_bytes(200, body.into()).with_header(header("Cache-Control", "no-cache"));
-    Ok(with_ignored(reply, &o))
+    Ok(body.into())
 }
 
 /// `GET /` and `GET /api`: what this service is and where everything lives.

@@ -77,6 +77,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let ctx = Arc::new(Context {
         hub: Arc::new(Hub::new(generator::tick(&model, first))),
         model,
+        chaos: config.chaos,
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         caps,
@@ -308,7 +309,8 @@ struct Worker {
 
 /// What answers a request.
 enum Answer {
-    Reply(Reply),
+    /// A reply, held this long first (chaos `latency`).
+    Reply(Reply, Duration),
     Stream(StreamFn),
 }
 
@@ -336,7 +338,7 @@ impl Worker {
         let path = paths::normalise(request.url());
         let route = paths::route(&path);
         match self.decide(&request, &client, &path, route) {
-            Answer::Reply(reply) => self.reply(client, request, reply, route),
+            Answer::Reply(reply, delay) => self.reply(client, request, reply, delay, route),
             Answer::Stream(run) => client.stream(request, run),
         }
     }
@@ -355,9 +357,10 @@ impl Worker {
         } else if route.is_some_and(Route::sends_samples) && sse::is_event_stream(request) {
             self.event_stream(request, client.peer)
         } else {
-            return Answer::Reply(routes::handle(request, path, &self.ctx));
+            let (reply, delay) = routes::handle(request, path, &self.ctx);
+            return Answer::Reply(reply, delay);
         };
-        stream.map_or_else(Answer::Reply, Answer::Stream)
+        stream.map_or_else(|reply| Answer::Reply(reply, Duration::ZERO), Answer::Stream)
     }
 
     fn websocket(
@@ -411,10 +414,18 @@ impl Worker {
         if !pairs.iter().any(|(k, _)| k == "since") {
             pairs.extend(sse::last_event_id(request).map(|id| ("since".to_string(), id)));
         }
-        options::parse(&pairs, &self.ctx.model, self.ctx.hub.latest().seq)
+        let ctx = &self.ctx;
+        options::parse(&pairs, &ctx.model, &ctx.chaos, ctx.hub.latest().seq)
     }
 
-    fn reply(&self, client: Arc<Client>, request: Request, reply: Reply, route: Option<Route>) {
+    fn reply(
+        &self,
+        client: Arc<Client>,
+        request: Request,
+        reply: Reply,
+        delay: Duration,
+        route: Option<Route>,
+    ) {
         let status = reply.status_code().0;
         let label = route.map_or("other", |r| r.path());
         self.ctx.metrics.request(label, status);
@@ -434,6 +445,6 @@ impl Worker {
         }
         let origin = request_header(&request, "Origin").map(str::to_string);
         let reply = http::with_cors(reply, &self.cors, origin.as_deref());
-        client.reply(request, reply);
+        client.reply(request, reply, delay);
     }
 }

@@ -425,11 +425,11 @@ fn poisson(mean: f64, h1: u64, h2: u64) -> u32 {
 }
 
 /// A uniform number in [0, 1) from a hash.
-fn unit(h: u64) -> f64 {
+pub(crate) fn unit(h: u64) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
-fn hash(seed: u64, salt: u64, x: u64) -> u64 {
+pub(crate) fn hash(seed: u64, salt: u64, x: u64) -> u64 {
     splitmix64(splitmix64(seed ^ salt.wrapping_mul(0xA24B_AED4_963E_E407)) ^ x)
 }
 

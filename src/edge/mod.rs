@@ -86,11 +86,12 @@ pub type StreamFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
 /// What a worker decided for a request.
 enum Outcome {
     /// The reply's bytes; the first `sent` are already on their way. `close`: the
-    /// connection ends after it.
+    /// connection ends after it. `due`: not before then (chaos latency, 30 s at most).
     Reply {
         bytes: Vec<u8>,
         sent: usize,
         close: bool,
+        due: Option<Instant>,
     },
     Stream(StreamFn),
 }
@@ -376,7 +377,15 @@ impl Edge {
                 break End::Refuse(unavailable(), head.header("Origin").map(str::to_string));
             }
             match answers.recv_timeout(ANSWER_WITHIN) {
-                Ok(Outcome::Reply { bytes, sent, close }) => {
+                Ok(Outcome::Reply {
+                    bytes,
+                    sent,
+                    close,
+                    due,
+                }) => {
+                    if let Some(due) = due {
+                        thread::sleep(due.saturating_duration_since(Instant::now()));
+                    }
                     if let Err(reason) = self.write(&socket, &bytes[sent..]) {
                         self.metrics.http_closed(reason);
                         break End::Quiet(None);
@@ -577,8 +586,9 @@ impl Client {
     /// Sends `reply` to the client and finishes tiny_http's request. What the socket
     /// takes at once is written here; the rest by the connection's thread, so a client
     /// that does not read never holds a worker. A refused upgrade ends the connection:
-    /// the client asked to leave HTTP, and nothing else will follow on it.
-    pub fn reply(self: Arc<Self>, request: Request, reply: Reply) {
+    /// the client asked to leave HTTP, and nothing else will follow on it. A reply with a
+    /// `delay` (chaos latency) is all written by the connection's thread, once it is due.
+    pub fn reply(self: Arc<Self>, request: Request, reply: Reply, delay: Duration) {
         let exchange = self.exchange();
         let head = *request.method() == tiny_http::Method::Head;
         finish(request);
@@ -587,10 +597,19 @@ impl Client {
         if close {
             self.place.give_back();
         }
-        let sent = platform::send_now(&self.socket, &bytes);
+        let (sent, due) = if delay.is_zero() {
+            (platform::send_now(&self.socket, &bytes), None)
+        } else {
+            (0, Some(Instant::now() + delay))
+        };
         let outcome = self.outcome.clone();
         drop(self);
-        let _ = outcome.send(Outcome::Reply { bytes, sent, close });
+        let _ = outcome.send(Outcome::Reply {
+            bytes,
+            sent,
+            close,
+            due,
+        });
     }
 
     /// Hands the connection back to its thread, which runs `run` on it.

@@ -10,6 +10,10 @@
 //! nothing but a skipped sample; after `WS_MAX_SKIPPED` samples in a row could not be
 //! handed to the kernel, the stream is closed. Nothing a client does can delay the
 //! generator or another client.
+//!
+//! A client that asked for chaos (`?chaos=`) has its samples go through its own
+//! [`Delivery`], which decides what is sent when, and may cut the stream; the loop then
+//! also wakes when a held sample is due.
 
 pub mod sse;
 pub mod ws;
@@ -23,6 +27,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, never, select};
 use serde_json::{Value, json};
 
+use crate::chaos::{Cut, Delivery};
 use crate::context::Context;
 use crate::error::Refusal;
 use crate::metrics::Stream;
@@ -99,6 +104,8 @@ pub enum End {
     Close(u16, Value),
     /// The socket failed (reset, timeout): nothing more can be sent.
     Lost(String),
+    /// Chaos `drop`: cut without a word (a TCP reset where the OS allows).
+    Dropped,
 }
 
 impl End {
@@ -155,6 +162,8 @@ struct Client<'a, E> {
     /// Samples skipped in a row because earlier bytes were still unsent.
     skipped: u32,
     last_write: Instant,
+    /// This client's faults, when it asked for chaos.
+    chaos: Option<Delivery>,
 }
 
 /// Streams to one client until it leaves, is too slow, breaks the protocol, or the
@@ -176,10 +185,23 @@ fn run<E: Encoder>(
         sent: 0,
         skipped: 0,
         last_write: Instant::now(),
+        chaos: None,
     };
     let mut readable = None;
     let end = client.stream(&mut readable);
-    let detail = client.encoder.finish(end, readable.as_ref());
+    let detail = match end {
+        End::Dropped => {
+            // A zero linger makes the close a reset: what a dead peer or a NAT timeout
+            // looks like to the client.
+            let _ = client
+                .encoder
+                .socket()
+                .options()
+                .set_linger(Some(Duration::ZERO));
+            "dropped (chaos)".to_string()
+        }
+        end => client.encoder.finish(end, readable.as_ref()),
+    };
     (detail, client.sent)
 }
 
@@ -244,27 +266,73 @@ impl<E: Encoder> Client<'_, E> {
             return end;
         }
         self.last_write = Instant::now();
+        if let Some(chaos) = self.options.chaos.filter(|_| subscription.is_some()) {
+            self.chaos = Some(Delivery::new(chaos, first.seq, ctx.model.interval));
+        }
         let none = never();
         let samples = subscription.as_ref().map_or(&none, |(_, s)| &s.samples);
         loop {
-            let quiet = self
-                .streams
-                .heartbeat
-                .saturating_sub(self.last_write.elapsed());
+            let mut wake = self.last_write + self.streams.heartbeat;
+            if let Some(due) = self.chaos.as_ref().and_then(Delivery::next_due) {
+                wake = wake.min(due);
+            }
             let step = select! {
                 recv(samples) -> tick => match tick {
-                    Ok(tick) if tick.seq % self.options.every == 0 => self.deliver(&tick),
-                    Ok(_) => Ok(()),
+                    Ok(tick) => self.published(&tick),
                     Err(_) => Err(going_away()),
                 },
                 recv(events) -> _ => self.encoder.read(),
                 recv(self.streams.stop) -> _ => Err(going_away()),
-                default(quiet) => self.keep_alive(),
+                default(wake.saturating_duration_since(Instant::now())) => self.woken(),
             };
             if let Err(end) = step {
                 return end;
             }
         }
+    }
+
+    /// A tick was published: send it (if it is on the client's `every`), or hand it to the
+    /// client's chaos.
+    fn published(&mut self, tick: &Tick) -> Result<(), End> {
+        let wanted = tick.seq.is_multiple_of(self.options.every);
+        let Some(chaos) = &mut self.chaos else {
+            return if wanted { self.deliver(tick) } else { Ok(()) };
+        };
+        if let Err(cut) = chaos.tick(tick, wanted, Instant::now()) {
+            return Err(match cut {
+                Cut::Drop => End::Dropped,
+                Cut::Close => End::Close(
+                    1012,
+                    json!({
+                        "reason": "chaos close",
+                        "reconnect_after_ms": chaos.chaos().reconnect_after_ms(tick.seq),
+                    }),
+                ),
+            });
+        }
+        self.deliver_due()
+    }
+
+    /// Sends the samples the client's chaos has released.
+    fn deliver_due(&mut self) -> Result<(), End> {
+        while let Some(tick) = self.chaos.as_mut().and_then(|c| c.due(Instant::now())) {
+            self.deliver(&tick)?;
+        }
+        Ok(())
+    }
+
+    /// The loop's timer: a held sample is due, or the heartbeat (never during a stall,
+    /// whose point is silence).
+    fn woken(&mut self) -> Result<(), End> {
+        self.deliver_due()?;
+        if self.last_write.elapsed() < self.streams.heartbeat {
+            return Ok(());
+        }
+        if self.chaos.as_ref().is_some_and(Delivery::stalling) {
+            self.last_write = Instant::now();
+            return Ok(());
+        }
+        self.keep_alive()
     }
 
     /// Sends one sample, or skips it while the client has not taken the previous ones;
@@ -282,9 +350,16 @@ impl<E: Encoder> Client<'_, E> {
             return Ok(());
         }
         self.skipped = 0;
-        let json = self
+        let mut json = self
             .options
             .encode(&self.streams.ctx.model, tick.seq, Some(tick));
+        if let Some(garbage) = self
+            .chaos
+            .as_ref()
+            .and_then(|c| c.chaos().garbage(tick.seq))
+        {
+            json = garbage.apply(&json);
+        }
         self.encoder.send(tick.seq, json)?;
         self.counted_sent();
         self.last_write = Instant::now();
@@ -345,6 +420,15 @@ fn welcome(
             .is_some_and(|since| since + 1 < *ticks.start());
         welcome["replay"] = json!({ "from": ticks.start(), "to": ticks.end(), "cut": cut });
     }
+    if let Some(chaos) = options.chaos.filter(|_| streaming) {
+        welcome["chaos"] = json!({
+            "faults": chaos.faults.to_string(),
+            "seed": chaos.seed,
+            "note": "Faults are injected on purpose: this stream may be cut, stall, skip, \
+                     repeat, reorder, delay or garble samples. Reconnect with the same \
+                     chaos_seed to replay them, or with chaos=off to stop them.",
+        });
+    }
     if !options.ignored.is_empty() {
         welcome["ignored"] = json!(options.ignored);
     }
@@ -364,7 +448,7 @@ mod tests {
             scenario: crate::simulator::Scenario::Normal,
             utc_offset_hours: 0.0,
         };
-        let options = crate::options::parse(&[], &model, 10).unwrap();
+        let options = crate::options::parse(&[], &model, &Default::default(), 10).unwrap();
         let v = welcome(Route::Analytics, &options, &model, 10, None, "hint");
         assert_eq!(v["type"], "welcome");
         assert_eq!(v["streaming"], true);

@@ -176,6 +176,7 @@ impl Encoder for Events {
         let detail = match end {
             End::ClientClosed(_) => "client".into(),
             End::Lost(why) => format!("lost ({why})"),
+            End::Dropped => "dropped".into(),
             End::Close(_, body) => {
                 let retry = body["reconnect_after_ms"].as_u64().unwrap_or(RETRY_MS);
                 self.pending.extend_from_slice(

@@ -271,12 +271,12 @@ impl Encoder for Frames {
                 return format!("{} (client)", code.map_or("none".into(), |c| c.to_string()));
             }
             End::Lost(why) => return format!("lost ({why})"),
+            End::Dropped => return "dropped".into(),
             End::Close(code, body) => (code, body),
         };
-        // Shutdown's reason is the whole JSON (it carries the reconnect delay); otherwise
-        // the reason text.
-        let reason = match body["reason"].as_str() {
-            Some(text) if code != 1001 => text.to_string(),
+        // The reason text, or the whole JSON when it carries more (a reconnect delay).
+        let reason = match (body["reason"].as_str(), body.as_object().map(|o| o.len())) {
+            (Some(text), Some(1)) => text.to_string(),
             _ => body.to_string(),
         };
         let label = format!("{code} ({reason})");

@@ -5,7 +5,8 @@
 // chart, and survives a server restart: it reconnects by itself and resumes without a gap
 // in sequence numbers; that the profile and scenario pickers switch the stream; that at
 // 1280 and 390 px nothing overflows or wraps (screenshots in out/dashboard-WIDTH.png); that
-// ?live=0 and the README's headless screenshot command finish. Then serves
+// ?live=0 and the README's headless screenshot command finish; that under
+// ?chaos=drop:5s,gap:0.1,latency:300ms it resumes and ends with a gap-free chart. Then serves
 // examples/browser.html (the README's browser example) from another origin and checks that
 // its WebSocket and EventSource both receive samples across origins.
 //
@@ -176,6 +177,28 @@ try {
     check(true, `screenshot saved to ${outDir}/dashboard-${width}.png`);
   }
   check(problems.length === 0, `no page or console errors${problems.length ? `: ${problems.join("; ")}` : ""}`);
+
+  // Under chaos (cut every 2.5-7.5 s, a tenth of samples missing, each 300 ms late) the
+  // page shows the badge, resumes after each cut, and repairs every hole from history.
+  const chaotic = await browser.newPage();
+  chaotic.on("pageerror", (e) => problems.push(`chaos page error: ${e.message}`));
+  await chaotic.goto(`${base}/dashboard?chaos=drop:5s,gap:0.1,latency:300ms`);
+  const chaosState = () => chaotic.evaluate(() => ({ ...window.dashboard, samples: window.dashboard.samples.map((s) => s.seq) }));
+  await chaotic.waitForFunction(() => {
+    const d = window.dashboard, seqs = d.samples.map((s) => s.seq);
+    return d.status === "live" && d.connects >= 2 && d.filled >= 1 && d.received >= 10
+      && seqs.every((seq, i) => i === 0 || seq === seqs[i - 1] + 1);
+  }, null, { timeout: 2 * WAIT_MS, polling: 100 }).catch(async () => {
+    const d = await chaosState();
+    throw new Error(`timed out waiting for a repaired chart under chaos: ${JSON.stringify({ ...d, samples: d.samples.slice(-30) })}`);
+  });
+  const c = await chaosState();
+  check(/^chaos: drop:5s,latency:300ms,gap:0\.1$/.test(await chaotic.textContent("#chaos")),
+    `the chaos badge names the faults (${await chaotic.textContent("#chaos")})`);
+  check(c.connects >= 2, `under chaos the page resumed after a drop (${c.connects} connections)`);
+  check(c.filled >= 1, `and filled ${c.filled} missing samples from history: ${c.samples.length} consecutive samples`);
+  check(problems.length === 0, `no page errors under chaos${problems.length ? `: ${problems.join("; ")}` : ""}`);
+  await chaotic.close();
 
   // ?live=0 draws history only and opens no stream (for headless screenshots).
   const still = await browser.newPage();
