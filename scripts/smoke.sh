@@ -203,4 +203,17 @@ mapfile -t ids <<<"$out"
   fail "README fill-then-live example: expected two consecutive ids after the history" "$out"
 ok "README example: history, then SSE resuming after the last point"
 
+# Chaos: a drop, gaps and an injected error, as the README shows them.
+check drop 15
+grep -q '^websocat exit: 1$' <<<"$out" || fail "README drop example: expected websocat to see a reset (exit 1)" "$out"
+ok "README example and output: chaos=drop cuts the stream without a close"
+
+check gap 30
+jq -e '.received == 5 and .missing >= 0' >/dev/null <<<"$out" ||
+  fail "README gap example: expected five samples in increasing order" "$out"
+ok "README example and output: chaos=gap skips samples"
+
+check chaos-error 10
+ok "README example and output: chaos=error answers 503 with Retry-After and X-Chaos"
+
 echo "$passed passed, 0 failed"

@@ -148,6 +148,11 @@ const GARBAGE: u64 = 9;
 const GARBAGE_KIND: u64 = 10;
 const RECONNECT: u64 = 11;
 
+/// At most this many samples are held for one stream, by a stall or by latency: 30 s of
+/// latency at the shortest interval (100 ms). A longer stall releases only its last 300,
+/// so that a client's chaos costs the server at most ~12 KiB.
+pub const MAX_HELD: usize = 300;
+
 /// How a stream with `drop` or `close` ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cut {
@@ -315,10 +320,10 @@ pub struct Delivery {
     held: Option<Tick>,
     /// Whether the latest tick fell in a stall.
     stalling: bool,
-    /// Samples held while the stall lasts: at most the stall's ticks.
-    stalled: Vec<Tick>,
+    /// Samples held while the stall lasts: the last [`MAX_HELD`].
+    stalled: VecDeque<Tick>,
     /// Samples on their way, in order, each with when it is due: at most the latency's
-    /// ticks (30 s at most).
+    /// ticks, and never more than [`MAX_HELD`].
     queue: VecDeque<(Instant, Tick)>,
 }
 
@@ -331,7 +336,7 @@ impl Delivery {
             interval,
             held: None,
             stalling: false,
-            stalled: Vec::new(),
+            stalled: VecDeque::new(),
             queue: VecDeque::new(),
         }
     }
@@ -375,10 +380,10 @@ impl Delivery {
         if !self.stalling {
             self.schedule(tick, now);
         } else {
-            if self.chaos.faults.stall.is_some_and(|s| s.latest) {
-                self.stalled.clear();
+            if self.chaos.faults.stall.is_some_and(|s| s.latest) || self.stalled.len() == MAX_HELD {
+                self.stalled.pop_front();
             }
-            self.stalled.push(tick);
+            self.stalled.push_back(tick);
         }
     }
 
@@ -387,6 +392,9 @@ impl Delivery {
         let mut due = now + self.chaos.latency(tick.seq);
         if let Some((last, _)) = self.queue.back() {
             due = due.max(*last);
+        }
+        if self.queue.len() == MAX_HELD {
+            self.queue.pop_front();
         }
         self.queue.push_back((due, tick));
     }
@@ -603,6 +611,34 @@ mod tests {
                 assert!(burst.windows(2).all(|w| w[0] < w[1]));
             }
         }
+    }
+
+    /// A stall of an hour at the shortest interval holds the last `MAX_HELD` samples.
+    #[test]
+    fn what_a_stream_holds_is_bounded() {
+        let faults = Faults {
+            stall: Some(Stall {
+                pause: Duration::from_secs(3599),
+                period: Duration::from_secs(3600),
+                latest: false,
+            }),
+            ..Faults::default()
+        };
+        let mut d = Delivery::new(chaos(faults), 0, INTERVAL);
+        let now = Instant::now();
+        let mut released = Vec::new();
+        for seq in 1..=36_000 {
+            d.tick(&tick(seq), true, now).unwrap();
+            assert!(d.stalled.len() <= MAX_HELD && d.queue.len() <= MAX_HELD);
+            while let Some(t) = d.due(now) {
+                released.push(t.seq);
+            }
+        }
+        let burst = released.windows(2).filter(|w| w[1] == w[0] + 1).count();
+        assert!(
+            burst >= MAX_HELD - 1,
+            "a stall's release is its last {MAX_HELD}"
+        );
     }
 
     #[test]

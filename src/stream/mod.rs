@@ -380,6 +380,15 @@ impl<E: Encoder> Client<'_, E> {
     }
 }
 
+/// For the connect log line: the client's chaos, on a path that streams samples
+/// (`" chaos=gap:0.1 chaos_seed=7"`).
+pub fn chaos_note(options: &Options, route: Route) -> String {
+    let chaos = options.chaos.filter(|_| route.sends_samples());
+    chaos.map_or(String::new(), |c| {
+        format!(" chaos={} chaos_seed={}", c.faults, c.seed)
+    })
+}
+
 /// The first message every client gets: what this path offers, what samples look like,
 /// and how to resume (`resume`, on paths that stream).
 fn welcome(

@@ -57,7 +57,11 @@ pub fn stream(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr)
         let metrics = &streams.ctx.metrics;
         let started = Instant::now();
         metrics.sse_client(1);
-        log::info!("sse connect peer={peer} clients={}", streams.clients());
+        log::info!(
+            "sse connect peer={peer} clients={}{}",
+            streams.clients(),
+            super::chaos_note(&options, Route::Analytics)
+        );
         let encoder = Events {
             socket: Socket::new(socket),
             pending: Vec::new(),

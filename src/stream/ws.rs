@@ -96,9 +96,10 @@ pub fn stream(
         let ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config()));
         metrics.ws_opened(route.path());
         log::info!(
-            "ws connect path={} peer={peer} clients={}",
+            "ws connect path={} peer={peer} clients={}{}",
             route.path(),
-            streams.clients()
+            streams.clients(),
+            super::chaos_note(&options, route)
         );
         let encoder = Frames { ws, pending: false };
         let (close, sent) = super::run(streams, encoder, route, options);

@@ -8,7 +8,8 @@
 // ?live=0 and the README's headless screenshot command finish; that under
 // ?chaos=drop:5s,gap:0.1,latency:300ms it resumes and ends with a gap-free chart. Then serves
 // examples/browser.html (the README's browser example) from another origin and checks that
-// its WebSocket and EventSource both receive samples across origins.
+// its WebSocket and EventSource both receive samples across origins, and that
+// examples/follow.js (the README's reconnect loop) survives every stream fault at once.
 //
 // Usage: node dashboard.mjs PATH_TO_BINARY [OUT_DIR]
 import { spawn } from "node:child_process";
@@ -226,7 +227,21 @@ try {
   // another origin.
   const block = await readFile(new URL("../../examples/browser.html", import.meta.url), "utf8");
   const html = block.replaceAll("localhost:4000", `127.0.0.1:${port}`);
-  const origin = http.createServer((_, res) => res.writeHead(200, { "content-type": "text/html" }).end(html));
+  // And examples/follow.js, the README's reconnect loop, under every stream fault at once.
+  const followJs = await readFile(new URL("../../examples/follow.js", import.meta.url), "utf8");
+  const chaos = "drop:3s,stall:1s/4s,gap:0.2,dup:0.2,reorder:0.2,garbage:0.2,latency:100ms..300ms";
+  const followPage = `<!doctype html><script>
+    window.seen = { seqs: [], gaps: 0, opens: 0, frames: 0 };
+    const Native = WebSocket;
+    window.WebSocket = class extends Native {
+      constructor(url) { super(url); window.seen.opens += 1; this.addEventListener("message", () => { window.seen.frames += 1; }); }
+    };
+  </script><script>${followJs}</script><script>
+    follow("ws://127.0.0.1:${port}/api/analytics?seq=1&chaos=${chaos}",
+      (s) => window.seen.seqs.push(s.seq), () => { window.seen.gaps += 1; });
+  </script>`;
+  const origin = http.createServer((req, res) => res.writeHead(200, { "content-type": "text/html" })
+    .end(req.url === "/follow" ? followPage : html));
   const originPort = await new Promise((resolve) => origin.listen(0, "127.0.0.1", () => resolve(origin.address().port)));
   try {
     const example = await browser.newPage();
@@ -239,6 +254,17 @@ try {
       { timeout: WAIT_MS },
     );
     check(true, "the browser example receives WebSocket and SSE samples from another origin");
+    const follower = await browser.newPage();
+    follower.on("pageerror", (e) => problems.push(`follow.js page error: ${e.message}`));
+    await follower.goto(`http://127.0.0.1:${originPort}/follow`);
+    await follower.waitForFunction(() => window.seen.opens >= 3 && window.seen.seqs.length >= 15 && window.seen.gaps >= 1,
+      null, { timeout: 2 * WAIT_MS }).catch(async () => {
+      throw new Error(`timed out waiting for follow.js under chaos: ${JSON.stringify(await follower.evaluate(() => window.seen))}`);
+    });
+    const seen = await follower.evaluate(() => window.seen);
+    check(seen.seqs.every((seq, i) => i === 0 || seq > seen.seqs[i - 1]),
+      `examples/follow.js under ${chaos}: ${seen.seqs.length} samples in order, no duplicate or garbage (of ${seen.frames} frames), across ${seen.opens} connections, ${seen.gaps} gaps reported`);
+    await follower.close();
     check(problems.length === 0, `no errors in the example${problems.length ? `: ${problems.join("; ")}` : ""}`);
   } finally {
     origin.close();
