@@ -217,15 +217,16 @@ impl Chaos {
         }
     }
 
-    /// Whether `tick` falls in a stall: `pause` out of every `period`, in whole ticks,
-    /// with a phase drawn from the seed.
+    /// Whether `tick` falls in a stall: `pause` out of every `period`, both rounded down
+    /// to whole ticks (a pause shorter than one interval stalls nothing), with a phase
+    /// drawn from the seed.
     fn stalled(&self, tick: u64, interval: Duration) -> bool {
         let Some(stall) = self.faults.stall else {
             return false;
         };
         let ticks = |d: Duration| (d.as_millis() / interval.as_millis().max(1)) as u64;
-        let period = ticks(stall.period).max(2);
-        let pause = ticks(stall.pause).clamp(1, period - 1);
+        let pause = ticks(stall.pause);
+        let period = ticks(stall.period).max(pause + 1);
         let phase = hash(self.seed, STALL, 0) % period;
         (tick + phase) % period < pause
     }
@@ -611,6 +612,20 @@ mod tests {
                 assert!(burst.windows(2).all(|w| w[0] < w[1]));
             }
         }
+    }
+
+    /// A pause shorter than one interval stalls nothing.
+    #[test]
+    fn a_stall_shorter_than_a_tick_is_none() {
+        let c = chaos(Faults {
+            stall: Some(Stall {
+                pause: Duration::from_millis(50),
+                period: Duration::from_millis(150),
+                latest: false,
+            }),
+            ..Faults::default()
+        });
+        assert!((0..1000).all(|t| !c.stalled(t, INTERVAL)));
     }
 
     /// A stall of an hour at the shortest interval holds the last `MAX_HELD` samples.

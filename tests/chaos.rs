@@ -187,7 +187,7 @@ fn drop_is_abrupt_and_close_is_clean() {
     let elapsed = opened.elapsed();
     assert_eq!(cut_a, last(&mut b), "the same seed and tick, the same cut");
     assert!(
-        elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(5),
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5),
         "{elapsed:?}"
     );
 
@@ -302,7 +302,7 @@ fn stall_holds_then_releases_all_or_the_latest() {
         let mut arrivals = Vec::new();
         let start = Instant::now();
         // Long enough for a whole stall and its release, wherever the stream opened.
-        while start.elapsed() < Duration::from_millis(4500) {
+        while start.elapsed() < Duration::from_millis(5500) {
             match ws.read().unwrap() {
                 Message::Text(t) => arrivals.push((Instant::now(), strict(&t).unwrap())),
                 Message::Ping(_) => panic!("a keep-alive during a stall"),
@@ -310,12 +310,13 @@ fn stall_holds_then_releases_all_or_the_latest() {
             }
         }
         let seqs: Vec<u64> = arrivals.iter().map(|a| a.1).collect();
-        // A silence of most of the pause, then a release.
-        let release = arrivals
+        // A silence of most of the pause, then a release. The opening sample is sent even
+        // inside a stall, so a silence right after it may be a stall's end only.
+        let release = arrivals[1..]
             .windows(2)
             .position(|w| w[1].0 - w[0].0 >= Duration::from_millis(1200))
             .unwrap_or_else(|| panic!("{mode}: no stall: {seqs:?}"))
-            + 1;
+            + 2;
         let before = arrivals[release - 1].1;
         let released: Vec<u64> = arrivals[release..]
             .iter()

@@ -162,8 +162,9 @@ struct Client<'a, E> {
     /// Samples skipped in a row because earlier bytes were still unsent.
     skipped: u32,
     last_write: Instant,
-    /// This client's faults, when it asked for chaos.
-    chaos: Option<Delivery>,
+    /// This client's faults, when it asked for chaos (boxed: a client without chaos
+    /// keeps a one-word field on its thread's stack).
+    chaos: Option<Box<Delivery>>,
 }
 
 /// Streams to one client until it leaves, is too slow, breaks the protocol, or the
@@ -267,13 +268,14 @@ impl<E: Encoder> Client<'_, E> {
         }
         self.last_write = Instant::now();
         if let Some(chaos) = self.options.chaos.filter(|_| subscription.is_some()) {
-            self.chaos = Some(Delivery::new(chaos, first.seq, ctx.model.interval));
+            let delivery = Delivery::new(chaos, first.seq, ctx.model.interval);
+            self.chaos = Some(Box::new(delivery));
         }
         let none = never();
         let samples = subscription.as_ref().map_or(&none, |(_, s)| &s.samples);
         loop {
             let mut wake = self.last_write + self.streams.heartbeat;
-            if let Some(due) = self.chaos.as_ref().and_then(Delivery::next_due) {
+            if let Some(due) = self.chaos.as_ref().and_then(|c| c.next_due()) {
                 wake = wake.min(due);
             }
             let step = select! {
@@ -328,7 +330,7 @@ impl<E: Encoder> Client<'_, E> {
         if self.last_write.elapsed() < self.streams.heartbeat {
             return Ok(());
         }
-        if self.chaos.as_ref().is_some_and(Delivery::stalling) {
+        if self.chaos.as_ref().is_some_and(|c| c.stalling()) {
             self.last_write = Instant::now();
             return Ok(());
         }
