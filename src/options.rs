@@ -26,6 +26,8 @@ use crate::simulator::{self, Model, Profile, Scenario};
 
 /// At most this many samples are replayed on resume or returned by one history request.
 pub const MAX_POINTS: u64 = 10_000;
+/// `step` at most, in milliseconds: a day.
+const MAX_STEP_MS: u64 = 86_400_000;
 /// `every` at most: one sample in a thousand ticks.
 const MAX_EVERY: u64 = 1000;
 
@@ -437,15 +439,18 @@ pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<R
     if from_ms > to_ms {
         return Err(invalid("from", "from is after to."));
     }
+    // At most a day: a longer step puts the grid's first point beyond the range (in the
+    // year 68241, once), and a day covers 27 years in 10 000 points.
     let step = match get("step") {
         Some(v) => duration_ms(v)
-            .filter(|ms| *ms > 0 && ms % interval == 0)
+            .filter(|ms| *ms > 0 && ms % interval == 0 && *ms <= MAX_STEP_MS)
             .map(|ms| ms / interval)
             .ok_or_else(|| {
                 invalid(
                     "step",
                     &format!(
-                        "Use a multiple of the interval, {interval} ms (e.g. step={}ms).",
+                        "Use a multiple of the interval, {interval} ms, up to 1d (e.g. \
+                         step={}ms).",
                         interval * 10
                     ),
                 )
@@ -463,12 +468,18 @@ pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<R
             .into_iter()
             .find(|&s| Range::on_grid(from_ms, to_ms, interval, s).points() <= MAX_POINTS)
             .unwrap_or(span.max(1));
+        let advice = if smallest * interval <= MAX_STEP_MS {
+            format!(
+                "Narrow it, or raise step to at least {} ms.",
+                smallest * interval
+            )
+        } else {
+            "Narrow it: even a step of 1d gives more.".to_string()
+        };
         return Err(invalid(
             "step",
             &format!(
-                "This range holds {points} points; at most {MAX_POINTS} are returned. Narrow it, \
-                 or raise step to at least {} ms.",
-                smallest * interval
+                "This range holds {points} points; at most {MAX_POINTS} are returned. {advice}"
             ),
         ));
     }
@@ -756,6 +767,15 @@ mod tests {
             "from"
         );
         assert_eq!(hist("step=1s").unwrap_err().parameter, "step");
+        // 47 years: no step of a day or less fits.
+        let e = range(&pairs(Some("from=0")), &model(), 1_000_000_000_000).unwrap_err();
+        assert!(
+            e.parameter == "step" && e.message.contains("Narrow it:"),
+            "{e:?}"
+        );
+        // A step longer than a day is refused, rather than a grid starting in year 68241.
+        assert_eq!(hist("step=580924371h").unwrap_err().parameter, "step");
+        assert!(hist("step=1d").is_ok() && hist("step=25h").is_err());
         assert_eq!(hist("last=soon").unwrap_err().parameter, "last");
         let e = hist("last=30").unwrap_err();
         assert!(e.parameter == "last" && e.message.contains("unit"), "{e:?}");
