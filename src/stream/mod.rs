@@ -436,8 +436,9 @@ fn welcome(
             "faults": chaos.faults.to_string(),
             "seed": chaos.seed,
             "note": "Faults are injected on purpose: this stream may be cut, stall, skip, \
-                     repeat, reorder, delay or garble samples. Reconnect with the same \
-                     chaos_seed to replay them, or with chaos=off to stop them.",
+                     repeat, reorder, delay or garble samples. The same chaos and \
+                     chaos_seed give the same faults on the same ticks; chaos=off stops \
+                     them.",
         });
     }
     if !options.ignored.is_empty() {
