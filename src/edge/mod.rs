@@ -50,6 +50,12 @@ pub use head::Head;
 use head::{Refusal, Scanner};
 use upstream::Upstream;
 
+/// The first read of a connection's head: enough for curl's, websocat's and most
+/// browsers' requests (nginx's `client_header_buffer_size` is the same 1 KiB). Larger
+/// heads grow the buffer 4 KiB at a time. Every connection of a burst holds this buffer
+/// at once, and freed heap stays resident: at 4 KiB it cost each of 1000 WebSocket
+/// clients connecting within a second 3 KiB more than this for their lifetime.
+const FIRST_READ: usize = 1024;
 /// Stack for connection threads: they parse heads, and run a stream (tungstenite's
 /// framing) when the connection becomes one. Only touched pages count towards RSS.
 pub const STACK: usize = 128 * 1024;
@@ -324,7 +330,14 @@ impl Edge {
             let spawned = thread::Builder::new()
                 .name("conn".into())
                 .stack_size(STACK)
-                .spawn(move || edge.serve(socket, peer, accepted, place));
+                .spawn(move || {
+                    // A stream runs here, after `serve` has returned: its frames start
+                    // at the top of the stack, not below the HTTP phase's.
+                    if let Some((run, socket, leftover)) = edge.serve(socket, peer, accepted, place)
+                    {
+                        run(socket, leftover);
+                    }
+                });
             if let Err(e) = spawned {
                 log::error!(
                     "cannot start a connection thread: {e}; connection from {peer} dropped"
@@ -333,15 +346,16 @@ impl Edge {
         }
     }
 
-    /// One connection's thread: requests until the client leaves, a limit is hit, or the
-    /// connection becomes a stream.
+    /// One connection's thread: requests until the client leaves or a limit is hit.
+    /// When the connection becomes a stream, returns what to run on it, with the socket
+    /// and what the client sent after the request.
     fn serve(
         self: Arc<Self>,
         socket: TcpStream,
         peer: SocketAddr,
         accepted: Instant,
         place: Place,
-    ) {
+    ) -> Option<(StreamFn, TcpStream, Vec<u8>)> {
         let socket = Arc::new(socket);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (outcome, answers) = bounded(1);
@@ -405,10 +419,7 @@ impl Edge {
                     // followed the head goes on.
                     let leftover = buf[len..].to_vec();
                     drop(std::mem::take(&mut buf));
-                    if let Ok(socket) = socket {
-                        run(socket, leftover);
-                    }
-                    return;
+                    return socket.ok().map(|socket| (run, socket, leftover));
                 }
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                     log::error!("{peer}: no answer from the workers within {ANSWER_WITHIN:?}");
@@ -445,6 +456,7 @@ impl Edge {
             }
         }
         let _ = socket.shutdown(Shutdown::Both);
+        None
     }
 
     /// Reads until `buf` holds a whole head and returns its length. The first request
@@ -500,7 +512,12 @@ impl Edge {
             }
             let _ = socket.set_read_timeout(Some(left));
             let len = buf.len();
-            let room = (limits.max_header_bytes + 1 - len).clamp(1, 4096);
+            let step = if buf.capacity() == 0 {
+                FIRST_READ
+            } else {
+                4096
+            };
+            let room = (limits.max_header_bytes + 1 - len).clamp(1, step);
             buf.resize(len + room, 0);
             let read = (&*socket).read(&mut buf[len..]);
             buf.truncate(len + *read.as_ref().unwrap_or(&0));
