@@ -292,8 +292,7 @@ pub fn faults(spec: &str) -> Result<Option<Faults>, String> {
         seen.push(name);
         let bad = |allowed: &str| format!("{part:?}: {allowed}");
         let between = |v: &str, lo: Duration, hi: Duration| {
-            duration_ms(v)
-                .filter(|_| v.ends_with(|c: char| c.is_ascii_alphabetic()))
+            with_unit(v)
                 .map(Duration::from_millis)
                 .filter(|d| (lo..=hi).contains(d))
         };
@@ -383,17 +382,14 @@ pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<R
             .transpose()
     };
     let (from, to) = (time("from")?, time("to")?);
-    // A unit is required: `last=30` read as 30 ms would be a silent mistake.
     let last = get("last")
         .map(|v| {
-            duration_ms(v)
-                .filter(|_| v.ends_with(|c: char| c.is_ascii_alphabetic()))
-                .ok_or_else(|| {
-                    invalid(
-                        "last",
-                        "Use a duration with a unit, such as 90s, 15m, 6h or 1d.",
-                    )
-                })
+            with_unit(v).ok_or_else(|| {
+                invalid(
+                    "last",
+                    "Use a duration with a unit, such as 90s, 15m, 6h or 1d.",
+                )
+            })
         })
         .transpose()?;
     if let Some(from) = from.filter(|&ms| ms > latest_ms) {
@@ -557,6 +553,12 @@ fn duration_ms(v: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(scale)
+}
+
+/// A duration that names its unit, in milliseconds: `last=30` or `drop:30` read as 30 ms
+/// would be a silent mistake.
+fn with_unit(v: &str) -> Option<u64> {
+    duration_ms(v).filter(|_| v.ends_with(|c: char| c.is_ascii_alphabetic()))
 }
 
 /// Percent-decoding (and `+` as space), invalid escapes kept as they are.
