@@ -89,7 +89,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         ctx: Arc::clone(&ctx),
         max_skipped: config.ws_max_skipped,
         heartbeat: config.heartbeat,
-        stop: stopped.clone(),
+        stopping: AtomicBool::new(false),
         watcher: Watcher::start().map_err(part("the stream watcher"))?,
         clients: AtomicUsize::new(0),
     });
@@ -216,6 +216,7 @@ impl Server {
     /// the HTTP connections, and the workers stop.
     pub fn shutdown(self) {
         self.ready.store(false, Ordering::SeqCst);
+        self.streams.stop();
         drop(self.stop);
         drop(self.generator);
         let deadline = Instant::now() + DRAIN;

@@ -77,6 +77,15 @@ impl Watcher {
     }
 }
 
+impl Watcher {
+    /// Wakes every watched stream, as if its client had sent something.
+    pub fn wake_all(&self) {
+        for tx in self.shared.lock().values() {
+            let _ = tx.try_send(());
+        }
+    }
+}
+
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);

@@ -4,8 +4,8 @@
 //! This module owns what both share: the client cap, the subscription, the welcome, the
 //! replay of missed samples, the cadence (`every`), the slow-consumer policy, the
 //! heartbeat and the shutdown. Each client's thread (the connection's own, handed over by
-//! the edge) blocks in one `select!` over three channels: its hub subscription (samples),
-//! the watcher (the client sent something or left) and the server's stop signal. Writes
+//! the edge) blocks in one `select!` over two channels of its own: its hub subscription
+//! (samples) and the watcher's (the client sent something or left, or the server stops). Writes
 //! go to the non-blocking socket, so a client that stops reading costs its own thread
 //! nothing but a skipped sample; after `WS_MAX_SKIPPED` samples in a row could not be
 //! handed to the kernel, the stream is closed. Nothing a client does can delay the
@@ -20,7 +20,7 @@ pub mod ws;
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -52,8 +52,8 @@ pub struct Streams {
     pub max_skipped: u32,
     /// How long a stream may stay silent before its encoder's keep-alive.
     pub heartbeat: Duration,
-    /// Disconnected when the server shuts down.
-    pub stop: Receiver<()>,
+    /// Set when the server shuts down; see [`Streams::stop`].
+    pub stopping: AtomicBool,
     pub watcher: Watcher,
     /// Open streams (slots reserved by [`Streams::reserve`]).
     pub clients: AtomicUsize,
@@ -63,6 +63,16 @@ impl Streams {
     /// Open streams (WebSocket and SSE).
     pub fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
+    }
+
+    /// Ends every stream with its close (1001, or `event: close`). Each stream's thread is
+    /// woken through its watcher channel, not by a stop channel every stream also waits
+    /// on: the threads of a channel's waiting receivers are kept in one list under one
+    /// lock, which every stream would take and search on every sample (quadratic in the
+    /// client count).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.watcher.wake_all();
     }
 
     /// Reserves a client slot, or refuses the client: while shutting down, or at
@@ -274,6 +284,11 @@ impl<E: Encoder> Client<'_, E> {
         let none = never();
         let samples = subscription.as_ref().map_or(&none, |(_, s)| &s.samples);
         loop {
+            // Checked after the socket is watched: a stream watched after `stop` woke
+            // every watched one sees the flag here.
+            if self.streams.stopping.load(Ordering::SeqCst) {
+                return going_away();
+            }
             let mut wake = self.last_write + self.streams.heartbeat;
             if let Some(due) = self.chaos.as_ref().and_then(|c| c.next_due()) {
                 wake = wake.min(due);
@@ -284,7 +299,6 @@ impl<E: Encoder> Client<'_, E> {
                     Err(_) => Err(going_away()),
                 },
                 recv(events) -> _ => self.encoder.read(),
-                recv(self.streams.stop) -> _ => Err(going_away()),
                 default(wake.saturating_duration_since(Instant::now())) => self.woken(),
             };
             if let Err(end) = step {

@@ -31,7 +31,7 @@ const MAX_MESSAGE: usize = 16 * 1024;
 /// Bytes of control replies and frames we hold for a client that is not reading (pongs
 /// to a ping flood included); past this, samples are skipped and the client is closed.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
-/// Messages read per wake-up before the thread looks at its samples and the stop signal.
+/// Messages read per wake-up before the thread looks at its samples and the server's state.
 const READ_BUDGET: usize = 256;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -234,7 +234,7 @@ impl Encoder for Frames {
         let mut client_close = None;
         for budget in (0..=READ_BUDGET).rev() {
             if budget == 0 {
-                // More to read: come back after the samples and the stop signal had a look.
+                // More to read: come back after the samples and the server's state had a look.
                 self.ws.get_ref().wake_again();
                 break;
             }
