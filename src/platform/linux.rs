@@ -22,6 +22,36 @@ pub fn thread_limit() -> Option<usize> {
     Some(max.saturating_sub(2000) / 5)
 }
 
+/// `prctl(PR_FUTEX_HASH, ...)` (Linux 6.16), not yet in the libc crate.
+const PR_FUTEX_HASH: libc::c_int = 78;
+const PR_FUTEX_HASH_SET_SLOTS: libc::c_ulong = 1;
+/// The largest futex hash asked for: 64 bytes of kernel memory a bucket, so 4 MiB.
+const MAX_FUTEX_SLOTS: usize = 1 << 16;
+
+/// Sizes this process's private futex hash to `threads` buckets (a power of two). Older
+/// kernels, and kernels built without private hashes, refuse: nothing changes there.
+pub fn expect_threads(threads: usize) -> bool {
+    let slots = threads.next_power_of_two().clamp(16, MAX_FUTEX_SLOTS) as libc::c_ulong;
+    // SAFETY: prctl with integer arguments only; no memory is passed.
+    let set = unsafe { libc::prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_SET_SLOTS, slots, 0, 0) };
+    if set != 0 {
+        log::debug!(
+            "futex hash left as the kernel sized it: {}",
+            io::Error::last_os_error()
+        );
+    }
+    set == 0
+}
+
+/// The process's futex hash buckets, if it has a private hash.
+#[cfg(test)]
+fn futex_slots() -> Option<libc::c_int> {
+    const PR_FUTEX_HASH_GET_SLOTS: libc::c_ulong = 2;
+    // SAFETY: as above.
+    let slots = unsafe { libc::prctl(PR_FUTEX_HASH, PR_FUTEX_HASH_GET_SLOTS, 0, 0, 0) };
+    (slots > 0).then_some(slots)
+}
+
 pub fn tune(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Result<()> {
     super::posix::keepalive(socket, idle, interval)?;
     socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
@@ -38,4 +68,24 @@ pub fn process_stats() -> Option<(u64, u64)> {
             .and_then(|v| v.parse::<u64>().ok())
     };
     Some((field("VmRSS:")? * 1024, field("Threads:")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_futex_hash_is_sized_for_the_threads_where_the_kernel_has_one() {
+        if expect_threads(5000) {
+            assert_eq!(futex_slots(), Some(8192));
+            assert!(expect_threads(1 << 30), "sizes are capped, not refused");
+            assert_eq!(futex_slots(), Some(MAX_FUTEX_SLOTS as libc::c_int));
+        } else {
+            eprintln!(
+                "this kernel has no private futex hash (Linux < 6.16): nothing to size, \
+                 checked that asking changes nothing"
+            );
+            assert_eq!(futex_slots(), None);
+        }
+    }
 }

@@ -47,6 +47,12 @@ pub fn thread_limit() -> Option<usize> {
     None
 }
 
+/// No futex hash to size (Linux has one; see `platform::expect_threads`).
+#[allow(dead_code)] // unused when the Linux backend wraps this one
+pub fn expect_threads(_threads: usize) -> bool {
+    false
+}
+
 #[allow(dead_code)]
 pub fn tune(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Result<()> {
     keepalive(socket, idle, interval)

@@ -22,6 +22,11 @@ pub fn thread_limit() -> Option<usize> {
     None
 }
 
+/// No futex hash to size (Linux has one; see `platform::expect_threads`).
+pub fn expect_threads(_threads: usize) -> bool {
+    false
+}
+
 pub fn tune(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Result<()> {
     socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle).with_interval(interval))
 }

@@ -6,7 +6,8 @@
 //! simulator's, so the bytes are the same size as ours) once per tick and frames it once;
 //! each client thread writes the frame with one syscall. No REST (any other request gets a
 //! bare 200 so that readiness checks pass), no guards, no metrics, no reading of client
-//! frames. `--reader` adds a second thread per client blocked in `read`, as tiny_http's
+//! frames. It sizes the futex hash as ours does (`platform::expect_threads`): that is the
+//! kernel's cost of many parked threads, not ours to win over the floor. `--reader` adds a second thread per client blocked in `read`, as tiny_http's
 //! pinned pool thread cost each stream before the edge.
 //!
 //! ```text
@@ -35,6 +36,7 @@ fn main() {
         .unwrap_or(4100);
     let reader = std::env::args().any(|a| a == "--reader");
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    realtime_analytics_backend::platform::expect_threads(20_000);
     let model = Config::default().model();
     let subscribers: Arc<Mutex<Vec<Sender<Frame>>>> = Arc::default();
     let latest = Arc::new(Mutex::new(frame(&model, tick_now(&model))));
