@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use crate::chaos::{Cut, Delivery};
 use crate::context::Context;
 use crate::error::Refusal;
+use crate::hub::Subscription;
 use crate::metrics::Stream;
 use crate::options::Options;
 use crate::paths::Route;
@@ -94,6 +95,32 @@ impl Streams {
             return Err(Refusal::TooManyClients(max));
         }
         Ok(Slot(Arc::clone(self)))
+    }
+}
+
+/// Where a stream starts: the latest sample and, on paths that stream samples, the
+/// subscription to the next ones, taken together (nothing missed or repeated between).
+pub struct Start {
+    latest: Tick,
+    subscription: Option<Subscription>,
+}
+
+impl Start {
+    /// Taken on the worker's thread, which has stack to spare: crossbeam builds a new
+    /// channel on the stack (1.8 KiB with `Hub::subscribe`), which on the stream's
+    /// thread would have touched one more page of its stack for the stream's lifetime.
+    pub fn new(streams: &Streams, route: Route) -> Start {
+        let hub = &streams.ctx.hub;
+        match route.sends_samples().then(|| hub.subscribe()) {
+            Some((latest, subscription)) => Start {
+                latest,
+                subscription: Some(subscription),
+            },
+            None => Start {
+                latest: hub.latest(),
+                subscription: None,
+            },
+        }
     }
 }
 
@@ -165,7 +192,7 @@ trait Encoder {
 struct Client<'a, E> {
     streams: &'a Streams,
     encoder: E,
-    options: Options,
+    options: &'a Options,
     route: Route,
     /// Samples handed to the encoder.
     sent: u64,
@@ -183,7 +210,8 @@ fn run<E: Encoder>(
     streams: &Streams,
     mut encoder: E,
     route: Route,
-    options: Options,
+    options: &Options,
+    start: Start,
 ) -> (String, u64) {
     if let Err(e) = encoder.socket().options().set_send_buffer_size(SEND_BUFFER) {
         log::debug!("cannot shrink a stream's send buffer: {e}");
@@ -199,7 +227,7 @@ fn run<E: Encoder>(
         chaos: None,
     };
     let mut readable = None;
-    let end = client.stream(&mut readable);
+    let end = client.stream(start, &mut readable);
     let detail = match end {
         End::Dropped => {
             // A zero linger makes the close a reset: what a dead peer or a NAT timeout
@@ -217,72 +245,107 @@ fn run<E: Encoder>(
 }
 
 impl<E: Encoder> Client<'_, E> {
-    /// Returns only when the stream ends, with why.
-    fn stream(&mut self, readable: &mut Option<Receiver<()>>) -> End {
-        let ctx = &self.streams.ctx;
-        let subscription = self.route.sends_samples().then(|| ctx.hub.subscribe());
-        let first = match &subscription {
-            Some((first, _)) => first.clone(),
-            None => ctx.hub.latest(),
+    /// Returns only when the stream ends, with why. Its steps are out of line, each
+    /// called from here: a thread's stack holds the deepest of them, not their sum (a
+    /// stream thread touches two pages of stack, not three; see `edge::STACK`).
+    fn stream(&mut self, start: Start, readable: &mut Option<Receiver<()>>) -> End {
+        let Start {
+            latest,
+            subscription,
+        } = start;
+        let (welcome, samples) = self.opening(&latest, subscription.is_some());
+        if let Err(end) = self.open(&welcome, samples) {
+            return end;
+        }
+        drop(welcome);
+        let events = match self.watch() {
+            Ok(r) => readable.insert(r).clone(),
+            Err(end) => return end,
         };
-        let replay = self
-            .options
-            .replay(first.seq)
-            .filter(|_| self.route.sends_samples());
+        self.last_write = Instant::now();
+        if subscription.is_some() {
+            self.chaos = self.delivery(latest.seq);
+        }
+        let none = never();
+        let samples = subscription.as_ref().map_or(&none, |s| &s.samples);
+        self.follow(samples, &events)
+    }
+
+    /// Writes the welcome and the opening samples, blocking with a timeout: none of it
+    /// may be skipped.
+    #[inline(never)]
+    fn open(&mut self, welcome: &Value, samples: Vec<(u64, Bytes)>) -> Result<(), End> {
+        let count = samples.len() as u64;
+        self.encoder
+            .socket()
+            .options()
+            .set_write_timeout(Some(OPENING_WRITE_TIMEOUT))
+            .map_err(|e| End::Lost(e.to_string()))?;
+        self.encoder.open(welcome, samples)?;
+        for _ in 0..count {
+            self.counted_sent();
+        }
+        Ok(())
+    }
+
+    /// The client's chaos, if it asked for any, from the tick it opened on.
+    #[inline(never)]
+    fn delivery(&self, opened: u64) -> Option<Box<Delivery>> {
+        let interval = self.streams.ctx.model.interval;
+        let chaos = self.options.chaos?;
+        Some(Box::new(Delivery::new(chaos, opened, interval)))
+    }
+
+    /// Makes the socket non-blocking and watched; returns the watcher's channel for it.
+    #[inline(never)]
+    fn watch(&mut self) -> Result<Receiver<()>, End> {
+        let socket = self.encoder.socket();
+        socket
+            .watch(&self.streams.watcher)
+            .and_then(|r| {
+                socket.options().set_write_timeout(None)?;
+                Ok(r)
+            })
+            .map_err(|e| End::Lost(format!("cannot watch the socket: {e}")))
+    }
+
+    /// The welcome and the samples that follow it at once: the latest, or the replay
+    /// the client asked for.
+    #[inline(never)]
+    fn opening(&self, first: &Tick, streaming: bool) -> (Value, Vec<(u64, Bytes)>) {
+        let model = &self.streams.ctx.model;
+        let replay = self.options.replay(first.seq).filter(|_| streaming);
         let welcome = welcome(
             self.route,
-            &self.options,
-            &ctx.model,
+            self.options,
+            model,
             first.seq,
             replay.clone(),
             E::RESUME,
         );
-        let opening = match (&subscription, replay) {
-            (None, _) => Vec::new(),
-            (Some(_), Some(ticks)) => ticks
+        let samples = match (streaming, replay) {
+            (false, _) => Vec::new(),
+            (true, Some(ticks)) => ticks
                 .filter(|seq| seq % self.options.every == 0)
-                .map(|seq| (seq, self.options.encode(&ctx.model, seq, None)))
+                .map(|seq| (seq, self.options.encode(model, seq, None)))
                 .collect(),
-            (Some(_), None) => vec![(
+            (true, None) => vec![(
                 first.seq,
-                self.options.encode(&ctx.model, first.seq, Some(&first)),
+                self.options.encode(model, first.seq, Some(first)),
             )],
         };
-        let count = opening.len() as u64;
-        let opened = self
-            .encoder
-            .socket()
-            .options()
-            .set_write_timeout(Some(OPENING_WRITE_TIMEOUT))
-            .map_err(|e| End::Lost(e.to_string()))
-            .and_then(|()| self.encoder.open(&welcome, opening));
-        if let Err(end) = opened {
-            return end;
-        }
-        for _ in 0..count {
-            self.counted_sent();
-        }
-        let watched = self.encoder.socket().watch(&self.streams.watcher);
-        let stream_on = watched.and_then(|r| {
-            self.encoder.socket().options().set_write_timeout(None)?;
-            Ok(r)
-        });
-        let events = match stream_on {
-            Ok(r) => readable.insert(r).clone(),
-            Err(e) => return End::Lost(format!("cannot watch the socket: {e}")),
-        };
+        (welcome, samples)
+    }
+
+    /// Streams until the end: samples as they are published, the client's frames as
+    /// they arrive, keep-alives and held samples when due.
+    #[inline(never)]
+    fn follow(&mut self, samples: &Receiver<Tick>, events: &Receiver<()>) -> End {
         // What came with the request (frames after a handshake) is already buffered,
         // where the watcher cannot see it: read once before waiting.
         if let Err(end) = self.encoder.read() {
             return end;
         }
-        self.last_write = Instant::now();
-        if let Some(chaos) = self.options.chaos.filter(|_| subscription.is_some()) {
-            let delivery = Delivery::new(chaos, first.seq, ctx.model.interval);
-            self.chaos = Some(Box::new(delivery));
-        }
-        let none = never();
-        let samples = subscription.as_ref().map_or(&none, |(_, s)| &s.samples);
         loop {
             // Checked after the socket is watched: a stream watched after `stop` woke
             // every watched one sees the flag here.

@@ -23,7 +23,7 @@ use crossbeam_channel::Receiver;
 use serde_json::Value;
 use tiny_http::{Header, Method, Request};
 
-use super::{Encoder, End, Slot};
+use super::{Encoder, End, Slot, Start};
 use crate::edge::StreamFn;
 use crate::http::{self, request_header};
 use crate::metrics::Stream;
@@ -52,6 +52,7 @@ pub fn last_event_id(request: &Request) -> Option<String> {
 /// The event stream for a request, run on the connection's own thread. `cors` goes into
 /// the head; `leftover` is what the client sent after the request.
 pub fn stream(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr) -> StreamFn {
+    let start = Start::new(&slot.0, Route::Analytics);
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
         let streams = &slot.0;
         let metrics = &streams.ctx.metrics;
@@ -68,7 +69,7 @@ pub fn stream(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr)
             cors,
             quiet: leftover.is_empty(),
         };
-        let (end, sent) = super::run(streams, encoder, Route::Analytics, options);
+        let (end, sent) = super::run(streams, encoder, Route::Analytics, &options, start);
         metrics.sse_client(-1);
         log::info!(
             "sse disconnect peer={peer} lifetime={:.1}s end={end} samples={sent}",
@@ -196,9 +197,24 @@ impl Encoder for Events {
 }
 
 impl Events {
+    /// Queues one sample's event. The id is written digit by digit, not with `format!`,
+    /// whose machinery is the deepest call a stream makes: it alone took every SSE
+    /// thread's stack into a third page (see `edge::STACK`).
     fn push(&mut self, seq: u64, json: &[u8]) {
-        self.pending
-            .extend_from_slice(format!("id: {seq}\nevent: sample\ndata: ").as_bytes());
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut n = seq;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.pending.extend_from_slice(b"id: ");
+        self.pending.extend_from_slice(&digits[start..]);
+        self.pending.extend_from_slice(b"\nevent: sample\ndata: ");
         self.pending.extend_from_slice(json);
         self.pending.extend_from_slice(b"\n\n");
     }

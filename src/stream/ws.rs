@@ -16,7 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 
-use super::{Encoder, End, Slot};
+use super::{Encoder, End, Slot, Start};
 use crate::edge::StreamFn;
 use crate::error::Refusal;
 use crate::http::request_header;
@@ -84,6 +84,7 @@ pub fn stream(
     options: Options,
     peer: SocketAddr,
 ) -> StreamFn {
+    let start = Start::new(&slot.0, route);
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
         if let Err(e) = switch(&socket, &accept) {
             log::info!("ws {peer}: the 101 was not delivered: {e}");
@@ -92,8 +93,7 @@ pub fn stream(
         let streams = &slot.0;
         let metrics = &streams.ctx.metrics;
         let started = Instant::now();
-        let socket = Socket::new(socket);
-        let ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config()));
+        let ws = websocket(socket, leftover);
         metrics.ws_opened(route.path());
         log::info!(
             "ws connect path={} peer={peer} clients={}{}",
@@ -102,7 +102,7 @@ pub fn stream(
             super::chaos_note(&options, route)
         );
         let encoder = Frames { ws, pending: false };
-        let (close, sent) = super::run(streams, encoder, route, options);
+        let (close, sent) = super::run(streams, encoder, route, &options, start);
         metrics.ws_closed(
             route.path(),
             close.split(' ').next().unwrap_or("").to_string(),
@@ -113,6 +113,20 @@ pub fn stream(
             started.elapsed().as_secs_f64(),
         );
     })
+}
+
+/// The stream's WebSocket, on the heap: built out of line, so that its bytes are not
+/// one more copy in the stream closure's frame, which every stream thread's stack holds
+/// for its lifetime (see `edge::STACK`).
+#[inline(never)]
+fn websocket(socket: TcpStream, leftover: Vec<u8>) -> Box<WebSocket<Socket>> {
+    let socket = Socket::new(socket);
+    Box::new(WebSocket::from_partially_read(
+        socket,
+        leftover,
+        Role::Server,
+        Some(config()),
+    ))
 }
 
 /// A handshake that could be completed, with options that cannot be used: run on the
@@ -180,7 +194,7 @@ fn config() -> WebSocketConfig {
 
 /// The WebSocket encoder: each sample a text message.
 struct Frames {
-    ws: WebSocket<Socket>,
+    ws: Box<WebSocket<Socket>>,
     /// The last frame is still in tungstenite's buffer: the client is not reading.
     pending: bool,
 }
