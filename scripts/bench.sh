@@ -22,7 +22,7 @@ else
   counts="100 1000 5000"; window=20; wrk_time=10s; hold=60; out=BENCHMARKS.md
 fi
 for tool in wrk node npm jq curl python3; do
-  command -v $tool >/dev/null || { echo "bench: $tool is not installed" >&2; exit 1; }
+  command -v $tool >/dev/null || { echo "bench: $tool is not installed; scripts/test.sh installs it (or: apt-get install $tool)" >&2; exit 1; }
 done
 
 . scripts/lib.sh
@@ -107,7 +107,7 @@ EOF
     sleep 3
   done
 
-  if [ "${FANOUT_ONLY:-}" = yes ]; then
+  if [ "${FANOUT_ONLY:-}" = yes ] || [ "${NO_CAPACITY:-}" = yes ]; then
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     return
@@ -139,9 +139,9 @@ if [ $quick = yes ]; then
 else
   bench ours "$release/realtime-analytics-backend"
 fi
-# The design's floor (bench/src/bin/floor.rs): fan-out only, with and without the second
-# thread per client that tiny_http's upgrade used to pin.
-FANOUT_ONLY=yes bench floor "$release/floor"
+# The design's floor (bench/src/bin/floor.rs): REST and fan-out, then fan-out with the
+# second thread per client that tiny_http's upgrade used to pin.
+NO_CAPACITY=yes bench floor "$release/floor"
 FANOUT_ONLY=yes bench floor_reader "$release/floor" --reader
 CAPACITY=$(jq -s 'map(select(.server == "ours" and .kind == "capacity"))[0].clients' "$results") \
   bench node node "$peer/server-broadcast.js"

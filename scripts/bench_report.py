@@ -31,6 +31,7 @@ def f(x, digits=1):
 
 ours_start, node_start = pick("ours", "start"), pick("node", "start")
 ours_rest, node_rest = pick("ours", "rest"), pick("node", "rest")
+floor_rest = pick("floor", "rest")
 fanouts = sorted({r["clients"] for r in rows if r["kind"] == "fanout"})
 node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
 wrk_line = "wrk -t2 -c64 -d2s --latency" if quick else "wrk -t2 -c64 -d10s --latency"
@@ -111,9 +112,16 @@ w(f"`{wrk_line} http://127.0.0.1:PORT/api/analytics`")
 w("")
 w("| server | requests/s | p50 | p99 | timeouts | socket errors |")
 w("|---|---|---|---|---|---|")
-for name, r in [("ours", ours_rest), ("Node", node_rest)]:
+for name, r in [("ours", ours_rest), ("floor", floor_rest), ("Node", node_rest)]:
     if r:
         w(f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} ms | {r['p99_ms']:.2f} ms | {r['timeouts']} | {r['errors']} |")
+if ours_rest and floor_rest and node_rest:
+    w("")
+    w(f"The floor answers each request on the connection's own thread, with no guard (it reads a "
+      f"head by lines and writes the latest sample): what thread per connection can do here. Ours is "
+      f"{ours_rest['rps'] / floor_rest['rps']:.2f}× the floor (each request crosses from the "
+      f"connection's thread to tiny_http's to a worker's); the floor is "
+      f"{floor_rest['rps'] / node_rest['rps']:.2f}× Node.")
 w("")
 w("## WebSocket fan-out on /api/analytics")
 w("")

@@ -85,6 +85,9 @@ fn main() -> ExitCode {
         caps.streams,
         caps.http
     );
+    // Once serving: resizing the futex hash took the kernel 30-45 ms here, which start-up
+    // must not wait for.
+    platform::expect_threads(caps.streams + caps.http);
 
     select! {
         recv(signals) -> signal => {

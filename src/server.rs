@@ -70,7 +70,6 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let part = StartError::part;
 
     let caps = caps(config);
-    platform::expect_threads(caps.streams + caps.http);
     let model = config.model();
     let first = model.tick_at(generator::now_ms());
     let metrics = Arc::new(Metrics::default());

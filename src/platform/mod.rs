@@ -54,7 +54,8 @@ pub fn thread_limit() -> Option<usize> {
 /// not its threads: 16 buckets on 2 CPUs, so with 5000 parked threads every wake-up walked
 /// a chain of about 300 waiters. Sized here to one bucket per expected thread (measured at
 /// 5000 clients: 25-35 % less CPU, spread p99 130-140 -> 77-91 ms). A no-op where the OS
-/// has no such table or refuses; returns whether it was applied.
+/// has no such table or refuses; returns whether it was applied. It can take the kernel
+/// tens of milliseconds: call it once serving.
 pub fn expect_threads(threads: usize) -> bool {
     os::expect_threads(threads)
 }

@@ -4,11 +4,12 @@
 //! A listener; a plain WebSocket handshake; one dedicated thread per client, blocked on a
 //! bounded crossbeam receiver; one generator thread that encodes the sample (our
 //! simulator's, so the bytes are the same size as ours) once per tick and frames it once;
-//! each client thread writes the frame with one syscall. No REST (any other request gets a
-//! bare 200 so that readiness checks pass), no guards, no metrics, no reading of client
-//! frames. It sizes the futex hash as ours does (`platform::expect_threads`): that is the
-//! kernel's cost of many parked threads, not ours to win over the floor. `--reader` adds a second thread per client blocked in `read`, as tiny_http's
-//! pinned pool thread cost each stream before the edge.
+//! each client thread writes the frame with one syscall. No guards, no metrics, no
+//! reading of client frames. A request that is not an upgrade gets the latest sample, and
+//! the connection is kept for the next one: REST's floor. It sizes the futex hash as ours
+//! does (`platform::expect_threads`): that is the kernel's cost of many parked threads,
+//! not ours to win over the floor. `--reader` adds a second thread per client blocked in
+//! `read`, as tiny_http's pinned pool thread cost each stream before the edge.
 //!
 //! ```text
 //! PORT=4100 floor [--reader]
@@ -36,7 +37,8 @@ fn main() {
         .unwrap_or(4100);
     let reader = std::env::args().any(|a| a == "--reader");
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
-    realtime_analytics_backend::platform::expect_threads(20_000);
+    // Off the accept loop, as ours does it once serving: it takes the kernel tens of ms.
+    thread::spawn(|| realtime_analytics_backend::platform::expect_threads(20_000));
     let model = Config::default().model();
     let subscribers: Arc<Mutex<Vec<Sender<Frame>>>> = Arc::default();
     let latest = Arc::new(Mutex::new(frame(&model, tick_now(&model))));
@@ -70,6 +72,35 @@ fn frame(model: &realtime_analytics_backend::simulator::Model, tick: u64) -> Fra
         false,
     );
     text_frame(&json)
+}
+
+/// REST's floor: the latest sample for every request, on a kept-alive connection, read
+/// and answered by the connection's own thread (what `wrk` measures against ours).
+fn rest(mut head: BufReader<&TcpStream>, latest: &Mutex<Frame>) {
+    let mut line = String::new();
+    loop {
+        let frame = Arc::clone(&latest.lock().unwrap());
+        let json = &frame[if frame[1] < 126 { 2 } else { 4 }..];
+        let mut reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            json.len()
+        )
+        .into_bytes();
+        reply.extend_from_slice(json);
+        let mut out = *head.get_ref();
+        if out.write_all(&reply).is_err() {
+            return;
+        }
+        // The next request's head, up to its blank line.
+        loop {
+            line.clear();
+            match head.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(n) if n <= 2 => break,
+                Ok(_) => {}
+            }
+        }
+    }
 }
 
 fn text_frame(payload: &[u8]) -> Frame {
@@ -127,9 +158,7 @@ fn serve(
     }
     let mut out = &stream;
     let Some(key) = key else {
-        let _ =
-            out.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
-        return;
+        return rest(head, latest);
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let (tx, rx): (Sender<Frame>, Receiver<Frame>) = bounded(2);
