@@ -6,10 +6,12 @@
 //! to the dashboard). The API descriptions and the dashboard page are compiled into the
 //! binary. Everything else is a JSON error that says what to do instead.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use serde_json::json;
 use tiny_http::{Method, Request};
@@ -24,17 +26,68 @@ use crate::sample::{FIELDS, encode, timestamp};
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 
-/// Answers one request whose target normalised to `path`, and says how long to hold the
-/// answer (the request's chaos `latency`; zero otherwise).
-pub fn handle(request: &Request, path: &str, ctx: &Context) -> (Reply, Duration) {
+/// An answer: the reply and how long to hold it (the request's chaos `latency`; zero
+/// otherwise).
+pub type Answer = (Reply, Duration);
+
+/// An answer to compute on the connection's own thread, not on one of the four workers:
+/// a long history takes milliseconds (a second in a debug build), and the workers must
+/// stay free for everyone else's requests, `/healthz` among them.
+pub type Later = Box<dyn FnOnce() -> Answer + Send>;
+
+/// How many answers are computed [`Later`] at once, over all connections: each holds
+/// its body (up to a few MB) while it is built, and the machine has few cores anyway.
+/// The others wait their turn on their own threads.
+const HEAVY_AT_ONCE: usize = 4;
+
+/// Turns for heavy answers (see [`HEAVY_AT_ONCE`]).
+pub struct Heavy {
+    turns: (Sender<()>, Receiver<()>),
+}
+
+impl Default for Heavy {
+    fn default() -> Heavy {
+        let turns = bounded(HEAVY_AT_ONCE);
+        for _ in 0..HEAVY_AT_ONCE {
+            let _ = turns.0.send(());
+        }
+        Heavy { turns }
+    }
+}
+
+impl Heavy {
+    /// Computes `answer` in its turn.
+    fn run(&self, answer: impl FnOnce() -> Answer) -> Answer {
+        let turn = self.turns.1.recv();
+        let answered = answer();
+        if turn.is_ok() {
+            let _ = self.turns.0.send(());
+        }
+        answered
+    }
+}
+
+/// When a request is answered.
+pub enum Routed {
+    Now(Answer),
+    Later(Later),
+}
+
+/// Answers one request whose target normalised to `path`: now, or [`Later`] for a
+/// history.
+pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Routed {
     let Some(route) = paths::route(path) else {
-        return (not_found(path), Duration::ZERO);
+        return Routed::Now((not_found(path), Duration::ZERO));
     };
     let reply = match request.method() {
         Method::Get | Method::Head => match route {
-            Route::Analytics | Route::History => {
-                return samples(request, route, ctx)
-                    .unwrap_or_else(|e| (http::bad_query(&e), Duration::ZERO));
+            Route::Analytics => return Routed::Now(samples_or_error(request.url(), route, ctx)),
+            Route::History => {
+                let (url, ctx) = (request.url().to_string(), Arc::clone(ctx));
+                return Routed::Later(Box::new(move || {
+                    ctx.heavy
+                        .run(|| samples_or_error(&url, Route::History, &ctx))
+                }));
             }
             // A browser (curl and Postman send `*/*`, so they get JSON).
             Route::Root if http::accepts(request, "text/html") => http::empty(303)
@@ -51,16 +104,20 @@ pub fn handle(request: &Request, path: &str, ctx: &Context) -> (Reply, Duration)
         Method::Options => preflight(request),
         other => method_not_allowed(other, route),
     };
-    (reply, Duration::ZERO)
+    Routed::Now((reply, Duration::ZERO))
+}
+
+fn samples_or_error(url: &str, route: Route, ctx: &Context) -> Answer {
+    samples(url, route, ctx).unwrap_or_else(|e| (http::bad_query(&e), Duration::ZERO))
 }
 
 /// `GET /api/analytics` (the latest sample: the same bytes the streams got for that tick
 /// unless the query asks for other options; `no-store`, as it changes every tick) and
 /// `GET /api/analytics/history`, with the request's chaos applied: an injected error
 /// instead of the answer, garbage instead of its body, and a delay.
-fn samples(request: &Request, route: Route, ctx: &Context) -> Result<(Reply, Duration), Invalid> {
+fn samples(url: &str, route: Route, ctx: &Context) -> Result<Answer, Invalid> {
     let latest = ctx.hub.latest();
-    let pairs = options::pairs(options::query(request.url()));
+    let pairs = options::pairs(options::query(url));
     let o = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq)?;
     let (body, cache) = match route {
         Route::History => (history(&o, &pairs, ctx, latest.seq)?, "no-cache"),
@@ -330,6 +387,43 @@ fn is_valid_host(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No more than `HEAVY_AT_ONCE` heavy answers are computed at once; the rest wait
+    /// their turn and are all answered.
+    #[test]
+    fn heavy_answers_take_turns() {
+        let heavy = Arc::new(Heavy::default());
+        let (started_tx, started) = crossbeam_channel::unbounded();
+        let (release_tx, release) = crossbeam_channel::unbounded::<()>();
+        let threads: Vec<_> = (0..HEAVY_AT_ONCE + 2)
+            .map(|_| {
+                let (heavy, started_tx, release) =
+                    (Arc::clone(&heavy), started_tx.clone(), release.clone());
+                std::thread::spawn(move || {
+                    heavy.run(|| {
+                        started_tx.send(()).unwrap();
+                        release.recv().unwrap();
+                        (http::empty(200), Duration::ZERO)
+                    })
+                })
+            })
+            .collect();
+        let wait = Duration::from_secs(5);
+        for _ in 0..HEAVY_AT_ONCE {
+            started.recv_timeout(wait).unwrap();
+        }
+        assert!(
+            started.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a fifth heavy answer started while four were being computed"
+        );
+        for _ in 0..HEAVY_AT_ONCE + 2 {
+            release_tx.send(()).unwrap();
+        }
+        for t in threads {
+            assert_eq!(t.join().unwrap().0.status_code().0, 200);
+        }
+        assert_eq!(started.try_iter().count(), 2, "the two that waited ran");
+    }
 
     #[test]
     fn hosts_that_could_inject_markup_or_paths_are_not_echoed() {

@@ -82,6 +82,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         ready: Arc::clone(&ready),
         caps,
         default_host: default_host(addr),
+        heavy: Default::default(),
     });
     let (stop, stopped) = bounded::<()>(0);
     let (failed_tx, failed) = bounded(WORKERS + 1);
@@ -308,10 +309,42 @@ struct Worker {
     failed: Sender<Failure>,
 }
 
+/// What every reply gets on its way out: counted, logged unless it succeeded, and
+/// given its CORS headers. Owns what it needs of the request, which a reply computed
+/// later outlives.
+struct Settle {
+    metrics: Arc<Metrics>,
+    cors: Cors,
+    origin: Option<String>,
+    /// The method and target, for the log.
+    request: String,
+    peer: SocketAddr,
+    /// The route's path, for the metrics.
+    label: &'static str,
+}
+
+impl Settle {
+    fn reply(self, reply: Reply) -> Reply {
+        let status = reply.status_code().0;
+        self.metrics.request(self.label, status);
+        if !(200..400).contains(&status) {
+            let level = if status >= 500 {
+                log::Level::Warn
+            } else {
+                log::Level::Info
+            };
+            log::log!(level, "{} -> {status} peer={}", self.request, self.peer);
+        }
+        http::with_cors(reply, &self.cors, self.origin.as_deref())
+    }
+}
+
 /// What answers a request.
 enum Answer {
     /// A reply, held this long first (chaos `latency`).
     Reply(Reply, Duration),
+    /// A reply the connection's own thread computes.
+    Later(routes::Later),
     Stream(StreamFn),
 }
 
@@ -339,7 +372,20 @@ impl Worker {
         let path = paths::normalise(request.url());
         let route = paths::route(&path);
         match self.decide(&request, &client, &path, route) {
-            Answer::Reply(reply, delay) => self.reply(client, request, reply, delay, route),
+            Answer::Reply(reply, delay) => {
+                let reply = self.settle(&request, client.peer, route).reply(reply);
+                client.reply(request, reply, delay);
+            }
+            Answer::Later(answer) => {
+                let settle = self.settle(&request, client.peer, route);
+                client.later(
+                    request,
+                    Box::new(move || {
+                        let (reply, delay) = answer();
+                        (settle.reply(reply), delay)
+                    }),
+                );
+            }
             Answer::Stream(run) => client.stream(request, run),
         }
     }
@@ -358,8 +404,10 @@ impl Worker {
         } else if route.is_some_and(Route::sends_samples) && sse::is_event_stream(request) {
             self.event_stream(request, client.peer)
         } else {
-            let (reply, delay) = routes::handle(request, path, &self.ctx);
-            return Answer::Reply(reply, delay);
+            return match routes::handle(request, path, &self.ctx) {
+                routes::Routed::Now((reply, delay)) => Answer::Reply(reply, delay),
+                routes::Routed::Later(answer) => Answer::Later(answer),
+            };
         };
         stream.map_or_else(|reply| Answer::Reply(reply, Duration::ZERO), Answer::Stream)
     }
@@ -419,33 +467,15 @@ impl Worker {
         options::parse(&pairs, &ctx.model, &ctx.chaos, ctx.hub.latest().seq)
     }
 
-    fn reply(
-        &self,
-        client: Arc<Client>,
-        request: Request,
-        reply: Reply,
-        delay: Duration,
-        route: Option<Route>,
-    ) {
-        let status = reply.status_code().0;
-        let label = route.map_or("other", |r| r.path());
-        self.ctx.metrics.request(label, status);
-        if !(200..400).contains(&status) {
-            let level = if status >= 500 {
-                log::Level::Warn
-            } else {
-                log::Level::Info
-            };
-            log::log!(
-                level,
-                "{} {} -> {status} peer={}",
-                request.method(),
-                http::printable(request.url()),
-                client.peer
-            );
+    /// How this request's reply will be settled (see [`Settle`]).
+    fn settle(&self, request: &Request, peer: SocketAddr, route: Option<Route>) -> Settle {
+        Settle {
+            metrics: Arc::clone(&self.ctx.metrics),
+            cors: self.cors.clone(),
+            origin: request_header(request, "Origin").map(str::to_string),
+            request: format!("{} {}", request.method(), http::printable(request.url())),
+            peer,
+            label: route.map_or("other", |r| r.path()),
         }
-        let origin = request_header(&request, "Origin").map(str::to_string);
-        let reply = http::with_cors(reply, &self.cors, origin.as_deref());
-        client.reply(request, reply, delay);
     }
 }

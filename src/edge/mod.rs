@@ -44,6 +44,7 @@ use crate::config::Cors;
 use crate::http::{self, Reply};
 use crate::metrics::Metrics;
 use crate::platform;
+use crate::routes::Later;
 use crate::sync::lock;
 
 pub use head::Head;
@@ -102,6 +103,8 @@ enum Outcome {
         close: bool,
         due: Option<Instant>,
     },
+    /// A reply for the connection's thread to compute first (see `routes::Later`).
+    Later(Later),
     Stream(StreamFn),
 }
 
@@ -393,7 +396,13 @@ impl Edge {
                 log::error!("cannot hand a request to tiny_http: {e}");
                 break End::Refuse(unavailable(), head.header("Origin").map(str::to_string));
             }
-            match answers.recv_timeout(ANSWER_WITHIN) {
+            let outcome = answers
+                .recv_timeout(ANSWER_WITHIN)
+                .map(|outcome| match outcome {
+                    Outcome::Later(answer) => client.computed(answer, &head),
+                    outcome => outcome,
+                });
+            match outcome {
                 Ok(Outcome::Reply {
                     bytes,
                     sent,
@@ -411,6 +420,7 @@ impl Edge {
                         break End::Quiet(None);
                     }
                 }
+                Ok(Outcome::Later(_)) => unreachable!("computed above"),
                 Ok(Outcome::Stream(run)) => {
                     lock(&self.clients.map).remove(&id);
                     client.place.give_back();
@@ -598,6 +608,22 @@ impl Edge {
 }
 
 impl Client {
+    /// Computes a [`Later`] reply on the connection's thread, into what a worker's reply
+    /// would have been.
+    fn computed(&self, answer: Later, head: &Head) -> Outcome {
+        let (reply, delay) = answer();
+        let close = head.close || head.upgrade;
+        if close {
+            self.place.give_back();
+        }
+        Outcome::Reply {
+            bytes: render(reply, head.minor, head.method == "HEAD", close),
+            sent: 0,
+            close,
+            due: (!delay.is_zero()).then(|| Instant::now() + delay),
+        }
+    }
+
     /// What the edge read about the request being answered.
     pub fn exchange(&self) -> Exchange {
         *lock(&self.exchange)
@@ -630,6 +656,16 @@ impl Client {
             close,
             due,
         });
+    }
+
+    /// Finishes tiny_http's request and has the connection's thread compute the reply,
+    /// then send it as [`Client::reply`] would: heavy work holds that thread, not a
+    /// worker.
+    pub fn later(self: Arc<Self>, request: Request, answer: Later) {
+        finish(request);
+        let outcome = self.outcome.clone();
+        drop(self);
+        let _ = outcome.send(Outcome::Later(answer));
     }
 
     /// Hands the connection back to its thread, which runs `run` on it.
