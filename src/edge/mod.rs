@@ -61,7 +61,7 @@ const FIRST_READ: usize = 1024;
 /// framing) when the connection becomes one. Only touched pages count towards RSS: two
 /// per thread, as `tests/memory.rs` checks (glibc's thread block and TLS take the top
 /// 4.6 KiB, which leaves a stream about 3.5 KiB of frames; see `stream::Client::stream`).
-/// The deepest path measured, a client with its own options, reaches 8.8 KiB.
+/// The deepest path measured, a stream client with options of its own, reaches 8.8 KiB.
 pub const STACK: usize = 128 * 1024;
 /// How long a connection waits for a worker's answer before giving up with a 503.
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);

@@ -372,6 +372,7 @@ impl<E: Encoder> Client<'_, E> {
 
     /// A tick was published: send it (if it is on the client's `every`), or hand it to the
     /// client's chaos.
+    #[inline(never)]
     fn published(&mut self, tick: &Tick) -> Result<(), End> {
         let wanted = tick.seq.is_multiple_of(self.options.every);
         let Some(chaos) = &mut self.chaos else {
@@ -402,6 +403,7 @@ impl<E: Encoder> Client<'_, E> {
 
     /// The loop's timer: a held sample is due, or the heartbeat (never during a stall,
     /// whose point is silence).
+    #[inline(never)]
     fn woken(&mut self) -> Result<(), End> {
         self.deliver_due()?;
         if self.last_write.elapsed() < self.streams.heartbeat {
