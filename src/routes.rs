@@ -58,12 +58,17 @@ impl Default for Heavy {
 impl Heavy {
     /// Computes `answer` in its turn.
     fn run(&self, answer: impl FnOnce() -> Answer) -> Answer {
-        let turn = self.turns.1.recv();
-        let answered = answer();
-        if turn.is_ok() {
-            let _ = self.turns.0.send(());
-        }
-        answered
+        let _turn = self.turns.1.recv().ok().map(|()| Turn(&self.turns.0));
+        answer()
+    }
+}
+
+/// A turn of [`Heavy`], given back when dropped, also by an answer that panicked.
+struct Turn<'a>(&'a Sender<()>);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
     }
 }
 

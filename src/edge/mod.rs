@@ -95,14 +95,7 @@ pub type StreamFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
 
 /// What a worker decided for a request.
 enum Outcome {
-    /// The reply's bytes; the first `sent` are already on their way. `close`: the
-    /// connection ends after it. `due`: not before then (chaos latency, 30 s at most).
-    Reply {
-        bytes: Vec<u8>,
-        sent: usize,
-        close: bool,
-        due: Option<Instant>,
-    },
+    Reply(Rendered),
     /// A reply for the connection's thread to compute first (see `routes::Later`).
     Later(Later),
     Stream(StreamFn),
@@ -133,6 +126,17 @@ impl Decision {
             .unwrap_or_else(|e| e.into_inner());
         slot.take()
     }
+}
+
+/// A reply ready for the connection's thread to write.
+struct Rendered {
+    /// The reply's bytes; the first `sent` are already on their way.
+    bytes: Vec<u8>,
+    sent: usize,
+    /// The connection ends after it.
+    close: bool,
+    /// Not before then (chaos latency, 30 s at most).
+    due: Option<Instant>,
 }
 
 /// What the edge knows about the request a worker is answering.
@@ -423,31 +427,9 @@ impl Edge {
                 log::error!("cannot hand a request to tiny_http: {e}");
                 break End::Refuse(unavailable(), head.header("Origin").map(str::to_string));
             }
-            let outcome = decision
-                .take_within(ANSWER_WITHIN)
-                .map(|outcome| match outcome {
-                    Outcome::Later(answer) => client.computed(answer, &head),
-                    outcome => outcome,
-                });
-            match outcome {
-                Some(Outcome::Reply {
-                    bytes,
-                    sent,
-                    close,
-                    due,
-                }) => {
-                    if let Some(due) = due {
-                        thread::sleep(due.saturating_duration_since(Instant::now()));
-                    }
-                    if let Err(reason) = self.write(&socket, &bytes[sent..]) {
-                        self.metrics.http_closed(reason);
-                        break End::Quiet(None);
-                    }
-                    if close {
-                        break End::Quiet(None);
-                    }
-                }
-                Some(Outcome::Later(_)) => unreachable!("computed above"),
+            let reply = match decision.take_within(ANSWER_WITHIN) {
+                Some(Outcome::Reply(reply)) => reply,
+                Some(Outcome::Later(answer)) => client.computed(answer, &head),
                 Some(Outcome::Stream(run)) => {
                     lock(&self.clients.map).remove(&id);
                     client.place.give_back();
@@ -465,6 +447,16 @@ impl Edge {
                     log::error!("{peer}: no answer from the workers within {ANSWER_WITHIN:?}");
                     break End::Refuse(unavailable(), head.header("Origin").map(str::to_string));
                 }
+            };
+            if let Some(due) = reply.due {
+                thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            if let Err(reason) = self.write(&socket, &reply.bytes[reply.sent..]) {
+                self.metrics.http_closed(reason);
+                break End::Quiet(None);
+            }
+            if reply.close {
+                break End::Quiet(None);
             }
             served += 1;
             buf.drain(..len);
@@ -637,13 +629,13 @@ impl Edge {
 impl Client {
     /// Computes a [`Later`] reply on the connection's thread, into what a worker's reply
     /// would have been.
-    fn computed(&self, answer: Later, head: &Head) -> Outcome {
+    fn computed(&self, answer: Later, head: &Head) -> Rendered {
         let (reply, delay) = answer();
         let close = head.close || head.upgrade;
         if close {
             self.place.give_back();
         }
-        Outcome::Reply {
+        Rendered {
             bytes: render(reply, head.minor, head.method == "HEAD", close),
             sent: 0,
             close,
@@ -677,12 +669,12 @@ impl Client {
         };
         let decision = Arc::clone(&self.decision);
         drop(self);
-        decision.put(Outcome::Reply {
+        decision.put(Outcome::Reply(Rendered {
             bytes,
             sent,
             close,
             due,
-        });
+        }));
     }
 
     /// Finishes tiny_http's request and has the connection's thread compute the reply,

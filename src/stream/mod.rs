@@ -257,6 +257,7 @@ impl<E: Encoder> Client<'_, E> {
         if let Err(end) = self.open(&welcome, samples) {
             return end;
         }
+        // Freed now, not when the stream ends.
         drop(welcome);
         let events = match self.watch() {
             Ok(r) => readable.insert(r).clone(),
