@@ -103,8 +103,8 @@ enum Outcome {
 
 /// Where a worker leaves its decision for the connection's thread, which sleeps until it
 /// is there. Not a channel: crossbeam's blocking receive spins and yields before it
-/// sleeps, and with 64 connections on 2 cores that spinning took 12 % of the CPU from the
-/// workers it was waiting for (`perf`, `wrk -c64`).
+/// sleeps, and with 64 connections on 2 cores that spinning was 12 % of the server's CPU
+/// samples, time the workers it waited for could have used (`perf`, `wrk -c64`).
 #[derive(Default)]
 struct Decision {
     slot: Mutex<Option<Outcome>>,
