@@ -5,6 +5,7 @@
 //! `edge`). Its workers take each parsed request, find the client connection it came
 //! from, decide, and answer that client directly.
 
+use std::borrow::Cow;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use socket2::{Domain, Protocol, Socket, Type};
-use tiny_http::Request;
+use tiny_http::{Method, Request};
 
 use crate::config::{Config, Cors};
 use crate::context::{Caps, Context};
@@ -310,20 +311,21 @@ struct Worker {
 }
 
 /// What every reply gets on its way out: counted, logged unless it succeeded, and
-/// given its CORS headers. Owns what it needs of the request, which a reply computed
-/// later outlives.
-struct Settle {
+/// given its CORS headers. Borrows what it needs of the request; a reply computed later
+/// outlives the request and takes an owned copy ([`Settle::into_owned`]).
+struct Settle<'r> {
     metrics: Arc<Metrics>,
-    cors: Cors,
-    origin: Option<String>,
+    cors: Cow<'r, Cors>,
+    origin: Option<Cow<'r, str>>,
     /// The method and target, for the log.
-    request: String,
+    method: Method,
+    target: Cow<'r, str>,
     peer: SocketAddr,
     /// The route's path, for the metrics.
     label: &'static str,
 }
 
-impl Settle {
+impl Settle<'_> {
     fn reply(self, reply: Reply) -> Reply {
         let status = reply.status_code().0;
         self.metrics.request(self.label, status);
@@ -333,9 +335,27 @@ impl Settle {
             } else {
                 log::Level::Info
             };
-            log::log!(level, "{} -> {status} peer={}", self.request, self.peer);
+            log::log!(
+                level,
+                "{} {} -> {status} peer={}",
+                self.method,
+                http::printable(&self.target),
+                self.peer
+            );
         }
         http::with_cors(reply, &self.cors, self.origin.as_deref())
+    }
+
+    fn into_owned(self) -> Settle<'static> {
+        Settle {
+            metrics: self.metrics,
+            cors: Cow::Owned(self.cors.into_owned()),
+            origin: self.origin.map(|o| Cow::Owned(o.into_owned())),
+            method: self.method,
+            target: Cow::Owned(self.target.into_owned()),
+            peer: self.peer,
+            label: self.label,
+        }
     }
 }
 
@@ -377,7 +397,7 @@ impl Worker {
                 client.reply(request, reply, delay);
             }
             Answer::Later(answer) => {
-                let settle = self.settle(&request, client.peer, route);
+                let settle = self.settle(&request, client.peer, route).into_owned();
                 client.later(
                     request,
                     Box::new(move || {
@@ -468,12 +488,18 @@ impl Worker {
     }
 
     /// How this request's reply will be settled (see [`Settle`]).
-    fn settle(&self, request: &Request, peer: SocketAddr, route: Option<Route>) -> Settle {
+    fn settle<'r>(
+        &'r self,
+        request: &'r Request,
+        peer: SocketAddr,
+        route: Option<Route>,
+    ) -> Settle<'r> {
         Settle {
             metrics: Arc::clone(&self.ctx.metrics),
-            cors: self.cors.clone(),
-            origin: request_header(request, "Origin").map(str::to_string),
-            request: format!("{} {}", request.method(), http::printable(request.url())),
+            cors: Cow::Borrowed(&self.cors),
+            origin: request_header(request, "Origin").map(Cow::Borrowed),
+            method: request.method().clone(),
+            target: Cow::Borrowed(request.url()),
             peer,
             label: route.map_or("other", |r| r.path()),
         }
