@@ -47,6 +47,9 @@ pub struct Config {
     /// `MAX_HTTP_CONNECTIONS`: HTTP connections beyond this are refused with 503. `None`:
     /// derived like `max_ws_clients`.
     pub max_http_connections: Option<usize>,
+    /// `MEMORY_BUDGET`: the memory every server-wide bound is a share of (see `budget`).
+    /// `None`: the container's limit, else physical memory.
+    pub memory_budget: Option<u64>,
     /// `IDLE_TIMEOUT_MS`: a keep-alive connection with no request for this long is closed.
     pub idle_timeout: Duration,
     /// `HEADER_TIMEOUT_MS`: a request head must arrive within this (408 otherwise).
@@ -89,6 +92,7 @@ impl Default for Config {
             cors: Cors::Any,
             max_ws_clients: None,
             max_http_connections: None,
+            memory_budget: None,
             idle_timeout: Duration::from_secs(75),
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -202,7 +206,7 @@ const fn text(
 }
 
 /// Every variable the server reads, in the order people look for them.
-pub const VARS: [Var; 19] = [
+pub const VARS: [Var; 20] = [
     integer(
         "PORT",
         "4000",
@@ -332,6 +336,16 @@ pub const VARS: [Var; 19] = [
         "HTTP connections beyond this get 503; derived like MAX_WS_CLIENTS when unset",
         |c, n| c.max_http_connections = Some(n as usize),
     ),
+    text(
+        "MEMORY_BUDGET",
+        "derived",
+        "a size from 16M to 1024G, such as 512M or 2G (K, M and G are powers of 1024)",
+        "the memory every server-wide bound is a share of (the start-up log prints them); derived from the container's memory limit (cgroup v1 or v2), else physical memory, when unset",
+        |c, s| {
+            c.memory_budget = Some(parse_size(s).filter(|n| (16 << 20..=1 << 40).contains(n))?);
+            Some(())
+        },
+    ),
     integer(
         "WS_MAX_SKIPPED",
         "20",
@@ -406,6 +420,17 @@ impl Config {
     }
 }
 
+/// `512M`, `2G`, `65536K` or a number of bytes.
+fn parse_size(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()?.to_ascii_uppercase() {
+        b'K' => (&s[..s.len() - 1], 10),
+        b'M' => (&s[..s.len() - 1], 20),
+        b'G' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
 /// The `--help` text: what the server is, and every variable with its default.
 pub fn help() -> String {
     let mut text = format!(
@@ -478,6 +503,33 @@ mod tests {
                 let c = from(&[(name, empty)]).unwrap_or_else(|e| panic!("{name}={empty:?}: {e}"));
                 assert_eq!(format!("{c:?}"), defaults, "{name}={empty:?}");
             }
+        }
+    }
+
+    #[test]
+    fn memory_budgets_are_sizes_with_a_unit() {
+        for (value, bytes) in [
+            ("512M", Some(512 << 20)),
+            ("2g", Some(2 << 30)),
+            ("65536K", Some(64 << 20)),
+            ("33554432", Some(32 << 20)),
+        ] {
+            assert_eq!(
+                from(&[("MEMORY_BUDGET", value)]).unwrap().memory_budget,
+                bytes
+            );
+        }
+        for bad in [
+            "15M",
+            "2T",
+            "1025G",
+            "lots",
+            "M",
+            "-1G",
+            "99999999999999999999G",
+        ] {
+            let e = from(&[("MEMORY_BUDGET", bad)]).unwrap_err();
+            assert_eq!(e.var, "MEMORY_BUDGET", "{bad}");
         }
     }
 

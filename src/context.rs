@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use crate::budget::Turns;
 use crate::chaos;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::routes;
 use crate::simulator::Model;
 
 pub struct Context {
@@ -21,8 +21,8 @@ pub struct Context {
     pub caps: Caps,
     /// `host:port` to advertise when a request has no usable `Host` header.
     pub default_host: String,
-    /// Turns for answers too heavy for the HTTP workers (histories).
-    pub heavy: routes::Heavy,
+    /// Turns for heavy work: histories and long replays (see `budget`).
+    pub turns: Turns,
 }
 
 /// The connection caps in force: configured, or derived from what the process can hold.

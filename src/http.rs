@@ -14,6 +14,22 @@ use crate::options::Invalid;
 /// What every handler returns: the body is shared bytes, so a sample is not copied.
 pub type Reply = Response<Cursor<Bytes>>;
 
+/// A body written as the client takes it, piece by piece, never held whole (a long
+/// history). The reply it goes with carries its length ([`json_head`]).
+pub type Pieces = Box<dyn Iterator<Item = Bytes> + Send>;
+
+/// The head of a JSON response whose `len` bytes of body come as [`Pieces`].
+pub fn json_head(status: u16, len: usize) -> Reply {
+    Response::new(
+        StatusCode(status),
+        vec![header("Content-Type", "application/json")],
+        Cursor::new(Bytes::new()),
+        Some(len),
+        None,
+    )
+    .with_chunked_threshold(usize::MAX)
+}
+
 /// A response whose body is already-encoded JSON.
 pub fn json_bytes(status: u16, body: Bytes) -> Reply {
     with_body(status, "application/json", body)

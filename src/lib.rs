@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod budget;
 pub mod chaos;
 pub mod config;
 mod context;

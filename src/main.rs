@@ -81,9 +81,10 @@ fn main() -> ExitCode {
         config.interval.as_millis(),
     );
     log::info!(
-        "limits: MAX_WS_CLIENTS={} MAX_HTTP_CONNECTIONS={}",
+        "limits: MAX_WS_CLIENTS={} MAX_HTTP_CONNECTIONS={}; {}",
         caps.streams,
-        caps.http
+        caps.http,
+        server.budget().summary(),
     );
     // Once serving: resizing the futex hash took the kernel 30-45 ms here, which start-up
     // must not wait for.

@@ -108,7 +108,8 @@ impl Range {
         }
     }
 
-    fn points(&self) -> u64 {
+    /// How many ticks the range holds.
+    pub fn points(&self) -> u64 {
         if self.last >= self.first {
             (self.last - self.first) / self.step + 1
         } else {
@@ -116,7 +117,7 @@ impl Range {
         }
     }
 
-    pub fn ticks(&self) -> impl Iterator<Item = u64> {
+    pub fn ticks(&self) -> impl Iterator<Item = u64> + use<> {
         (self.first..=self.last).step_by(self.step as usize)
     }
 }

@@ -11,18 +11,20 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender, bounded};
 
 use serde_json::json;
 use tiny_http::{Method, Request};
 
+use crate::budget::{self, Turn};
+use crate::chaos::Garbage;
 use crate::context::Context;
 use crate::generator;
-use crate::http::{self, Reply, header, request_header};
+use crate::http::{self, Pieces, Reply, header, request_header};
 use crate::metrics::Metrics;
 use crate::options::{self, Invalid};
 use crate::paths::{self, Route};
 use crate::sample::{FIELDS, encode, timestamp};
+use crate::simulator::Model;
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 
@@ -32,45 +34,9 @@ pub type Answer = (Reply, Duration);
 
 /// An answer to compute on the connection's own thread, not on one of the four workers:
 /// a long history takes milliseconds (a second in a debug build), and the workers must
-/// stay free for everyone else's requests, `/healthz` among them.
-pub type Later = Box<dyn FnOnce() -> Answer + Send>;
-
-/// How many answers are computed [`Later`] at once, over all connections: each holds
-/// its body (up to a few MB) while it is built, and the machine has few cores anyway.
-/// The others wait their turn on their own threads.
-const HEAVY_AT_ONCE: usize = 4;
-
-/// Turns for heavy answers (see [`HEAVY_AT_ONCE`]).
-pub struct Heavy {
-    turns: (Sender<()>, Receiver<()>),
-}
-
-impl Default for Heavy {
-    fn default() -> Heavy {
-        let turns = bounded(HEAVY_AT_ONCE);
-        for _ in 0..HEAVY_AT_ONCE {
-            let _ = turns.0.send(());
-        }
-        Heavy { turns }
-    }
-}
-
-impl Heavy {
-    /// Computes `answer` in its turn.
-    fn run(&self, answer: impl FnOnce() -> Answer) -> Answer {
-        let _turn = self.turns.1.recv().ok().map(|()| Turn(&self.turns.0));
-        answer()
-    }
-}
-
-/// A turn of [`Heavy`], given back when dropped, also by an answer that panicked.
-struct Turn<'a>(&'a Sender<()>);
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.send(());
-    }
-}
+/// stay free for everyone else's requests, `/healthz` among them. Its body may come as
+/// [`Pieces`], produced as the client takes them.
+pub type Later = Box<dyn FnOnce() -> (Answer, Option<Pieces>) + Send>;
 
 /// When a request is answered.
 pub enum Routed {
@@ -86,12 +52,12 @@ pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Routed {
     };
     let reply = match request.method() {
         Method::Get | Method::Head => match route {
-            Route::Analytics => return Routed::Now(samples_or_error(request.url(), route, ctx)),
+            Route::Analytics => return Routed::Now(samples_or_error(request.url(), ctx)),
             Route::History => {
                 let (url, ctx) = (request.url().to_string(), Arc::clone(ctx));
                 return Routed::Later(Box::new(move || {
-                    ctx.heavy
-                        .run(|| samples_or_error(&url, Route::History, &ctx))
+                    history(&url, &ctx)
+                        .unwrap_or_else(|e| ((http::bad_query(&e), Duration::ZERO), None))
                 }));
             }
             // A browser (curl and Postman send `*/*`, so they get JSON).
@@ -112,30 +78,76 @@ pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Routed {
     Routed::Now((reply, Duration::ZERO))
 }
 
-fn samples_or_error(url: &str, route: Route, ctx: &Context) -> Answer {
-    samples(url, route, ctx).unwrap_or_else(|e| (http::bad_query(&e), Duration::ZERO))
+fn samples_or_error(url: &str, ctx: &Context) -> Answer {
+    samples(url, ctx).unwrap_or_else(|e| (http::bad_query(&e), Duration::ZERO))
 }
 
-/// `GET /api/analytics` (the latest sample: the same bytes the streams got for that tick
-/// unless the query asks for other options; `no-store`, as it changes every tick) and
-/// `GET /api/analytics/history`, with the request's chaos applied: an injected error
-/// instead of the answer, garbage instead of its body, and a delay.
-fn samples(url: &str, route: Route, ctx: &Context) -> Result<Answer, Invalid> {
+/// `GET /api/analytics`: the latest sample, the same bytes the streams got for that tick
+/// unless the query asks for other options (`no-store`, as it changes every tick).
+fn samples(url: &str, ctx: &Context) -> Result<Answer, Invalid> {
     let latest = ctx.hub.latest();
     let pairs = options::pairs(options::query(url));
     let o = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq)?;
-    let (body, cache) = match route {
-        Route::History => (history(&o, &pairs, ctx, latest.seq)?, "no-cache"),
-        _ => (o.encode(&ctx.model, latest.seq, Some(&latest)), "no-store"),
-    };
-    let ok = |body| {
-        let reply = http::json_bytes(200, body).with_header(header("Cache-Control", cache));
-        with_ignored(reply, &o)
-    };
-    let Some(chaos) = &o.chaos else {
-        return Ok((ok(body), Duration::ZERO));
-    };
+    let mut body = o.encode(&ctx.model, latest.seq, Some(&latest));
+    if let Some(garbage) = o.chaos.as_ref().and_then(|c| c.garbage(latest.seq)) {
+        body = garbage.apply(&body);
+    }
+    let reply = ok(http::json_bytes(200, body), "no-store", &o);
+    Ok(chaotic(reply, &o, latest.seq))
+}
+
+/// `GET /api/analytics/history`: the samples of a time range, computed (nothing is
+/// stored), at most 10 000 points, written piece by piece as the client takes them
+/// ([`History`]). A history longer than [`budget::SHORT`] points waits for one of the
+/// server's turns first, and is refused with 503 if none frees up in time.
+fn history(url: &str, ctx: &Context) -> Result<(Answer, Option<Pieces>), Invalid> {
+    let latest = ctx.hub.latest();
+    let pairs = options::pairs(options::query(url));
+    let o = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq)?;
+    let range = options::range(&pairs, &ctx.model, latest.seq)?;
     let tick = latest.seq;
+    if o.chaos.as_ref().is_some_and(|c| c.error(tick).is_some()) {
+        // Replaced by the injected error.
+        return Ok((chaotic(http::empty(200), &o, tick), None));
+    }
+    let turn = if range.points() > budget::SHORT {
+        match ctx.turns.take(budget::TURN_WAIT) {
+            Some(turn) => Some(turn),
+            None => return Ok(((busy(), Duration::ZERO), None)),
+        }
+    } else {
+        None
+    };
+    let garbage = o.chaos.as_ref().and_then(|c| c.garbage(tick));
+    let (len, pieces) = History::new(o.clone(), ctx.model, range, garbage).into_pieces(turn);
+    let reply = ok(http::json_head(200, len), "no-cache", &o);
+    Ok((chaotic(reply, &o, tick), Some(pieces)))
+}
+
+/// 503 when every turn for long histories and replays is taken.
+fn busy() -> Reply {
+    http::error(
+        503,
+        "busy",
+        "The server is writing as many long histories and replays as its memory budget \
+         allows. Retry in a few seconds, or ask for fewer points (a larger step).",
+        &[],
+    )
+}
+
+/// What every 200 of the sample routes carries: its caching, and the parameters it
+/// ignored.
+fn ok(reply: Reply, cache: &str, o: &options::Options) -> Reply {
+    with_ignored(reply.with_header(header("Cache-Control", cache)), o)
+}
+
+/// The request's chaos (garbage is the caller's, as it changes the body): an injected
+/// error instead of `reply` when the tick draws one, the `X-Chaos` headers, and how long
+/// to hold the answer.
+fn chaotic(reply: Reply, o: &options::Options, tick: u64) -> Answer {
+    let Some(chaos) = &o.chaos else {
+        return (reply, Duration::ZERO);
+    };
     let reply = match chaos.error(tick) {
         Some(status) => http::error(
             status,
@@ -147,15 +159,12 @@ fn samples(url: &str, route: Route, ctx: &Context) -> Result<Answer, Invalid> {
             ),
             &[],
         ),
-        None => match chaos.garbage(tick) {
-            Some(garbage) => ok(garbage.apply(&body)),
-            None => ok(body),
-        },
+        None => reply,
     };
     let reply = reply
         .with_header(header("X-Chaos", &chaos.faults.to_string()))
         .with_header(header("X-Chaos-Seed", &chaos.seed.to_string()));
-    Ok((reply, chaos.latency(tick)))
+    (reply, chaos.latency(tick))
 }
 
 /// Names the query parameters this server ignored, so that a typo (`?scenaro=spike`) is
@@ -168,34 +177,101 @@ fn with_ignored(reply: Reply, options: &options::Options) -> Reply {
     }
 }
 
-/// The body of `GET /api/analytics/history`: the samples of a time range, computed
-/// (nothing is stored), at most 10 000 points.
-fn history(
-    o: &options::Options,
-    pairs: &[(String, String)],
-    ctx: &Context,
-    latest: u64,
-) -> Result<Bytes, Invalid> {
-    let model = &ctx.model;
-    let range = options::range(pairs, model, latest)?;
-    let ms = |tick: u64| timestamp((tick * model.interval_ms()) as i64);
-    let count = range.ticks().count();
-    let mut body = format!(
-        r#"{{"interval_ms":{},"step_ms":{},"from":"{}","to":"{}","count":{count},"samples":["#,
-        model.interval_ms(),
-        range.step * model.interval_ms(),
-        ms(range.first),
-        ms(range.last.max(range.first)),
-    )
-    .into_bytes();
-    for (i, tick) in range.ticks().enumerate() {
-        if i > 0 {
-            body.push(b',');
+/// A history's body, `{"interval_ms":…,"samples":[…]}`, never held whole: its length is
+/// computed by encoding every sample once without keeping it, then its bytes are encoded
+/// again, [`budget::PIECE`] at a time, as the client takes them. Twice the encoding, for
+/// memory that stays one piece whatever the history's length or the client's pace.
+struct History {
+    head: Vec<u8>,
+    options: options::Options,
+    model: Model,
+    range: options::Range,
+    /// Chaos garbage: the whole body (`null`), its first half, or its first sample.
+    garbage: Option<Garbage>,
+}
+
+impl History {
+    fn new(
+        options: options::Options,
+        model: Model,
+        range: options::Range,
+        garbage: Option<Garbage>,
+    ) -> History {
+        let ms = |tick: u64| timestamp((tick * model.interval_ms()) as i64);
+        let head = format!(
+            r#"{{"interval_ms":{},"step_ms":{},"from":"{}","to":"{}","count":{},"samples":["#,
+            model.interval_ms(),
+            range.step * model.interval_ms(),
+            ms(range.first),
+            ms(range.last.max(range.first)),
+            range.points(),
+        )
+        .into_bytes();
+        History {
+            head,
+            options,
+            model,
+            range,
+            garbage,
         }
-        body.extend_from_slice(&encode(&o.sample(model, tick), o.fields, o.seq));
     }
-    body.extend_from_slice(b"]}");
-    Ok(body.into())
+
+    /// The `i`th sample's bytes (the first one garbled, if chaos says so).
+    fn sample(&self, i: usize, tick: u64) -> Bytes {
+        let o = &self.options;
+        let json = encode(&o.sample(&self.model, tick), o.fields, o.seq);
+        match self.garbage {
+            Some(g @ (Garbage::MissingField | Garbage::NegativeCount)) if i == 0 => g.apply(&json),
+            _ => json,
+        }
+    }
+
+    /// The body's length, and its pieces; `turn` is held until the last piece is taken.
+    fn into_pieces(self, turn: Option<Turn>) -> (usize, Pieces) {
+        if self.garbage == Some(Garbage::Null) {
+            return (4, Box::new(std::iter::once(Bytes::from_static(b"null"))));
+        }
+        let samples: usize = self
+            .range
+            .ticks()
+            .enumerate()
+            .map(|(i, tick)| self.sample(i, tick).len() + usize::from(i > 0))
+            .sum();
+        let whole = self.head.len() + samples + 2;
+        let len = if self.garbage == Some(Garbage::Truncated) {
+            whole / 2
+        } else {
+            whole
+        };
+        let mut ticks = self.range.ticks().enumerate();
+        let mut piece = self.head.clone();
+        let mut left = len;
+        let mut done = false;
+        let pieces = std::iter::from_fn(move || {
+            // Held by the iterator, so given back when the edge drops it.
+            let _ = &turn;
+            if done || left == 0 {
+                return None;
+            }
+            for (i, tick) in ticks.by_ref() {
+                if i > 0 {
+                    piece.push(b',');
+                }
+                piece.extend_from_slice(&self.sample(i, tick));
+                if piece.len() >= budget::PIECE {
+                    break;
+                }
+            }
+            if piece.len() < budget::PIECE {
+                piece.extend_from_slice(b"]}");
+                done = true;
+            }
+            piece.truncate(left);
+            left -= piece.len();
+            Some(Bytes::from(std::mem::take(&mut piece)))
+        });
+        (len, Box::new(pieces))
+    }
 }
 
 /// `GET /` and `GET /api`: what this service is and where everything lives.
@@ -392,43 +468,6 @@ fn is_valid_host(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// No more than `HEAVY_AT_ONCE` heavy answers are computed at once; the rest wait
-    /// their turn and are all answered.
-    #[test]
-    fn heavy_answers_take_turns() {
-        let heavy = Arc::new(Heavy::default());
-        let (started_tx, started) = crossbeam_channel::unbounded();
-        let (release_tx, release) = crossbeam_channel::unbounded::<()>();
-        let threads: Vec<_> = (0..HEAVY_AT_ONCE + 2)
-            .map(|_| {
-                let (heavy, started_tx, release) =
-                    (Arc::clone(&heavy), started_tx.clone(), release.clone());
-                std::thread::spawn(move || {
-                    heavy.run(|| {
-                        started_tx.send(()).unwrap();
-                        release.recv().unwrap();
-                        (http::empty(200), Duration::ZERO)
-                    })
-                })
-            })
-            .collect();
-        let wait = Duration::from_secs(5);
-        for _ in 0..HEAVY_AT_ONCE {
-            started.recv_timeout(wait).unwrap();
-        }
-        assert!(
-            started.recv_timeout(Duration::from_millis(300)).is_err(),
-            "a fifth heavy answer started while four were being computed"
-        );
-        for _ in 0..HEAVY_AT_ONCE + 2 {
-            release_tx.send(()).unwrap();
-        }
-        for t in threads {
-            assert_eq!(t.join().unwrap().0.status_code().0, 200);
-        }
-        assert_eq!(started.try_iter().count(), 2, "the two that waited ran");
-    }
 
     #[test]
     fn hosts_that_could_inject_markup_or_paths_are_not_echoed() {

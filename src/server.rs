@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::{Method, Request};
 
+use crate::budget::{Budget, Turns};
 use crate::config::{Config, Cors};
 use crate::context::{Caps, Context};
 use crate::edge::{self, Client, Clients, Edge, Exchange, Limits, StreamFn};
@@ -59,6 +60,7 @@ pub struct Server {
     stopping: Arc<AtomicBool>,
     failed: Receiver<Failure>,
     caps: Caps,
+    budget: Budget,
 }
 
 /// Binds, starts tiny_http and its workers, the edge, the generator and the watchdog.
@@ -70,7 +72,8 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         .map_err(|source| StartError::Listen { addr, source })?;
     let part = StartError::part;
 
-    let caps = caps(config);
+    let budget = Budget::new(config.memory_budget);
+    let caps = caps(config, &budget);
     let model = config.model();
     let first = model.tick_at(generator::now_ms());
     let metrics = Arc::new(Metrics::default());
@@ -83,7 +86,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         ready: Arc::clone(&ready),
         caps,
         default_host: default_host(addr),
-        heavy: Default::default(),
+        turns: Turns::new(budget.turns),
     });
     let (stop, stopped) = bounded::<()>(0);
     let (failed_tx, failed) = bounded(WORKERS + 1);
@@ -173,6 +176,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         stopping,
         failed,
         caps,
+        budget,
     })
 }
 
@@ -203,6 +207,11 @@ impl Server {
     /// The caps in force, derived or configured.
     pub fn caps(&self) -> Caps {
         self.caps
+    }
+
+    /// The memory budget in force and the bounds derived from it.
+    pub fn budget(&self) -> Budget {
+        self.budget
     }
 
     /// Stops the generator, as a bug or a stuck thread would: no sample is published any
@@ -254,10 +263,11 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// The caps in force: configured, or derived from what the process can hold. Each client
-/// costs one descriptor and one thread; a fifth of the budget goes to HTTP connections.
-/// Configured caps the limits cannot hold are lowered, with a warning: refusing clients
-/// with 503 beats failing to accept anyone.
-fn caps(config: &Config) -> Caps {
+/// costs one descriptor and one thread, and its share of the memory budget; a fifth of the
+/// descriptors and threads go to HTTP connections. Configured caps the limits cannot hold
+/// are lowered, with a warning: refusing clients with 503 beats failing to accept anyone,
+/// or being killed for memory.
+fn caps(config: &Config, memory: &Budget) -> Caps {
     let descriptors = platform::raise_fd_limit().map(|n| {
         usize::try_from(n)
             .unwrap_or(usize::MAX)
@@ -269,10 +279,12 @@ fn caps(config: &Config) -> Caps {
         .min()
         .unwrap_or(200_000)
         .max(10);
-    let mut http = config.max_http_connections.unwrap_or(budget / 5);
+    let mut http = config
+        .max_http_connections
+        .unwrap_or((budget / 5).min(memory.http));
     let mut ws = config
         .max_ws_clients
-        .unwrap_or_else(|| budget.saturating_sub(http).max(1));
+        .unwrap_or_else(|| budget.saturating_sub(http).clamp(1, memory.streams));
     if http + ws > budget {
         let (wanted_ws, wanted_http) = (ws, http);
         http = (budget / 5).max(1).min(http);
@@ -287,6 +299,19 @@ fn caps(config: &Config) -> Caps {
             "the open-file or thread limit allows only {budget} clients; raise it (ulimit -n) \
              to serve more"
         );
+    }
+    if ws > memory.streams || http > memory.http {
+        log::warn!(
+            "MAX_WS_CLIENTS={ws} and MAX_HTTP_CONNECTIONS={http} need more memory than the \
+             budget of {} MiB ({}) holds; using {} and {}. Set MEMORY_BUDGET if the host has \
+             more.",
+            memory.memory >> 20,
+            memory.source,
+            ws.min(memory.streams),
+            http.min(memory.http),
+        );
+        ws = ws.min(memory.streams);
+        http = http.min(memory.http);
     }
     Caps { streams: ws, http }
 }
@@ -401,8 +426,8 @@ impl Worker {
                 client.later(
                     request,
                     Box::new(move || {
-                        let (reply, delay) = answer();
-                        (settle.reply(reply), delay)
+                        let ((reply, delay), pieces) = answer();
+                        ((settle.reply(reply), delay), pieces)
                     }),
                 );
             }

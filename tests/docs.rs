@@ -165,7 +165,7 @@ fn the_readme_ranges_are_the_models() {
 /// it (numbers aside): startup, a WebSocket, an SSE stream and a wrong path.
 #[test]
 fn the_readme_log_is_the_servers() {
-    let server = Process::spawn(&[("PORT", "0")]);
+    let server = Process::spawn(&[("PORT", "0"), ("MEMORY_BUDGET", "512M")]);
     let startup = server.wait_for_line("listening on http://");
     let listening: SocketAddr = startup
         .split("listening on http://")
@@ -230,6 +230,20 @@ fn the_readme_configuration_table_is_the_codes() {
         );
     }
     check_generated("README.md", "config", &table);
+}
+
+/// The README's budget table is the code's (`budget::Budget::rows`), for a 512 MiB host.
+#[test]
+fn the_readme_budget_table_is_the_codes() {
+    use realtime_analytics_backend::budget::Budget;
+    let budget = Budget::of(512 << 20, "cgroup limit");
+    let mut table = String::from(
+        "| work | per client | over the server (512 MiB) | past it |\n|---|---|---|---|\n",
+    );
+    for row in budget.rows((budget.streams, budget.http), 16 * 1024) {
+        table += &format!("| {} |\n", row.join(" | "));
+    }
+    check_generated("README.md", "budget", &table);
 }
 
 /// ARCHITECTURE.md's metrics table is the code's (`metrics::METRICS`).

@@ -41,13 +41,7 @@ fn non_reading(addr: std::net::SocketAddr, raw: &[u8]) -> TcpStream {
 /// Threads, descriptors and resident bytes of this process.
 fn threads_and_fds_rss() -> (usize, usize, usize) {
     let (threads, fds) = threads_and_fds();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: usize = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    (threads, fds, kb * 1024)
+    (threads, fds, rss())
 }
 
 fn status_of(answer: &[u8]) -> Option<u16> {

@@ -307,7 +307,9 @@ fn the_cors_allowlist_governs_server_made_errors_and_websocket_origins() {
     assert_eq!(upgrade(None).status, 101);
 }
 
-/// The heaviest legal requests, many at once: ordinary requests stay fast meanwhile.
+/// The heaviest legal requests, many at once: ordinary requests stay fast meanwhile, and
+/// each history is answered, or refused with 503 and `Retry-After` when it waited too
+/// long for one of the server's turns.
 #[test]
 fn concurrent_heavy_histories_leave_health_checks_fast() {
     let s = TestServer::start();
@@ -330,40 +332,19 @@ fn concurrent_heavy_histories_leave_health_checks_fast() {
         slowest = slowest.max(asked.elapsed());
         thread::sleep(Duration::from_millis(50));
     }
-    for h in heavy {
-        assert_eq!(h.join().unwrap(), 200);
-    }
+    let answered = heavy
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|status| match status {
+            200 => true,
+            503 => false,
+            other => panic!("a history answered {other}"),
+        })
+        .count();
+    assert!(answered >= s.server().budget().turns, "{answered} answered");
     assert!(
         slowest < Duration::from_secs(1),
         "/healthz took {slowest:?}"
     );
     eprintln!("slowest /healthz during 32 heavy histories: {slowest:?}");
-}
-
-/// Reply bytes held for clients that do not take them are bounded over all connections
-/// (64 MiB): twenty never-reading clients of 4 MB histories cannot all be held, and the
-/// ones past the bound are closed while everyone else is served.
-#[test]
-fn reply_bytes_held_for_slow_clients_are_bounded() {
-    let s = TestServer::start();
-    let raw = "GET /api/analytics/history?last=4h&step=1500ms&fields=all&seq=1 HTTP/1.1\r\nHost: x\r\n\r\n";
-    let held: Vec<TcpStream> = (0..20)
-        .map(|_| {
-            let socket =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            socket.set_recv_buffer_size(4096).unwrap();
-            socket.connect(&s.addr.into()).unwrap();
-            let stream: TcpStream = socket.into();
-            (&stream).write_all(raw.as_bytes()).unwrap();
-            stream
-        })
-        .collect();
-    assert!(
-        eventually(TIMEOUT, || get(s.addr, "/metrics")
-            .text()
-            .contains("analytics_http_closed_total{reason=\"held_bytes\"}")),
-        "no connection was cut at the bound"
-    );
-    assert_eq!(get(s.addr, "/healthz").status, 200);
-    drop(held);
 }

@@ -41,7 +41,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use tiny_http::{HTTPVersion, Request};
 
 use crate::config::Cors;
-use crate::http::{self, Reply};
+use crate::http::{self, Pieces, Reply};
 use crate::metrics::Metrics;
 use crate::platform;
 use crate::routes::Later;
@@ -67,10 +67,6 @@ pub const STACK: usize = 128 * 1024;
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// How long a refusal or a 503 at the cap may take to write: best effort.
 const REFUSAL_WRITE: Duration = Duration::from_millis(500);
-/// Reply bytes held, over all connections, for clients that did not take them at once.
-/// A client may read slowly, but not keep the server's memory: past this, the connections
-/// that would add to it are closed instead.
-const MAX_HELD_BYTES: usize = 64 << 20;
 /// Kernel send buffer of an HTTP connection (Linux doubles it). Every reply but a long
 /// history fits; a fixed size stops the kernel from growing it to megabytes for a client
 /// that does not read, memory no budget of ours would see.
@@ -137,6 +133,8 @@ struct Rendered {
     close: bool,
     /// Not before then (chaos latency, 30 s at most).
     due: Option<Instant>,
+    /// The rest of the body, produced as the client takes it (a long history).
+    pieces: Option<Pieces>,
 }
 
 /// What the edge knows about the request a worker is answering.
@@ -221,8 +219,6 @@ pub struct Edge {
     clients: Arc<Clients>,
     next_id: AtomicU64,
     open: Arc<Open>,
-    /// Reply bytes held for slow clients (see `MAX_HELD_BYTES`).
-    held: AtomicUsize,
     stopping: AtomicBool,
 }
 
@@ -296,7 +292,6 @@ impl Edge {
                 metrics: Arc::clone(&metrics),
             }),
             metrics,
-            held: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
         })
     }
@@ -451,7 +446,14 @@ impl Edge {
             if let Some(due) = reply.due {
                 thread::sleep(due.saturating_duration_since(Instant::now()));
             }
-            if let Err(reason) = self.write(&socket, &reply.bytes[reply.sent..]) {
+            let written = self
+                .write(&socket, &reply.bytes[reply.sent..])
+                .and_then(|()| {
+                    reply
+                        .pieces
+                        .map_or(Ok(()), |p| self.write_pieces(&socket, p))
+                });
+            if let Err(reason) = written {
                 self.metrics.http_closed(reason);
                 break End::Quiet(None);
             }
@@ -572,47 +574,61 @@ impl Edge {
 
     /// Writes the rest of a reply. Fails (with the reason, for the metrics) if the client
     /// took nothing for `WRITE_TIMEOUT_MS`, took longer than its size allows at
-    /// `MIN_RATE`, is gone, or the held bytes would pass `MAX_HELD_BYTES`.
-    fn write(&self, socket: &TcpStream, mut rest: &[u8]) -> Result<(), &'static str> {
-        let total = rest.len();
-        if total == 0 {
-            return Ok(());
-        }
-        let held = self.held.fetch_add(total, Ordering::SeqCst) + total;
-        let written = if held > MAX_HELD_BYTES {
-            Err("held_bytes")
-        } else {
-            let deadline = Instant::now()
+    /// `MIN_RATE`, or is gone. What a slow client holds is its own reply (at most the
+    /// OpenAPI document, 48 KiB) or one piece of a long one: counted in each HTTP
+    /// connection's share of the memory budget (`budget::HTTP_COST`).
+    fn write(&self, socket: &TcpStream, rest: &[u8]) -> Result<(), &'static str> {
+        let deadline = Instant::now()
+            + self.limits.write_timeout
+            + Duration::from_secs((rest.len() / MIN_RATE) as u64);
+        self.write_by(socket, rest, deadline)
+    }
+
+    /// Writes a body's pieces as the client takes them, each produced only once the one
+    /// before is written: the client must keep up with `MIN_RATE` over the whole body,
+    /// after `WRITE_TIMEOUT_MS`.
+    fn write_pieces(&self, socket: &TcpStream, pieces: Pieces) -> Result<(), &'static str> {
+        let started = Instant::now();
+        let mut total = 0;
+        for piece in pieces {
+            total += piece.len();
+            let deadline = started
                 + self.limits.write_timeout
-                + Duration::from_secs((rest.len() / MIN_RATE) as u64);
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if rest.is_empty() {
-                    break Ok(());
-                }
-                if left.is_zero() {
-                    break Err("write_timeout");
-                }
-                let _ = socket.set_write_timeout(Some(left.min(self.limits.write_timeout)));
-                match (&*socket).write(rest) {
-                    Ok(0) => break Err("write_failed"),
-                    Ok(n) => rest = &rest[n..],
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break Err("write_timeout");
-                    }
-                    Err(_) => break Err("write_failed"),
-                }
+                + Duration::from_secs((total / MIN_RATE) as u64);
+            self.write_by(socket, &piece, deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `rest` by `deadline`.
+    fn write_by(
+        &self,
+        socket: &TcpStream,
+        mut rest: &[u8],
+        deadline: Instant,
+    ) -> Result<(), &'static str> {
+        while !rest.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("write_timeout");
             }
-        };
-        // The whole reply stays in memory until now.
-        self.held.fetch_sub(total, Ordering::SeqCst);
-        written
+            let _ = socket.set_write_timeout(Some(left.min(self.limits.write_timeout)));
+            match (&*socket).write(rest) {
+                Ok(0) => return Err("write_failed"),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err("write_timeout");
+                }
+                Err(_) => return Err("write_failed"),
+            }
+        }
+        Ok(())
     }
 
     /// Answers a refusal (best effort: the client may be why we refuse) and closes.
@@ -630,16 +646,18 @@ impl Client {
     /// Computes a [`Later`] reply on the connection's thread, into what a worker's reply
     /// would have been.
     fn computed(&self, answer: Later, head: &Head) -> Rendered {
-        let (reply, delay) = answer();
+        let ((reply, delay), pieces) = answer();
         let close = head.close || head.upgrade;
         if close {
             self.place.give_back();
         }
+        let head_only = head.method == "HEAD";
         Rendered {
-            bytes: render(reply, head.minor, head.method == "HEAD", close),
+            bytes: render(reply, head.minor, head_only, close),
             sent: 0,
             close,
             due: (!delay.is_zero()).then(|| Instant::now() + delay),
+            pieces: pieces.filter(|_| !head_only),
         }
     }
 
@@ -674,6 +692,7 @@ impl Client {
             sent,
             close,
             due,
+            pieces: None,
         }));
     }
 

@@ -22,6 +22,64 @@ pub fn thread_limit() -> Option<usize> {
     Some(max.saturating_sub(2000) / 5)
 }
 
+/// A cgroup limit at or above this means none (v1 writes `PAGE_COUNTER_MAX` pages).
+const NO_LIMIT: u64 = 1 << 60;
+
+/// The tightest cgroup memory limit over this process's cgroups and their ancestors (v2
+/// `memory.max`, v1 `memory.limit_in_bytes`; both where a host mounts both), else the
+/// machine's physical memory.
+pub fn memory_limit() -> Option<(u64, &'static str)> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let limit = cgroup_limits(&cgroups)
+        .into_iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .filter_map(|value| value.trim().parse::<u64>().ok())
+        .filter(|&bytes| bytes > 0 && bytes < NO_LIMIT)
+        .min();
+    match (limit, super::posix::physical_memory()) {
+        (Some(limit), Some(physical)) if physical < limit => Some((physical, "physical memory")),
+        (Some(limit), _) => Some((limit, "cgroup limit")),
+        (None, physical) => physical.map(|bytes| (bytes, "physical memory")),
+    }
+}
+
+/// The files that may hold a memory limit for the cgroups named in `/proc/self/cgroup`
+/// (`hierarchy:controllers:path` lines): each cgroup's and every ancestor's, at the
+/// usual mount points of v2 (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid
+/// hosts) and of v1's memory controller.
+fn cgroup_limits(cgroups: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let places: &[(&str, &str)] = if controllers.is_empty() {
+            &[
+                ("/sys/fs/cgroup", "memory.max"),
+                ("/sys/fs/cgroup/unified", "memory.max"),
+            ]
+        } else if controllers.split(',').any(|c| c == "memory") {
+            &[("/sys/fs/cgroup/memory", "memory.limit_in_bytes")]
+        } else {
+            continue;
+        };
+        let mut dir = path.trim_end_matches('/');
+        loop {
+            for (root, file) in places {
+                files.push(format!("{root}{dir}/{file}"));
+            }
+            match dir.rfind('/') {
+                Some(parent) => dir = &dir[..parent],
+                None => break,
+            }
+        }
+    }
+    files
+}
+
 /// `prctl(PR_FUTEX_HASH, ...)` (Linux 6.16), not yet in the libc crate.
 const PR_FUTEX_HASH: libc::c_int = 78;
 const PR_FUTEX_HASH_SET_SLOTS: libc::c_ulong = 1;
@@ -73,6 +131,25 @@ pub fn process_stats() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_limits_are_looked_for_in_every_cgroup_and_its_ancestors() {
+        let files = cgroup_limits("4:memory:/a/b\n3:cpu:/a\n0::/c\n");
+        assert_eq!(
+            files,
+            [
+                "/sys/fs/cgroup/memory/a/b/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/a/memory.limit_in_bytes",
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                "/sys/fs/cgroup/c/memory.max",
+                "/sys/fs/cgroup/unified/c/memory.max",
+                "/sys/fs/cgroup/memory.max",
+                "/sys/fs/cgroup/unified/memory.max",
+            ]
+        );
+        let (bytes, _) = memory_limit().expect("Linux always tells its memory");
+        assert!(bytes > 0);
+    }
 
     #[test]
     fn the_futex_hash_is_sized_for_the_threads_where_the_kernel_has_one() {

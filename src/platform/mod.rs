@@ -4,8 +4,8 @@
 //!
 //! | backend | where | what it adds |
 //! |---|---|---|
-//! | `linux` | Linux (unless the `portable` feature is on) | `TCP_USER_TIMEOUT`, the thread budget from `vm.max_map_count`, a futex hash sized for it, RSS and thread count from `/proc` |
-//! | `posix` | macOS, the BSDs, and Linux with `--features portable` (what CI runs a second time) | descriptor limits (`getrlimit`), non-blocking sends (`MSG_DONTWAIT`), signals |
+//! | `linux` | Linux (unless the `portable` feature is on) | `TCP_USER_TIMEOUT`, the cgroup memory limit (v1 and v2), the thread budget from `vm.max_map_count`, a futex hash sized for it, RSS and thread count from `/proc` |
+//! | `posix` | macOS, the BSDs, and Linux with `--features portable` (what CI runs a second time) | descriptor limits (`getrlimit`), physical memory (`sysconf`), non-blocking sends (`MSG_DONTWAIT`), signals |
 //! | `windows` | Windows | nothing beyond std: no descriptor limit to raise, replies are written by the connection's thread, Ctrl-C through signal-hook's flag |
 //!
 //! What the edge relies on from the OS is small on purpose: a listening socket, blocking
@@ -47,6 +47,14 @@ pub fn raise_fd_limit() -> Option<u64> {
 /// How many threads the process can create before the OS refuses, if the OS says.
 pub fn thread_limit() -> Option<usize> {
     os::thread_limit()
+}
+
+/// Memory this process may use, in bytes, and where that figure comes from: the
+/// container's limit (Linux cgroups, v2 `memory.max` or v1 `memory.limit_in_bytes`,
+/// the tightest over the process's cgroup and its ancestors) when there is one, else the
+/// machine's physical memory. `None` where the OS does not say cheaply (Windows).
+pub fn memory_limit() -> Option<(u64, &'static str)> {
+    os::memory_limit()
 }
 
 /// Prepares the process for up to `threads` threads blocked at once (parked stream

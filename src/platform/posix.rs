@@ -42,6 +42,25 @@ pub fn raise_fd_limit() -> Option<u64> {
     Some(limit.rlim_cur as u64)
 }
 
+/// The machine's physical memory (`sysconf`): a POSIX system has no container limit
+/// that this backend can read.
+pub fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf takes an integer and returns one; no memory is passed.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let (pages, size) = (u64::try_from(pages).ok()?, u64::try_from(size).ok()?);
+    pages.checked_mul(size).filter(|&bytes| bytes > 0)
+}
+
+#[allow(dead_code)] // unused when the Linux backend wraps this one
+pub fn memory_limit() -> Option<(u64, &'static str)> {
+    physical_memory().map(|bytes| (bytes, "physical memory"))
+}
+
 #[allow(dead_code)]
 pub fn thread_limit() -> Option<usize> {
     None

@@ -18,6 +18,11 @@ pub fn raise_fd_limit() -> Option<u64> {
     None
 }
 
+/// Not read here: the caller uses its documented default (see `budget`).
+pub fn memory_limit() -> Option<(u64, &'static str)> {
+    None
+}
+
 pub fn thread_limit() -> Option<usize> {
     None
 }

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, never, select};
 use serde_json::{Value, json};
 
+use crate::budget;
 use crate::chaos::{Cut, Delivery};
 use crate::context::Context;
 use crate::error::Refusal;
@@ -43,6 +44,9 @@ use crate::watcher::{Socket, Watcher};
 const SEND_BUFFER: usize = 8 * 1024;
 /// How long one blocking write may take while the stream opens (welcome and replay).
 const OPENING_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The slowest a client may take a replay: on top of `OPENING_WRITE_TIMEOUT`, one second
+/// per this many bytes (the edge's rate for long replies).
+const MIN_RATE: usize = 64 << 10;
 /// On shutdown each client is told to reconnect after a random delay up to this, so that
 /// a deploy does not bring every dashboard back in the same instant.
 const RECONNECT_SPREAD_MS: u64 = 5000;
@@ -152,6 +156,19 @@ impl End {
     }
 }
 
+/// Close 1013 (try again later) when every turn for long replays is taken, with a
+/// random delay for coming back, as [`going_away`].
+fn busy() -> End {
+    let delay = rand::random_range(RECONNECT_SPREAD_MS / 5..=RECONNECT_SPREAD_MS);
+    End::Close(
+        1013,
+        json!({
+            "reason": "server busy with other long replays; reconnect with the same since",
+            "reconnect_after_ms": delay,
+        }),
+    )
+}
+
 /// Close 1001 with a body that tells the client when to come back: a random delay up to
 /// 5 s, so that a deploy does not bring every dashboard back in the same instant.
 fn going_away() -> End {
@@ -171,9 +188,14 @@ trait Encoder {
     const RESUME: &'static str;
 
     fn socket(&mut self) -> &mut Socket;
-    /// Writes the welcome and the opening samples. The socket is blocking, with a
-    /// timeout: none of it may be skipped.
-    fn open(&mut self, welcome: &Value, samples: Vec<(u64, Bytes)>) -> Result<(), End>;
+    /// Begins the opening with the welcome (SSE: after the response head). The socket is
+    /// blocking, with a timeout: none of the opening may be skipped. Bytes may gather in
+    /// the encoder, up to a piece (`budget::PIECE`), until [`Encoder::opened`].
+    fn open(&mut self, welcome: &Value) -> Result<(), End>;
+    /// Adds one opening sample (the latest, or one of a replay), writing blocking.
+    fn open_sample(&mut self, seq: u64, json: Bytes) -> Result<(), End>;
+    /// Writes what the opening gathered, and frees its buffer.
+    fn opened(&mut self) -> Result<(), End>;
     /// Hands earlier bytes to the kernel without blocking: `Ok(false)` while some are
     /// left (the client is not reading).
     fn flush(&mut self) -> Result<bool, End>;
@@ -199,6 +221,8 @@ struct Client<'a, E> {
     /// Samples skipped in a row because earlier bytes were still unsent.
     skipped: u32,
     last_write: Instant,
+    /// The last tick the opening covered: published ticks up to it were sent already.
+    opened_to: u64,
     /// This client's faults, when it asked for chaos (boxed: a client without chaos
     /// keeps a one-word field on its thread's stack).
     chaos: Option<Box<Delivery>>,
@@ -224,6 +248,7 @@ fn run<E: Encoder>(
         sent: 0,
         skipped: 0,
         last_write: Instant::now(),
+        opened_to: 0,
         chaos: None,
     };
     let mut readable = None;
@@ -253,12 +278,9 @@ impl<E: Encoder> Client<'_, E> {
             latest,
             subscription,
         } = start;
-        let (welcome, samples) = self.opening(&latest, subscription.is_some());
-        if let Err(end) = self.open(&welcome, samples) {
+        if let Err(end) = self.open(&latest, subscription.is_some()) {
             return end;
         }
-        // Freed now, not when the stream ends.
-        drop(welcome);
         let events = match self.watch() {
             Ok(r) => readable.insert(r).clone(),
             Err(end) => return end,
@@ -273,20 +295,74 @@ impl<E: Encoder> Client<'_, E> {
     }
 
     /// Writes the welcome and the opening samples, blocking with a timeout: none of it
-    /// may be skipped.
+    /// may be skipped. The opening samples are the latest, or the replay the client asked
+    /// for with `since` ([`Client::replay`]).
     #[inline(never)]
-    fn open(&mut self, welcome: &Value, samples: Vec<(u64, Bytes)>) -> Result<(), End> {
-        let count = samples.len() as u64;
+    fn open(&mut self, latest: &Tick, streaming: bool) -> Result<(), End> {
+        let model = &self.streams.ctx.model;
+        let replay = self.options.replay(latest.seq).filter(|_| streaming);
+        let welcome = welcome(
+            self.route,
+            self.options,
+            model,
+            latest.seq,
+            replay.clone(),
+            E::RESUME,
+        );
         self.encoder
             .socket()
             .options()
             .set_write_timeout(Some(OPENING_WRITE_TIMEOUT))
             .map_err(|e| End::Lost(e.to_string()))?;
-        self.encoder.open(welcome, samples)?;
-        for _ in 0..count {
-            self.counted_sent();
+        self.encoder.open(&welcome)?;
+        drop(welcome);
+        self.opened_to = latest.seq;
+        match replay {
+            Some(ticks) => self.replay(ticks)?,
+            None if streaming => {
+                let json = self.options.encode(model, latest.seq, Some(latest));
+                self.encoder.open_sample(latest.seq, json)?;
+                self.counted_sent();
+            }
+            None => {}
         }
-        Ok(())
+        self.encoder.opened()
+    }
+
+    /// Sends the samples the client missed, encoded one at a time as it takes them, then
+    /// those published meanwhile: the live samples that follow start after the last one
+    /// sent, with no gap. A long replay waits for one of the server's turns
+    /// (`budget::Turns`), and must keep up with `MIN_RATE` after `OPENING_WRITE_TIMEOUT`.
+    #[inline(never)]
+    fn replay(&mut self, ticks: RangeInclusive<u64>) -> Result<(), End> {
+        let ctx = &self.streams.ctx;
+        let long = ticks.end() - ticks.start() >= budget::SHORT;
+        let _turn = match long.then(|| ctx.turns.take(budget::TURN_WAIT)) {
+            Some(None) => return Err(busy()),
+            turn => turn.flatten(),
+        };
+        let started = Instant::now();
+        let (mut next, mut last) = ticks.into_inner();
+        let mut bytes = 0;
+        loop {
+            for seq in (next..=last).filter(|seq| seq % self.options.every == 0) {
+                let json = self.options.encode(&ctx.model, seq, None);
+                bytes += json.len();
+                self.encoder.open_sample(seq, json)?;
+                self.counted_sent();
+                let allowed =
+                    OPENING_WRITE_TIMEOUT + Duration::from_secs((bytes / MIN_RATE) as u64);
+                if started.elapsed() > allowed {
+                    return Err(End::close(1008, "client too slow to take the replay"));
+                }
+            }
+            self.opened_to = last;
+            let latest = ctx.hub.latest().seq;
+            if latest <= last {
+                return Ok(());
+            }
+            (next, last) = (last + 1, latest);
+        }
     }
 
     /// The client's chaos, if it asked for any, from the tick it opened on.
@@ -308,34 +384,6 @@ impl<E: Encoder> Client<'_, E> {
                 Ok(r)
             })
             .map_err(|e| End::Lost(format!("cannot watch the socket: {e}")))
-    }
-
-    /// The welcome and the samples that follow it at once: the latest, or the replay
-    /// the client asked for.
-    #[inline(never)]
-    fn opening(&self, first: &Tick, streaming: bool) -> (Value, Vec<(u64, Bytes)>) {
-        let model = &self.streams.ctx.model;
-        let replay = self.options.replay(first.seq).filter(|_| streaming);
-        let welcome = welcome(
-            self.route,
-            self.options,
-            model,
-            first.seq,
-            replay.clone(),
-            E::RESUME,
-        );
-        let samples = match (streaming, replay) {
-            (false, _) => Vec::new(),
-            (true, Some(ticks)) => ticks
-                .filter(|seq| seq % self.options.every == 0)
-                .map(|seq| (seq, self.options.encode(model, seq, None)))
-                .collect(),
-            (true, None) => vec![(
-                first.seq,
-                self.options.encode(model, first.seq, Some(first)),
-            )],
-        };
-        (welcome, samples)
     }
 
     /// Streams until the end: samples as they are published, the client's frames as
@@ -375,6 +423,10 @@ impl<E: Encoder> Client<'_, E> {
     /// client's chaos.
     #[inline(never)]
     fn published(&mut self, tick: &Tick) -> Result<(), End> {
+        if tick.seq <= self.opened_to {
+            // Sent by the opening already.
+            return Ok(());
+        }
         let wanted = tick.seq.is_multiple_of(self.options.every);
         let Some(chaos) = &mut self.chaos else {
             return if wanted { self.deliver(tick) } else { Ok(()) };

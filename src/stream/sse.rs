@@ -24,6 +24,7 @@ use serde_json::Value;
 use tiny_http::{Header, Method, Request};
 
 use super::{Encoder, End, Slot, Start};
+use crate::budget;
 use crate::edge::StreamFn;
 use crate::http::{self, request_header};
 use crate::metrics::Stream;
@@ -99,8 +100,8 @@ impl Encoder for Events {
         &mut self.socket
     }
 
-    /// The head, `retry:`, the welcome event and the samples, in one write.
-    fn open(&mut self, welcome: &Value, samples: Vec<(u64, Bytes)>) -> Result<(), End> {
+    /// The head, `retry:` and the welcome event, gathered with the first samples.
+    fn open(&mut self, welcome: &Value) -> Result<(), End> {
         let mut out = String::from(
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
              Cache-Control: no-cache, no-transform\r\nX-Accel-Buffering: no\r\n\
@@ -113,18 +114,22 @@ impl Encoder for Events {
             "\r\nretry: {RETRY_MS}\nevent: welcome\ndata: {welcome}\n\n"
         ));
         self.pending = out.into_bytes();
-        for (seq, json) in samples {
-            self.push(seq, &json);
+        Ok(())
+    }
+
+    /// Gathers events, written a piece at a time.
+    fn open_sample(&mut self, seq: u64, json: Bytes) -> Result<(), End> {
+        self.push(seq, &json);
+        if self.pending.len() >= budget::PIECE {
+            self.write_opening()?;
         }
-        let written = self.socket.write_all(&self.pending);
-        // The opening burst can be large (a replay); do not keep its buffer.
+        Ok(())
+    }
+
+    fn opened(&mut self) -> Result<(), End> {
+        self.write_opening()?;
+        // An opening can gather a piece; do not keep its buffer.
         self.pending = Vec::new();
-        written.map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                End::close(1008, "client too slow to take the stream's first samples")
-            }
-            _ => End::Lost(e.to_string()),
-        })?;
         if self.quiet {
             Ok(())
         } else {
@@ -197,6 +202,18 @@ impl Encoder for Events {
 }
 
 impl Events {
+    /// Writes the gathered opening, blocking with the socket's timeout.
+    fn write_opening(&mut self) -> Result<(), End> {
+        let written = self.socket.write_all(&self.pending);
+        self.pending.clear();
+        written.map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                End::close(1008, "client too slow to take the stream's first samples")
+            }
+            _ => End::Lost(e.to_string()),
+        })
+    }
+
     /// Queues one sample's event. The id is written digit by digit, not with `format!`,
     /// whose machinery is the deepest call a stream makes: it alone took every SSE
     /// thread's stack into a third page (see `edge::STACK`).

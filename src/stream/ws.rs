@@ -208,21 +208,19 @@ impl Encoder for Frames {
         self.ws.get_mut()
     }
 
-    fn open(&mut self, welcome: &Value, samples: Vec<(u64, Bytes)>) -> Result<(), End> {
-        let too_slow = |e: Error| match e {
-            Error::Io(e) if is_timeout(&e) => {
-                End::close(1008, "client too slow to take the opening samples")
-            }
-            e => lost(e),
-        };
+    /// tungstenite writes each message to the socket at once (`write_buffer_size(0)`):
+    /// nothing gathers here.
+    fn open(&mut self, welcome: &Value) -> Result<(), End> {
         self.ws
             .write(Message::Text(welcome.to_string().into()))
-            .map_err(too_slow)?;
-        for (_, json) in samples {
-            self.ws
-                .write(Message::Text(utf8(json)?))
-                .map_err(too_slow)?;
-        }
+            .map_err(too_slow)
+    }
+
+    fn open_sample(&mut self, _seq: u64, json: Bytes) -> Result<(), End> {
+        self.ws.write(Message::Text(utf8(json)?)).map_err(too_slow)
+    }
+
+    fn opened(&mut self) -> Result<(), End> {
         self.ws.flush().map_err(too_slow)
     }
 
@@ -355,6 +353,16 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+/// A blocking write of the opening that timed out: the client does not take it.
+fn too_slow(e: Error) -> End {
+    match e {
+        Error::Io(e) if is_timeout(&e) => {
+            End::close(1008, "client too slow to take the opening samples")
+        }
+        e => lost(e),
+    }
 }
 
 fn lost(e: Error) -> End {

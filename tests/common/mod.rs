@@ -300,6 +300,17 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Resident bytes of this process.
+pub fn rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
 /// Thread and open-descriptor counts of this process.
 pub fn threads_and_fds() -> (usize, usize) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -1,0 +1,192 @@
+//! Budgets over real sockets: long resumes and big histories, the heaviest requests a
+//! client can make legitimately, cost memory in pieces whatever the clients do, and a
+//! client that reads slowly gets its answer or a 503 that says when to retry.
+//!
+//! Linux only: resident memory is read from `/proc/self/status` (the server runs in this
+//! process).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// The worst resume: every field of the 10 000 samples a replay holds.
+fn worst_resume(addr: SocketAddr) -> String {
+    let latest = get(addr, "/api/analytics?seq=1").json()["seq"]
+        .as_u64()
+        .unwrap();
+    format!("/api/analytics?since={}&fields=all&seq=1", latest - 9999)
+}
+
+/// The worst history: 9600 points of every field (4.4 MB).
+const WORST_HISTORY: &str = "/api/analytics/history?last=4h&step=1500ms&fields=all&seq=1";
+
+/// A client socket that takes almost nothing: a 4 KiB receive buffer, never read.
+fn never_reading(addr: SocketAddr, request: &str) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let stream: TcpStream = socket.into();
+    (&stream).write_all(request.as_bytes()).unwrap();
+    stream
+}
+
+/// The most this process's RSS rose above `before` over `window`.
+fn peak_growth(before: usize, window: Duration) -> usize {
+    let deadline = Instant::now() + window;
+    let mut peak = 0;
+    while Instant::now() < deadline {
+        peak = peak.max(rss().saturating_sub(before));
+        thread::sleep(Duration::from_millis(50));
+    }
+    peak
+}
+
+/// 40 WebSocket and 40 SSE clients resume 10 000 samples with every field and never read.
+/// Each replay was assembled whole before it was written: 5.5 MiB a client, 273 MiB for
+/// 50 WebSocket clients, 424 MiB for 60 SSE ones. Now a replay is encoded a sample at a
+/// time as the client takes it, and long ones take turns.
+#[test]
+fn long_resumes_never_read_cost_bounded_memory() {
+    let s = TestServer::start();
+    let target = worst_resume(s.addr);
+    let (threads, _) = threads_and_fds();
+    let before = rss();
+    let clients: Vec<TcpStream> = (0..80)
+        .map(|i| {
+            let head = if i % 2 == 0 {
+                upgrade_request(s.addr, &target, HANDSHAKE)
+            } else {
+                format!("GET {target} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            };
+            never_reading(s.addr, &head)
+        })
+        .collect();
+    let grown = peak_growth(before, Duration::from_secs(4));
+    assert_eq!(get(s.addr, "/healthz").status, 200);
+    eprintln!(
+        "80 never-read resumes of 10 000 samples: RSS +{} KiB",
+        grown >> 10
+    );
+    assert!(grown < 40 << 20, "RSS grew {} MiB", grown >> 20);
+    drop(clients);
+    assert!(
+        eventually(Duration::from_secs(30), || threads_and_fds().0
+            <= threads + 2),
+        "stream threads did not end: {:?} (baseline {threads})",
+        threads_and_fds()
+    );
+}
+
+/// A replay long enough that samples are published while it is written is followed by
+/// those samples, then the live ones: every seq once, in order, with no gap.
+#[test]
+fn a_long_resume_read_slowly_continues_without_a_gap() {
+    let s = TestServer::with(|c| c.interval = Duration::from_millis(100));
+    let latest = get(s.addr, "/api/analytics?seq=1").json()["seq"]
+        .as_u64()
+        .unwrap();
+    let since = latest - 9999;
+    let (mut ws, _welcome) = ws_connect(
+        s.addr,
+        &format!("/api/analytics?since={since}&fields=all&seq=1"),
+    );
+    let mut expected = since + 1;
+    let started = Instant::now();
+    // Slowly enough that ticks pass during the replay, then until well past it.
+    while expected <= latest + 30 {
+        let sample = next_json(&mut ws);
+        assert_eq!(
+            sample["seq"].as_u64(),
+            Some(expected),
+            "after {}",
+            expected - 1
+        );
+        expected += 1;
+        if expected.is_multiple_of(500) && started.elapsed() < Duration::from_secs(2) {
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// 60 clients ask the worst history and never read. Each history was built whole and
+/// held: RSS rose 123-198 MiB where 64 MiB were promised. Now a history is produced a
+/// piece at a time, and at most a few at once.
+#[test]
+fn big_histories_never_read_cost_bounded_memory() {
+    let s = TestServer::start();
+    let before = rss();
+    let request = format!("GET {WORST_HISTORY} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let clients: Vec<TcpStream> = (0..60).map(|_| never_reading(s.addr, &request)).collect();
+    let grown = peak_growth(before, Duration::from_secs(4));
+    let asked = Instant::now();
+    assert_eq!(get(s.addr, "/healthz").status, 200);
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    eprintln!("60 never-read worst histories: RSS +{} KiB", grown >> 10);
+    assert!(grown < 40 << 20, "RSS grew {} MiB", grown >> 20);
+    drop(clients);
+}
+
+/// Honest slow readers of the worst history, more than the server writes at once: each
+/// gets the whole answer, or a 503 with `Retry-After`; never a connection closed without
+/// a status (36 of 50 got that when the held bytes ran out).
+#[test]
+fn slow_readers_of_big_histories_get_the_answer_or_a_retry() {
+    let s = TestServer::start();
+    let turns = s.server().budget().turns;
+    let addr = s.addr;
+    let readers: Vec<_> = (0..50)
+        .map(|_| {
+            thread::spawn(move || {
+                let stream = TcpStream::connect(addr).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                write!(&stream, "GET {WORST_HISTORY} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0];
+                    if reader.read(&mut byte).unwrap_or(0) == 0 {
+                        return Err(format!("closed after {} bytes of head", head.len()));
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8(head).unwrap();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .unwrap_or_else(|| panic!("{head}"))
+                    .parse()
+                    .unwrap();
+                // About 1.3 MB/s.
+                let (mut got, mut chunk) = (0, vec![0; 64 << 10]);
+                while got < len {
+                    match reader.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got += n,
+                    }
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Ok((head, len, got))
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for reader in readers {
+        let (head, len, got) = reader.join().unwrap().unwrap();
+        if head.starts_with("HTTP/1.1 200") {
+            assert_eq!(got, len, "a 200 cut short");
+            answered += 1;
+        } else {
+            assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+            assert!(head.contains("Retry-After: "), "{head}");
+        }
+    }
+    assert!(answered >= turns, "only {answered} answered");
+}
