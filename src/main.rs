@@ -44,6 +44,9 @@ fn main() -> ExitCode {
         ))
         .set_target_level(log::LevelFilter::Off)
         .set_thread_level(log::LevelFilter::Off)
+        // tiny_http's one line above debug is its accept loop ending, which the edge causes
+        // once its internal connections are open.
+        .add_filter_ignore_str("tiny_http")
         .build();
     let _ = TermLogger::init(
         config.log_level,

@@ -1,9 +1,9 @@
 //! The server: the edge in front, tiny_http and its workers behind it, and for each request
 //! one decision: a REST reply, a WebSocket stream or an event stream.
 //!
-//! tiny_http listens on a private loopback port that only the edge connects to (see
-//! `edge`). Its workers take each parsed request, find the client connection it came
-//! from, decide, and answer that client directly.
+//! tiny_http accepts the edge's few internal connections on a loopback port, closed as
+//! soon as they are open (see `edge`). Its workers take each parsed request, find the
+//! client connection it came from, decide, and answer that client directly.
 
 use std::borrow::Cow;
 use std::io;
@@ -99,9 +99,9 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         clients: AtomicUsize::new(0),
     });
 
-    // tiny_http, on a port only the edge connects to.
+    // tiny_http, on a loopback port that the edge connects to and then closes.
     let private = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| Ok((l.local_addr()?, l)))
+        .and_then(|l| Ok((l.try_clone()?, l)))
         .map_err(part("tiny_http's internal listener"))?;
     let http = Arc::new(
         tiny_http::Server::from_listener(private.1, None).map_err(|source| StartError::Part {
@@ -197,6 +197,14 @@ impl Server {
     /// exit non-zero so that it is restarted.
     pub fn failed(&self) -> &Receiver<Failure> {
         &self.failed
+    }
+
+    /// The loopback address tiny_http listened on behind the edge, closed once the edge's
+    /// connections to it were open: for tests that try to reach it as another local
+    /// process would. `None` only for a listener that is not TCP.
+    #[doc(hidden)]
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.http.server_addr().to_ip()
     }
 
     /// Open streaming connections (WebSocket and SSE).
@@ -399,6 +407,10 @@ impl Worker {
             match self.http.recv() {
                 Ok(request) => self.handle(request),
                 Err(_) if self.stopping.load(Ordering::SeqCst) => return,
+                // tiny_http's accept loop ends this way once the edge closed its listener.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.clients.accept_loop_ended();
+                }
                 Err(e) => {
                     let failure = Failure::Workers(e);
                     log::error!("{failure}");

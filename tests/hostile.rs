@@ -226,6 +226,46 @@ fn the_server_survives_hostile_input_and_returns_to_baseline() {
     assert_eq!(status_of(&answer), Some(505), "HTTP/2 prior knowledge");
     check("HTTP/2.0 and 3.0 request lines", baseline);
 
+    // tiny_http's own listener behind the edge has no timeouts and no cap: a local process
+    // must not hold connections there, nor leak them with the HTTP/2.0 lines tiny_http
+    // deadlocks on.
+    let internal = s
+        .server()
+        .internal_addr()
+        .expect("tiny_http listens on TCP");
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect_timeout(&internal, Duration::from_secs(1)).ok())
+        .collect();
+    let r = get(addr, "/api/analytics");
+    assert_eq!(
+        r.status, 200,
+        "answering while a local process tries the internal port"
+    );
+    let (threads, _) = threads_and_fds();
+    eprintln!(
+        "internal port: {} of 300 connections accepted, threads {} -> {threads}",
+        idle.len(),
+        baseline.0
+    );
+    assert!(
+        threads <= baseline.0 + 4,
+        "{} idle connections to the internal port {internal}: threads {} -> {threads}",
+        idle.len(),
+        baseline.0
+    );
+    assert!(
+        idle.is_empty(),
+        "{} of 300 connections to the internal port {internal} accepted",
+        idle.len()
+    );
+    check("idle connections to the internal port", baseline);
+    for _ in 0..60 {
+        if let Ok(mut stream) = TcpStream::connect_timeout(&internal, Duration::from_secs(1)) {
+            let _ = stream.write_all(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n");
+        }
+    }
+    check("HTTP/2.0 request lines on the internal port", baseline);
+
     // Clients that ask and never read: responses that do not fit the socket must not hold
     // a worker. Each burst would have stopped /healthz at once; it must answer in under
     // a second while they hang, and they are dropped within WRITE_TIMEOUT_MS.

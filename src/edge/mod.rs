@@ -8,7 +8,8 @@
 //! tiny_http parses it and hands it to a worker; the worker decides and sends the reply
 //! straight to the client's socket ([`Client::reply`]), or hands the connection back to
 //! its thread to become a stream ([`Client::stream`]). tiny_http never sees a client's
-//! bytes, so none of its limitations can be reached from the network:
+//! bytes, and its own listener is closed once those connections are open, so none of its
+//! limitations can be reached from the network, nor from another process on the host:
 //!
 //! | tiny_http 0.12 limitation | how the edge contains it | what would let us delete it |
 //! |---|---|---|
@@ -17,8 +18,9 @@
 //! | no bound on header size or count | `MAX_HEADER_BYTES`, 100 header lines | limits in tiny_http |
 //! | lax framing: chunked bodies never read, `Content-Length` parsed loosely, bare LF and obs-fold accepted | strict heads ([`head`]); no body is ever accepted; a refused head closes the connection | RFC 9112 parsing in tiny_http |
 //! | deadlocks writing its 505 for `HTTP/2.0`/`3.0`, leaking a thread and two descriptors | 505 from the edge; tiny_http only ever reads HTTP/1.1 | the 505 path fixed upstream |
-//! | its accept loop ends for good on an accept error, and panics on `EMFILE` | it only accepts our few internal connections; our accept loop backs off on errors and never ends | error handling in tiny_http's accept loop |
-//! | its task pool can lose a wake-up and leave a connection with no thread | internal connections are opened one at a time and confirmed, then reused forever | a fixed task pool |
+//! | its own listener has no timeouts and no cap, and any local process can connect to it: 300 idle connections held 300 threads, and each `HTTP/2.0` line leaked as above | the listener is open only at start-up: once the internal connections are open (a few milliseconds), the edge ends tiny_http's accept loop, which closes it, and start-up fails if the loop does not end ([`upstream`]) | a way to give tiny_http connected sockets instead of a listener, or timeouts and a cap in tiny_http |
+//! | its accept loop ends for good on an accept error, and panics on `EMFILE` | it only accepts our few internal connections, and is ended on purpose after; our accept loop backs off on errors and never ends | error handling in tiny_http's accept loop |
+//! | its task pool can lose a wake-up and leave a connection with no thread | internal connections are opened one at a time and confirmed, then kept for the life of the process (a broken one is not reopened: the others carry its clients) | a fixed task pool |
 //! | an upgrade pins a pool thread and two descriptors per stream | a stream runs on the connection's own thread with its only descriptor; tiny_http's request is finished at once | upgrades that release the connection |
 //! | no connection cap | `MAX_HTTP_CONNECTIONS`, enforced at accept with a 503 | a cap in tiny_http |
 //!
@@ -205,8 +207,17 @@ impl Drop for Place {
 pub struct Clients {
     secret: String,
     map: Mutex<HashMap<u64, Arc<Client>>>,
-    /// Acknowledges the edge's probes of its internal connections.
-    acks: Sender<usize>,
+    /// Tells the edge, while it opens its internal connections, what the workers saw.
+    acks: Sender<Ack>,
+}
+
+/// What a worker tells the edge while it opens its internal connections (see [`upstream`]).
+#[derive(Debug)]
+pub enum Ack {
+    /// The probe on this internal connection reached a worker.
+    Line(usize),
+    /// tiny_http's accept loop ended: its listener takes no more connections.
+    Closed,
 }
 
 pub struct Edge {
@@ -231,8 +242,8 @@ enum End {
 }
 
 impl Clients {
-    /// The registry, and the channel on which the edge hears its probes acknowledged.
-    pub fn new() -> (Arc<Clients>, Receiver<usize>) {
+    /// The registry, and the channel on which the edge hears from the workers.
+    pub fn new() -> (Arc<Clients>, Receiver<Ack>) {
         let (acks, acked) = bounded(8);
         let clients = Clients {
             secret: format!("{:032x}", rand::random::<u128>()),
@@ -257,28 +268,34 @@ impl Clients {
             (secret == self.secret).then(|| n.parse::<u64>().ok())?
         };
         if let Some(line) = internal("X-Edge-Probe") {
-            let _ = self.acks.try_send(line as usize);
+            let _ = self.acks.try_send(Ack::Line(line as usize));
             return None;
         }
         let id = internal("X-Edge-Conn")?;
         lock(&self.map).get(&id).cloned()
     }
+
+    /// Tells the edge that tiny_http's accept loop ended, as the edge made it do.
+    pub fn accept_loop_ended(&self) {
+        let _ = self.acks.try_send(Ack::Closed);
+    }
 }
 
 impl Edge {
-    /// Takes the listener and opens the internal connections to tiny_http at `tiny_http`,
-    /// whose workers must already be running with `clients` (they confirm the
-    /// connections, acknowledging on `acked`).
+    /// Takes the listener and opens the internal connections to tiny_http through
+    /// `tiny_http`, a second handle of its listener, which is closed once they are open.
+    /// tiny_http's workers must already be running with `clients` (they confirm the
+    /// connections and the close, acknowledging on `acked`).
     pub fn new(
         listener: TcpListener,
-        tiny_http: SocketAddr,
-        (clients, acked): (Arc<Clients>, Receiver<usize>),
+        tiny_http: TcpListener,
+        (clients, acked): (Arc<Clients>, Receiver<Ack>),
         limits: Limits,
         cors: Cors,
         metrics: Arc<Metrics>,
     ) -> io::Result<Edge> {
         let addr = listener.local_addr()?;
-        let upstream = Upstream::open(tiny_http, clients.secret.clone(), acked)?;
+        let upstream = Upstream::open(tiny_http, &clients.secret, &acked)?;
         Ok(Edge {
             listener,
             addr,

@@ -6,82 +6,167 @@
 //! is ever written back on these connections and several clients' requests share one.
 //! They are opened one at a time, each confirmed by a probe that a worker acknowledges:
 //! tiny_http's task pool can lose a wake-up when connections arrive together and leave one
-//! with no thread, and a connection opened alone and confirmed cannot be that one. After
-//! start-up tiny_http accepts nothing more unless a line breaks and is reopened.
+//! with no thread, and a connection opened alone and confirmed cannot be that one.
+//!
+//! Then tiny_http's listener is closed, so that no other process can connect to it:
+//! tiny_http gives every connection it accepts a thread that waits for requests with no
+//! deadline, and deadlocks on an `HTTP/2.0` request line, leaking that thread and two
+//! descriptors. tiny_http owns the listener, and its accept loop ends for good on its
+//! first error, dropping it. So the edge keeps a second handle to it and, once the lines are
+//! confirmed, makes it non-blocking (a state of the socket that every handle shares: its
+//! open file description on POSIX, the socket itself on Windows) and drops that handle;
+//! one connection of ours wakes the accept it is blocked in, and the next accept, with
+//! nothing queued, fails. A worker sees that failure and acknowledges it; start-up fails
+//! if it does not come within `TIMEOUT` (a flood that keeps the queue full). The port is
+//! open only while the lines are opened at start-up, a few milliseconds; what another
+//! process connects in them keeps one pool thread each for the life of the process, and
+//! nothing can connect after.
+//!
+//! Checking each connection instead, and refusing any that is not one of ours, cannot be
+//! done from outside: tiny_http gives a connection its thread as soon as it accepts it,
+//! and an idle one never becomes a request our workers see. `Server::from_listener`
+//! takes a TCP or a Unix listener, never a connected socket, and a Unix listener exists
+//! on Unix only.
+//!
+//! So a line is never reopened. A line breaks only if tiny_http stops reading it for
+//! `TIMEOUT`, or closes it (which no head the edge writes makes it do); its clients then
+//! move to the other lines. With none left every request is answered 503, the watchdog's
+//! probes miss, and the process exits to be restarted.
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
+use super::Ack;
 use crate::sync::lock;
 
 /// Internal connections: one pool thread of tiny_http's each. A pool thread parses a head
 /// in a few microseconds, so two carry far more than the edge accepts; four ride out one
 /// being descheduled.
 const LINES: usize = 4;
-/// How long a line may take to be confirmed, or to take one head.
+/// How long a line may take to be confirmed, or to take one head, and tiny_http's accept
+/// loop to end.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Upstream {
-    addr: SocketAddr,
-    secret: String,
+    /// `None` once broken.
     lines: Vec<Mutex<Option<TcpStream>>>,
-    acks: Mutex<Receiver<usize>>,
 }
 
 impl Upstream {
-    /// Opens and confirms every line to tiny_http at `addr`. `acks` receives a line's
-    /// number when a worker saw its probe.
-    pub fn open(addr: SocketAddr, secret: String, acks: Receiver<usize>) -> io::Result<Upstream> {
-        let upstream = Upstream {
-            addr,
-            secret,
-            lines: (0..LINES).map(|_| Mutex::new(None)).collect(),
-            acks: Mutex::new(acks),
-        };
-        for line in 0..LINES {
-            *lock(&upstream.lines[line]) = Some(upstream.connect(line)?);
-        }
-        Ok(upstream)
+    /// Opens and confirms every line to tiny_http through `listener`, a second handle of
+    /// the one it accepts on, then closes that listener for good. `acks` hears from the
+    /// workers: a line's number when one saw its probe, then the end of the accept loop.
+    pub fn open(listener: TcpListener, secret: &str, acks: &Receiver<Ack>) -> io::Result<Upstream> {
+        let lines = (0..LINES)
+            .map(|line| Ok(Mutex::new(Some(connect(&listener, line, secret, acks)?))))
+            .collect::<io::Result<_>>()?;
+        close(listener, acks)?;
+        Ok(Upstream { lines })
     }
 
-    /// Writes one request head for tiny_http. A broken line is reopened once.
+    /// Writes one request head for tiny_http, on the client's line or, if that one broke,
+    /// on the next that has not.
     pub fn forward(&self, client: u64, head: &[u8]) -> io::Result<()> {
-        let n = (client % LINES as u64) as usize;
-        let mut line = lock(&self.lines[n]);
-        if let Some(stream) = line.as_mut() {
+        let first = (client % LINES as u64) as usize;
+        for n in (first..LINES).chain(0..first) {
+            let mut line = lock(&self.lines[n]);
+            let Some(stream) = line.as_mut() else {
+                continue;
+            };
             if stream.write_all(head).is_ok() {
                 return Ok(());
             }
-            log::warn!("internal connection {n} to tiny_http broke; reopening it");
+            log::error!("internal connection {n} to tiny_http broke; the others carry its clients");
+            *line = None;
         }
-        *line = None;
-        let mut stream = self.connect(n)?;
-        stream.write_all(head)?;
-        *line = Some(stream);
-        Ok(())
+        Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "every internal connection to tiny_http broke",
+        ))
     }
+}
 
-    fn connect(&self, line: usize) -> io::Result<TcpStream> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, TIMEOUT)?;
-        stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(TIMEOUT))?;
-        let acks = lock(&self.acks);
-        while acks.try_recv().is_ok() {}
-        write!(
-            stream,
-            "OPTIONS * HTTP/1.1\r\nX-Edge-Probe: {line} {}\r\n\r\n",
-            self.secret
-        )?;
-        match acks.recv_timeout(TIMEOUT) {
-            Ok(n) if n == line => Ok(stream),
-            _ => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("tiny_http did not take internal connection {line}"),
-            )),
-        }
+fn connect(
+    listener: &TcpListener,
+    line: usize,
+    secret: &str,
+    acks: &Receiver<Ack>,
+) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect_timeout(&listener.local_addr()?, TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    while acks.try_recv().is_ok() {}
+    write!(
+        stream,
+        "OPTIONS * HTTP/1.1\r\nX-Edge-Probe: {line} {secret}\r\n\r\n"
+    )?;
+    match acks.recv_timeout(TIMEOUT) {
+        Ok(Ack::Line(n)) if n == line => Ok(stream),
+        _ => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("tiny_http did not take internal connection {line}"),
+        )),
+    }
+}
+
+/// Ends tiny_http's accept loop, which drops its listener (see the module doc).
+fn close(listener: TcpListener, acks: &Receiver<Ack>) -> io::Result<()> {
+    let addr = listener.local_addr()?;
+    listener.set_nonblocking(true)?;
+    drop(listener);
+    // Refused if that accept had already failed.
+    drop(TcpStream::connect_timeout(&addr, TIMEOUT));
+    match acks.recv_timeout(TIMEOUT) {
+        Ok(Ack::Closed) => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "tiny_http kept accepting connections on its internal port {addr} for \
+                 {TIMEOUT:?} after it was closed (a local process flooding it?); start again"
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::{Ipv4Addr, Shutdown};
+
+    use super::*;
+
+    #[test]
+    fn a_broken_line_hands_its_clients_to_the_next() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let (lines, mut ends): (Vec<_>, Vec<_>) = (0..LINES)
+            .map(|_| {
+                let line = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+                (Mutex::new(Some(line)), listener.accept().unwrap().0)
+            })
+            .unzip();
+        let upstream = Upstream { lines };
+        let break_line = |n: usize| {
+            if let Some(line) = lock(&upstream.lines[n]).as_ref() {
+                line.shutdown(Shutdown::Write).unwrap();
+            }
+        };
+
+        break_line(1);
+        upstream.forward(5, b"head").unwrap();
+        let mut got = [0; 4];
+        ends[2].read_exact(&mut got).unwrap();
+        assert_eq!(
+            &got, b"head",
+            "client 5's line broke: the next took its head"
+        );
+        assert!(lock(&upstream.lines[1]).is_none());
+
+        (0..LINES).for_each(break_line);
+        let e = upstream.forward(5, b"head").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotConnected);
     }
 }
