@@ -9,7 +9,9 @@
 //! (fan-out spread), and per client the gaps between consecutive samples' timestamps
 //! (samples lost) and how far each arrival is from one interval after the previous one
 //! (jitter). With `--churn`, clients leave and new ones join every second, half with a
-//! close frame and half by dropping the connection.
+//! close frame and half by dropping the connection. A client whose upgrade is refused
+//! (a 503 while a cap is full, say) tries again a second later, as a dashboard does, so
+//! the number of clients holds.
 //!
 //! ```text
 //! loadgen --url ws://127.0.0.1:4000/api/analytics --clients 1000 --seconds 60 [--ramp 1000] [--churn 10]
@@ -194,6 +196,7 @@ fn run(args: &Args) -> serde_json::Value {
     let mut next_churn = started + Duration::from_secs(1);
     let mut rng = 0x9E37_79B9_7F4A_7C15u64;
     let mut all_open_at: Option<Instant> = None;
+    let mut retries: Vec<Instant> = Vec::new();
 
     while Instant::now() < end {
         // Ramp: open clients at `ramp` per second until `clients` are open.
@@ -204,6 +207,12 @@ fn run(args: &Args) -> serde_json::Value {
                 Err(e) => *stats.refused.entry(format!("connect: {e}")).or_default() += 1,
             }
             opened += 1;
+        }
+        let now = Instant::now();
+        for _ in retries.extract_if(.., |due| *due <= now) {
+            if let Err(e) = connect(&poll, &mut clients, args.addr, &request) {
+                *stats.refused.entry(format!("connect: {e}")).or_default() += 1;
+            }
         }
         if all_open_at.is_none() && opened == args.clients {
             all_open_at = Some(Instant::now());
@@ -242,6 +251,9 @@ fn run(args: &Args) -> serde_json::Value {
             if let Err(why) = drive(client, &mut stats) {
                 if let Some(mut c) = clients[i].take() {
                     let _ = poll.registry().deregister(&mut c.stream);
+                }
+                if why == "refused" {
+                    retries.push(Instant::now() + Duration::from_secs(1));
                 }
                 *stats.closes.entry(why).or_default() += 1;
             }
