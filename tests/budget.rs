@@ -190,3 +190,21 @@ fn slow_readers_of_big_histories_get_the_answer_or_a_retry() {
     }
     assert!(answered >= turns, "only {answered} answered");
 }
+
+/// A resume that missed nothing (`since` is the latest sample) replays nothing: the
+/// welcome, then the stream stays open for the next sample.
+#[test]
+fn a_resume_that_missed_nothing_stays_open() {
+    let s = TestServer::with(|c| c.interval = Duration::from_secs(60));
+    let latest = get(s.addr, "/api/analytics?seq=1").json()["seq"]
+        .as_u64()
+        .unwrap();
+    let (mut ws, welcome) = ws_connect(s.addr, &format!("/api/analytics?since={latest}"));
+    assert_eq!(welcome["replay"]["from"].as_u64(), Some(latest + 1));
+    ws.send(tungstenite::Message::Ping("still there".into()))
+        .unwrap();
+    match ws.read().expect("the stream stays open") {
+        tungstenite::Message::Pong(p) => assert_eq!(&p[..], b"still there"),
+        other => panic!("nothing was missed, yet {other:?} came"),
+    }
+}

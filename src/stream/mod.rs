@@ -336,7 +336,7 @@ impl<E: Encoder> Client<'_, E> {
     #[inline(never)]
     fn replay(&mut self, ticks: RangeInclusive<u64>) -> Result<(), End> {
         let ctx = &self.streams.ctx;
-        let long = ticks.end() - ticks.start() >= budget::SHORT;
+        let long = (ticks.end() + 1).saturating_sub(*ticks.start()) > budget::SHORT;
         let _turn = match long.then(|| ctx.turns.take(budget::TURN_WAIT)) {
             Some(None) => return Err(busy()),
             turn => turn.flatten(),
