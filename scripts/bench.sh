@@ -7,6 +7,9 @@
 #   scripts/bench.sh           # the full run, about 12 minutes: writes BENCHMARKS.md
 #   scripts/bench.sh --quick   # seconds, at tiny scale: writes out/bench.md (what CI runs,
 #                              # so that the benchmark never rots; it asserts nothing)
+#   scripts/bench.sh --ab OLD  # about 7 minutes: the release binary OLD (built from an
+#                              # earlier commit) and ours, alternated twice: REST and
+#                              # fan-out at 1000 and 5000 clients; writes out/ab.md
 #
 # Needs: wrk, node and npm, jq, curl, python3, and the Node peer (NODE_PEER, by default
 # ../shared/peers/node-seed; it is copied, since shared/ may be read-only). Load comes from target/release/loadgen
@@ -14,9 +17,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=no
+quick=no old=
 [ "${1:-}" = --quick ] && quick=yes
-if [ $quick = yes ]; then
+if [ "${1:-}" = --ab ]; then
+  old=$(realpath "${2:?usage: scripts/bench.sh --ab OLD_BINARY}")
+  counts="1000 5000"; window=20; wrk_time=10s; out=out/ab.md
+elif [ $quick = yes ]; then
   counts="10 50"; window=4; wrk_time=2s; hold=4; out=out/bench.md
 else
   counts="100 1000 5000"; window=20; wrk_time=10s; hold=60; out=BENCHMARKS.md
@@ -134,6 +140,25 @@ EOF
   wait "$pid" 2>/dev/null || true
 }
 
+if [ -n "$old" ]; then
+  for round in 1 2; do
+    NO_CAPACITY=yes bench "old-$round" "$old"
+    NO_CAPACITY=yes bench "new-$round" "$release/realtime-analytics-backend"
+  done
+  {
+    echo "# A/B: $old (old) against $release/realtime-analytics-backend (new), alternated"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, \`scripts/bench.sh --ab $old\`"
+    echo
+    echo "| run | REST requests/s | REST p99 ms | clients | CPU % | spread p99 ms | RSS per client B | lost |"
+    echo "|---|---|---|---|---|---|---|---|"
+    jq -rs 'group_by(.server)[] | (map(select(.kind == "rest"))[0]) as $r
+      | map(select(.kind == "fanout"))[]
+      | "| \(.server) | \($r.rps) | \($r.p99_ms) | \(.clients) | \(.cpu_pct) | \(.spread_p99_ms) | \(.rss_per_client_bytes) | \(.lost) |"' "$results"
+  } >"$out"
+  cat "$out"
+  exit 0
+fi
 if [ $quick = yes ]; then
   bench ours env MAX_WS_CLIENTS=50 "$release/realtime-analytics-backend"
 else
