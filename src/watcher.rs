@@ -6,8 +6,15 @@
 //! is converted to the other: the watcher waits on every stream's socket at once (mio,
 //! which uses each OS's readiness API) and, when one becomes readable or hangs up, sends a
 //! unit message on that stream's channel. Readiness is edge-triggered: the stream reads
-//! until `WouldBlock`, and the next edge is the next message. A client that sends faster
-//! than its thread reads costs one wake-up, not one per byte.
+//! until `WouldBlock` (or until it chooses to stop), and the next edge is the next
+//! message. A client that sends faster than its thread reads costs one wake-up, not one
+//! per byte.
+//!
+//! While a write to the socket would block, the watcher also reports when the socket
+//! takes bytes again: a stream that stopped reading because its answers could not be
+//! written learns when to go on (see `stream::ws`). Only then: a socket watched for
+//! writability all the time may be reported at every acknowledgement from its client
+//! (kqueue's write filter is), a wake-up per sample for nothing.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -107,8 +114,10 @@ impl Shared {
 pub struct Socket {
     io: Io,
     watched: Option<(Arc<Shared>, Token)>,
-    /// Sends on the channel [`Socket::watch`] returned.
-    wake: Option<Sender<()>>,
+    /// The last write would have blocked: the socket is watched for writability too.
+    write_blocked: bool,
+    /// Bytes reads may still return (see [`Socket::allow_reads`]).
+    allowance: usize,
 }
 
 enum Io {
@@ -122,7 +131,8 @@ impl Socket {
         Socket {
             io: Io::Blocking(stream),
             watched: None,
-            wake: None,
+            write_blocked: false,
+            allowance: usize::MAX,
         }
     }
 
@@ -136,8 +146,9 @@ impl Socket {
     }
 
     /// Switches to non-blocking and starts watching. The returned channel receives a
-    /// message whenever the client sent something or hung up. Data that arrived before
-    /// this call is reported at once.
+    /// message whenever the client sent something or hung up, and when the socket takes
+    /// bytes again after a write would have blocked. Data that arrived before this call is
+    /// reported at once.
     pub fn watch(&mut self, watcher: &Watcher) -> io::Result<Receiver<()>> {
         let Io::Blocking(stream) = std::mem::replace(&mut self.io, Io::Gone) else {
             return Err(io::Error::other("the socket is already watched"));
@@ -146,8 +157,7 @@ impl Socket {
         let mut stream = mio::net::TcpStream::from_std(stream);
         let token = Token(watcher.shared.next.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = bounded(1);
-        watcher.shared.lock().insert(token, tx.clone());
-        self.wake = Some(tx);
+        watcher.shared.lock().insert(token, tx);
         let registered = watcher
             .shared
             .registry
@@ -159,32 +169,64 @@ impl Socket {
 }
 
 impl Socket {
-    /// Asks for another wake-up: for a stream that stopped reading before `WouldBlock`
-    /// (to serve its other duties) and must come back to the rest.
-    pub fn wake_again(&self) {
-        if let Some(tx) = &self.wake {
-            let _ = tx.try_send(());
+    /// Bounds what reads return from now on to `bytes` in all: past it they say
+    /// `WouldBlock`, whatever the client sent. A parser reading the socket (tungstenite)
+    /// then stops within the bound even while its client never stops sending.
+    pub fn allow_reads(&mut self, bytes: usize) {
+        self.allowance = bytes;
+    }
+
+    /// Bytes reads may still return: 0 once a `WouldBlock` may have been the bound's.
+    pub fn read_allowance(&self) -> usize {
+        self.allowance
+    }
+
+    /// Watches for writability too while a write would block, and stops once one
+    /// succeeds.
+    fn watch_writes(&mut self, blocked: bool) {
+        if blocked == self.write_blocked {
+            return;
+        }
+        let (Some((shared, token)), Io::Watched(stream)) = (&self.watched, &mut self.io) else {
+            return;
+        };
+        let interest = if blocked {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match shared.registry.reregister(stream, *token, interest) {
+            Ok(()) => self.write_blocked = blocked,
+            Err(e) => log::debug!("cannot change what a stream's socket is watched for: {e}"),
         }
     }
 }
 
 impl Read for Socket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &mut self.io {
-            Io::Blocking(s) => s.read(buf),
-            Io::Watched(s) => s.read(buf),
-            Io::Gone => Err(io::ErrorKind::NotConnected.into()),
+        let len = buf.len().min(self.allowance);
+        if len == 0 && !buf.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
+        let read = match &mut self.io {
+            Io::Blocking(s) => s.read(&mut buf[..len]),
+            Io::Watched(s) => s.read(&mut buf[..len]),
+            Io::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }?;
+        self.allowance -= read;
+        Ok(read)
     }
 }
 
 impl Write for Socket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.io {
-            Io::Blocking(s) => s.write(buf),
+        let written = match &mut self.io {
+            Io::Blocking(s) => return s.write(buf),
             Io::Watched(s) => s.write(buf),
-            Io::Gone => Err(io::ErrorKind::NotConnected.into()),
-        }
+            Io::Gone => return Err(io::ErrorKind::NotConnected.into()),
+        };
+        self.watch_writes(matches!(&written, Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+        written
     }
 
     fn flush(&mut self) -> io::Result<()> {

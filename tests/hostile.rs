@@ -2,6 +2,7 @@
 //! must still answer `GET /api/analytics` with a sample, and its thread and descriptor
 //! counts must return to where they were (this binary holds only this test, so the counts
 //! are the server's and ours).
+#![cfg(target_os = "linux")] // every case counts threads, descriptors, memory or CPU in /proc
 
 mod common;
 
@@ -70,6 +71,65 @@ fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&mask);
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     out
+}
+
+/// Writes `burst` again and again for up to `window`, never reading. Returns the bytes
+/// sent and when the server ended the connection, if it did (a write that only waits,
+/// because the server is not reading, does not count).
+fn flood(stream: &mut TcpStream, burst: &[u8], window: Duration) -> (usize, Option<Duration>) {
+    stream
+        .set_write_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let (mut sent, started) = (0, Instant::now());
+    while started.elapsed() < window && sent < 256 << 20 {
+        // From where the last write stopped: a frame is never cut.
+        match stream.write(&burst[sent % burst.len()..]) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (sent, Some(started.elapsed())),
+        }
+    }
+    (sent, None)
+}
+
+/// CPU time (user and system) used so far by this process (`"self"`) or this thread
+/// (`"thread-self"`), from `/proc/<whose>/stat`.
+fn cpu_time(whose: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{whose}/stat")).unwrap();
+    // After the command name (in parentheses, and it may hold spaces): utime and stime are
+    // the 12th and 13th fields, in clock ticks.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// The next frame the server sent (unmasked): its opcode and payload. `None` at the end of
+/// the connection.
+fn next_frame(reader: &mut impl Read) -> Option<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    reader.read_exact(&mut head).ok()?;
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut n = [0u8; 2];
+            reader.read_exact(&mut n).ok()?;
+            u16::from_be_bytes(n) as usize
+        }
+        127 => {
+            let mut n = [0u8; 8];
+            reader.read_exact(&mut n).ok()?;
+            u64::from_be_bytes(n) as usize
+        }
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    reader.read_exact(&mut payload).ok()?;
+    Some((head[0] & 0x0f, payload))
 }
 
 /// Upgrades, sends `bytes` after the handshake, and returns the close code the server
@@ -291,43 +351,60 @@ fn the_server_survives_hostile_input_and_returns_to_baseline() {
         check(case, baseline);
     }
 
-    // A ping flood from a client that does not read the pongs: memory stays bounded.
-    {
-        let (mut stream, _reader) = raw_upgrade(addr, "/api");
-        let ping = frame(0x9, &[b'p'; 125]);
-        let burst: Vec<u8> = ping
-            .iter()
-            .copied()
-            .cycle()
-            .take(ping.len() * 1000)
-            .collect();
-        let rss = || threads_and_fds_rss().2;
-        let before = rss();
-        stream
-            .set_write_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut sent = 0usize;
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(4) && sent < 64 << 20 {
-            match stream.write(&burst) {
-                Ok(n) => sent += n,
-                Err(_) => break,
-            }
-        }
-        let grown = rss().saturating_sub(before);
-        assert!(
-            grown < 16 << 20,
-            "RSS grew {} MB after {} MB of pings",
-            grown >> 20,
-            sent >> 20
-        );
+    // Floods from a client that never reads: pings (each asks for a pong) and empty
+    // continuation frames (a message that never ends, so no message is ever complete).
+    // The server stops the client at the inbound bounds with a 1008 (which the client
+    // finds when it reads at last) and ends the connection after the close grace (2 s);
+    // its CPU time and memory stay small while the client sends as fast as it can.
+    let mut endless = frame(0x1, b"");
+    endless[0] = 0x01;
+    let mut continuation = frame(0x0, b"");
+    continuation[0] = 0x00;
+    for (case, first, unit) in [
+        (
+            "ping flood without reading",
+            vec![],
+            frame(0x9, &[b'p'; 125]),
+        ),
+        ("endless message without reading", endless, continuation),
+    ] {
+        let (mut stream, mut reader) = raw_upgrade(addr, "/api");
+        stream.write_all(&first).unwrap();
+        let burst = unit.repeat(128 * 1024 / unit.len());
+        let before = threads_and_fds_rss().2;
+        let cpu = (cpu_time("self"), cpu_time("thread-self"));
+        let (sent, ended) = flood(&mut stream, &burst, Duration::from_secs(5));
+        // The server's CPU time: the process's, less this thread's (the flood's).
+        let server_cpu = (cpu_time("self") - cpu.0).saturating_sub(cpu_time("thread-self") - cpu.1);
+        let grown = threads_and_fds_rss().2.saturating_sub(before);
         eprintln!(
-            "ping flood: {} MB sent, RSS grew {} KB",
-            sent >> 20,
+            "{case}: {} KB sent, ended after {ended:?}, server CPU {server_cpu:?}, RSS grew {} KB",
+            sent >> 10,
             grown >> 10
         );
+        assert!(
+            ended.is_some_and(|t| t < Duration::from_secs(4)),
+            "{case}: still connected after {} MB",
+            sent >> 20
+        );
+        assert!(
+            server_cpu < Duration::from_millis(1500),
+            "{case}: the server spent {server_cpu:?} of CPU"
+        );
+        assert!(grown < 16 << 20, "{case}: RSS grew {} MB", grown >> 20);
+        // What the client would have read: the welcome, a few pongs, and a close 1008.
+        let closes: Vec<u16> = std::iter::from_fn(|| next_frame(&mut reader))
+            .filter(|(opcode, _)| *opcode == 0x8)
+            .map(|(_, payload)| {
+                payload
+                    .get(..2)
+                    .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]))
+            })
+            .collect();
+        assert_eq!(closes, [1008], "{case}");
+        drop((stream, reader));
+        check(case, baseline);
     }
-    check("ping flood without reading", baseline);
 
     for headers in [
         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
@@ -362,25 +439,86 @@ fn the_server_survives_hostile_input_and_returns_to_baseline() {
     );
     check("invalid UTF-8 text", baseline);
 
+    // A ping flood from a client that reads its pongs: closed with 1008 at the rate bound.
     {
         let (mut ws, _) = ws_connect(addr, "/api/analytics");
-        for _ in 0..10_000 {
-            ws.write(Message::Ping("flood".into())).unwrap();
-        }
-        ws.flush().unwrap();
-        // Still streaming afterwards, and closes cleanly.
         let started = Instant::now();
-        let sample = loop {
-            if let Message::Text(t) = ws.read().unwrap() {
-                break t;
+        for _ in 0..10_000 {
+            if ws.write(Message::Ping("flood".into())).is_err() {
+                break;
             }
-            assert!(started.elapsed() < TIMEOUT);
+        }
+        let _ = ws.flush();
+        let close = loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "still open after a flood of 10 000 pings"
+            );
+            match ws.read() {
+                Ok(Message::Close(close)) => break close.expect("a close code"),
+                Ok(_) => {}
+                Err(e) => panic!("no close frame: {e}"),
+            }
         };
-        assert!(sample.contains("active_users"));
-        ws.close(None).unwrap();
+        eprintln!(
+            "ping flood, reading: closed after {:?}: {} ({})",
+            started.elapsed(),
+            close.code,
+            close.reason
+        );
+        assert_eq!(u16::from(close.code), 1008, "{}", close.reason);
+        assert!(close.reason.contains("messages"), "{}", close.reason);
         while ws.read().is_ok() {}
     }
     check("ping flood", baseline);
+
+    // A client that pings every 100 ms for 3 s, reading as it goes, is within the bound.
+    {
+        let (mut ws, _) = ws_connect(addr, "/api/analytics");
+        let started = Instant::now();
+        let (mut due, mut pings, mut pongs, mut samples) = (started, 0, 0, 0);
+        while started.elapsed() < Duration::from_secs(3) {
+            if Instant::now() >= due {
+                ws.send(Message::Ping("are you there".into())).unwrap();
+                pings += 1;
+                due += Duration::from_millis(100);
+            }
+            // Read until the next ping is due.
+            let left = due.saturating_duration_since(Instant::now());
+            ws.get_ref()
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .unwrap();
+            match ws.read() {
+                Ok(Message::Pong(_)) => pongs += 1,
+                Ok(Message::Text(_)) => samples += 1,
+                Ok(Message::Ping(_)) => {}
+                Ok(other) => panic!("after {pings} pings: {other:?}"),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("after {pings} pings: {e}"),
+            }
+        }
+        assert!(
+            pings >= 20 && samples > 0,
+            "{pings} pings, {samples} samples"
+        );
+        // Every ping is answered.
+        ws.get_ref().set_read_timeout(Some(TIMEOUT)).unwrap();
+        while pongs < pings {
+            match ws.read() {
+                Ok(Message::Pong(_)) => pongs += 1,
+                Ok(Message::Close(close)) => panic!("closed after {pings} pings: {close:?}"),
+                Ok(_) => {}
+                Err(e) => panic!("{pongs} pongs for {pings} pings: {e}"),
+            }
+        }
+        ws.close(None).unwrap();
+        while ws.read().is_ok() {}
+    }
+    check("a ping every 100 ms", baseline);
 
     for _ in 0..2000 {
         drop(TcpStream::connect(addr).unwrap());

@@ -5,8 +5,9 @@
 //! replay of missed samples, the cadence (`every`), the slow-consumer policy, the
 //! heartbeat and the shutdown. Each client's thread (the connection's own, handed over by
 //! the edge) blocks in one `select!` over two channels of its own: its hub subscription
-//! (samples) and the watcher's (the client sent something or left, or the server stops). Writes
-//! go to the non-blocking socket, so a client that stops reading costs its own thread
+//! (samples) and the watcher's (the client sent something or left, the socket takes bytes
+//! again after a write would have blocked, or the server stops). Writes go to the
+//! non-blocking socket, so a client that stops reading costs its own thread
 //! nothing but a skipped sample; after `WS_MAX_SKIPPED` samples in a row could not be
 //! handed to the kernel, the stream is closed. Nothing a client does can delay the
 //! generator or another client.

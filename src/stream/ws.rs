@@ -3,7 +3,7 @@
 //! for its ends.
 
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,11 +28,26 @@ use crate::watcher::Socket;
 /// Clients send only control frames and perhaps a small text message; anything larger is
 /// refused with 1009 rather than buffered.
 const MAX_MESSAGE: usize = 16 * 1024;
-/// Bytes of control replies and frames we hold for a client that is not reading (pongs
-/// to a ping flood included); past this, samples are skipped and the client is closed.
+/// Bytes of frames we hold for a client that is not reading; past this, samples are
+/// skipped and the client is closed.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
-/// Messages read per wake-up before the thread looks at its samples and the server's state.
-const READ_BUDGET: usize = 256;
+/// Messages a client may send (pings, pongs, text, binary): 50 at once, then 10 a second.
+/// The server needs none (a dashboard pings every few seconds at most, a browser answers
+/// our heartbeat ping every 15 s), so a legitimate client stays far below; past it a
+/// client is flooding, and is closed with 1008. It also bounds what one wake-up of a
+/// stream's thread reads.
+const INBOUND_MESSAGES: Rate = Rate {
+    burst: 50,
+    per_second: 10,
+};
+/// Bytes a client may send, framing included: 64 KiB at once, then 16 KiB a second (a
+/// 16 KiB message a second). Bounds what the message count does not see: the frames of a
+/// message that never ends (endless empty continuation frames), each parsed as it
+/// arrives. Past it, close 1008.
+const INBOUND_BYTES: Rate = Rate {
+    burst: 64 * 1024,
+    per_second: 16 * 1024,
+};
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long the 101 may take to write.
@@ -101,7 +116,7 @@ pub fn stream(
             streams.clients(),
             super::chaos_note(&options, route)
         );
-        let encoder = Frames { ws, pending: false };
+        let encoder = Frames::new(ws);
         let (close, sent) = super::run(streams, encoder, route, &options, start);
         metrics.ws_closed(
             route.path(),
@@ -145,6 +160,8 @@ pub fn refusal(accept: String, invalid: Invalid, peer: SocketAddr) -> StreamFn {
         {
             return;
         }
+        let mut socket = Socket::new(socket);
+        socket.allow_reads(INBOUND_BYTES.burst as usize);
         let mut ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config()));
         let error = json!({
             "type": "error",
@@ -162,9 +179,13 @@ pub fn refusal(accept: String, invalid: Invalid, peer: SocketAddr) -> StreamFn {
         };
         if ws.send(Message::Text(error.to_string().into())).is_ok() && ws.close(Some(frame)).is_ok()
         {
-            // The client's close frame, or the grace period, ends it.
+            // The client's close frame, the grace period, or the inbound bounds end it.
             let deadline = Instant::now() + CLOSE_GRACE;
-            while ws.read().is_ok() && Instant::now() < deadline {}
+            for _ in 0..INBOUND_MESSAGES.burst {
+                if ws.read().is_err() || Instant::now() > deadline {
+                    break;
+                }
+            }
         }
     })
 }
@@ -195,8 +216,21 @@ fn config() -> WebSocketConfig {
 /// The WebSocket encoder: each sample a text message.
 struct Frames {
     ws: Box<WebSocket<Socket>>,
-    /// The last frame is still in tungstenite's buffer: the client is not reading.
-    pending: bool,
+    /// Messages the client may still send ([`INBOUND_MESSAGES`]).
+    messages: Bucket,
+    /// Bytes the client may still send ([`INBOUND_BYTES`]).
+    bytes: Bucket,
+}
+
+impl Frames {
+    fn new(ws: Box<WebSocket<Socket>>) -> Frames {
+        let now = Instant::now();
+        Frames {
+            ws,
+            messages: Bucket::new(INBOUND_MESSAGES, now),
+            bytes: Bucket::new(INBOUND_BYTES, now),
+        }
+    }
 }
 
 impl Encoder for Frames {
@@ -225,14 +259,11 @@ impl Encoder for Frames {
     }
 
     fn flush(&mut self) -> Result<bool, End> {
-        if self.pending {
-            match self.ws.flush() {
-                Ok(()) => self.pending = false,
-                Err(Error::Io(e)) if is_timeout(&e) => {}
-                Err(e) => return Err(lost(e)),
-            }
+        match self.ws.flush() {
+            Ok(()) => Ok(true),
+            Err(Error::Io(e)) if is_timeout(&e) => Ok(false),
+            Err(e) => Err(lost(e)),
         }
-        Ok(!self.pending)
     }
 
     fn send(&mut self, _seq: u64, json: Bytes) -> Result<(), End> {
@@ -240,35 +271,20 @@ impl Encoder for Frames {
         self.write(Message::Text(text))
     }
 
-    /// Reads everything the client sent. tungstenite queues the replies to pings and to a
-    /// close frame; the flush at the end sends them.
+    /// Reads what the client sent, within [`INBOUND_MESSAGES`] and [`INBOUND_BYTES`]
+    /// (past them, close 1008). tungstenite queues the answer to a ping or a close.
+    /// Before each frame, what is queued for the client (samples, that answer) is handed
+    /// to the kernel; while it cannot be (the client is not reading), nothing more is
+    /// read, and the watcher reports when the socket takes bytes again. A client that
+    /// sends without reading costs no more than the answers that fill its buffers.
     fn read(&mut self) -> Result<(), End> {
-        let mut client_close = None;
-        for budget in (0..=READ_BUDGET).rev() {
-            if budget == 0 {
-                // More to read: come back after the samples and the server's state had a look.
-                self.ws.get_ref().wake_again();
-                break;
-            }
-            match self.ws.read() {
-                Ok(Message::Close(frame)) => client_close = Some(frame.map(|f| u16::from(f.code))),
-                Ok(_) => {}
-                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(Error::ConnectionClosed) => {
-                    return Err(End::ClientClosed(client_close.flatten()));
-                }
-                Err(e) => return Err(refuse(e)),
-            }
-        }
-        match self.ws.flush() {
-            Ok(()) => Ok(()),
-            Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.pending = true;
-                Ok(())
-            }
-            Err(Error::ConnectionClosed) => Err(End::ClientClosed(client_close.flatten())),
-            Err(e) => Err(lost(e)),
-        }
+        let now = Instant::now();
+        let allowed = self.bytes.left(now);
+        self.socket().allow_reads(allowed as usize);
+        let read = self.read_messages(now);
+        let unread = self.socket().read_allowance() as u32;
+        self.bytes.take(allowed - unread, now);
+        read
     }
 
     /// A ping: proxies see traffic, and the client's pong is read and dropped.
@@ -301,6 +317,8 @@ impl Encoder for Frames {
             return label;
         }
         let deadline = Instant::now() + CLOSE_GRACE;
+        let allowed = self.bytes.left(Instant::now());
+        self.socket().allow_reads(allowed as usize);
         if readable.is_none() {
             // Still blocking: reads wait for the client's close frame themselves.
             let _ = self
@@ -309,37 +327,128 @@ impl Encoder for Frames {
                 .options()
                 .set_read_timeout(Some(CLOSE_GRACE));
         }
+        // Until the client's close frame, within the inbound bounds.
         loop {
             match self.ws.read() {
                 Err(Error::Io(e)) if is_timeout(&e) => {
+                    if self.socket().read_allowance() == 0 {
+                        break;
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if readable.is_none_or(|r| r.recv_timeout(left).is_err()) {
                         return label;
                     }
                 }
-                Ok(_) => {}
+                Ok(Message::Close(_)) => {}
+                Ok(_) if self.messages.take(1, Instant::now()) => {}
+                Ok(_) => break,
                 Err(_) => return label,
             }
         }
+        // Past the bounds, the client's close frame (if it sends one) is behind frames that
+        // are not read, and closing with unread bytes resets the connection, which drops
+        // what is still unsent. So our side is shut (our close frame and a FIN go out
+        // now) and the connection is held, unread, for the rest of the grace period.
+        let _ = self.socket().options().shutdown(Shutdown::Write);
+        if let Some(readable) = readable {
+            while readable.recv_deadline(deadline).is_ok() {}
+        }
+        label
     }
 }
 
 impl Frames {
-    /// Writes a message; a full socket leaves it queued in tungstenite and marks us
-    /// pending instead of blocking.
+    /// Writes a message without blocking: a full socket leaves it queued in tungstenite
+    /// (or drops it, past `MAX_WRITE_BUFFER`), and the next flush says so.
     fn write(&mut self, message: Message) -> Result<(), End> {
         match self.ws.send(message) {
-            Ok(()) => Ok(()),
-            Err(Error::Io(e)) if is_timeout(&e) => {
-                self.pending = true;
-                Ok(())
-            }
-            Err(Error::WriteBufferFull(_)) => {
-                self.pending = true;
-                Ok(())
-            }
+            Ok(()) | Err(Error::WriteBufferFull(_)) => Ok(()),
+            Err(Error::Io(e)) if is_timeout(&e) => Ok(()),
             Err(e) => Err(lost(e)),
         }
+    }
+
+    /// Reads messages until the socket has no more, an answer cannot be written, the
+    /// client closes, or it passes a bound. `now`: when this wake-up began.
+    fn read_messages(&mut self, now: Instant) -> Result<(), End> {
+        while self.flush()? {
+            match self.ws.read() {
+                Ok(Message::Close(frame)) => {
+                    // tungstenite queued the echo of the close frame: send it.
+                    let _ = self.ws.flush();
+                    return Err(End::ClientClosed(frame.map(|f| u16::from(f.code))));
+                }
+                Ok(_) if !self.messages.take(1, now) => {
+                    return Err(INBOUND_MESSAGES.exceeded("messages"));
+                }
+                Ok(_) => {}
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return match self.socket().read_allowance() {
+                        0 => Err(INBOUND_BYTES.exceeded("bytes")),
+                        _ => Ok(()),
+                    };
+                }
+                Err(Error::ConnectionClosed) => return Err(End::ClientClosed(None)),
+                Err(e) => return Err(refuse(e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A rate a client may send at: `burst` at once, refilled at `per_second`.
+#[derive(Clone, Copy)]
+struct Rate {
+    burst: u32,
+    per_second: u32,
+}
+
+impl Rate {
+    /// The close for a client past this rate, saying what the rate is.
+    fn exceeded(self, what: &str) -> End {
+        End::close(
+            1008,
+            format!(
+                "sent more than {} {what} at once or {} a second",
+                self.burst, self.per_second
+            ),
+        )
+    }
+}
+
+/// A token bucket for a [`Rate`], kept as the instant it is full again (the generic cell
+/// rate algorithm): nothing to refill, one comparison a take.
+struct Bucket {
+    rate: Rate,
+    full_at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: Rate, now: Instant) -> Bucket {
+        Bucket { rate, full_at: now }
+    }
+
+    /// How long one token takes to come back.
+    fn token(&self) -> Duration {
+        Duration::from_secs(1) / self.rate.per_second
+    }
+
+    /// Tokens left at `now`.
+    fn left(&self, now: Instant) -> u32 {
+        let owed = self.full_at.saturating_duration_since(now).as_nanos();
+        let owed = owed.div_ceil(self.token().as_nanos());
+        self.rate
+            .burst
+            .saturating_sub(owed.try_into().unwrap_or(u32::MAX))
+    }
+
+    /// Takes `n` tokens; takes none and returns false when fewer are left.
+    fn take(&mut self, n: u32, now: Instant) -> bool {
+        if n > self.left(now) {
+            return false;
+        }
+        self.full_at = self.full_at.max(now) + self.token() * n;
+        true
     }
 }
 
@@ -396,5 +505,94 @@ mod tests {
         assert!(!is_valid_key("dGhlIHNhbXBsZSBub25jZQ"));
         assert!(!is_valid_key("dGhlIHNhbXBsZSBub25jZQ=!"));
         assert!(!is_valid_key("dGhlIHNhbXBsZSBub25j*Q=="));
+    }
+
+    #[test]
+    fn a_bucket_gives_its_burst_then_its_rate() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut bucket = Bucket::new(
+            Rate {
+                burst: 3,
+                per_second: 10,
+            },
+            t,
+        );
+        assert!(bucket.take(3, t));
+        assert!(!bucket.take(1, t), "the burst is spent");
+        assert_eq!(bucket.left(t + ms(99)), 0);
+        assert_eq!(bucket.left(t + ms(100)), 1, "a token every 100 ms");
+        assert!(bucket.take(1, t + ms(100)));
+        assert!(!bucket.take(1, t + ms(150)));
+        assert!(!bucket.take(4, t + ms(10_000)), "never more than the burst");
+        assert!(bucket.take(3, t + ms(10_000)));
+    }
+
+    /// While the client does not take what was sent to it, its frames stay unread in the
+    /// kernel (no pong piles up behind the samples); once it reads, the watcher says so,
+    /// and each ping is read and answered in turn.
+    #[test]
+    fn frames_are_not_read_while_answers_cannot_be_written() {
+        use std::net::TcpListener;
+
+        let watcher = crate::watcher::Watcher::start().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        client
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let mut frames = Frames::new(websocket(server, Vec::new()));
+        let events = frames.socket().watch(&watcher).unwrap();
+        let sample = Bytes::from(format!("\"{}\"", "x".repeat(1000)));
+        for _ in 0..10_000 {
+            if !matches!(frames.flush(), Ok(true)) {
+                break;
+            }
+            assert!(frames.send(0, sample.clone()).is_ok());
+        }
+        // And more queued behind: whatever the kernel takes meanwhile, some stay unsent.
+        for _ in 0..30 {
+            assert!(frames.send(0, sample.clone()).is_ok());
+        }
+        assert!(matches!(frames.flush(), Ok(false)), "the socket is full");
+
+        let mut client = WebSocket::from_raw_socket(TcpStream::from(client), Role::Client, None);
+        for ping in ["1", "2", "3"] {
+            client.send(Message::Ping(ping.into())).unwrap();
+        }
+        let unread = |frames: &mut Frames| {
+            let mut buf = [std::mem::MaybeUninit::new(0u8); 64];
+            frames.socket().options().peek(&mut buf).unwrap_or(0)
+        };
+        while unread(&mut frames) < 3 * 7 {
+            events.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert!(frames.read().is_ok());
+        assert_eq!(unread(&mut frames), 3 * 7, "the pings stay in the kernel");
+
+        let (tx, pongs) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let mut pongs = Vec::new();
+            while pongs.len() < 3 {
+                if let Message::Pong(payload) = client.read().unwrap() {
+                    pongs.push(String::from_utf8(payload.to_vec()).unwrap());
+                }
+            }
+            tx.send(pongs).unwrap();
+        });
+        let pongs = loop {
+            crossbeam_channel::select! {
+                recv(events) -> _ => assert!(frames.read().is_ok()),
+                recv(pongs) -> pongs => break pongs.unwrap(),
+                default(Duration::from_secs(10)) => panic!("the client read, and no wake-up came"),
+            }
+        };
+        assert_eq!(pongs, ["1", "2", "3"]);
     }
 }
