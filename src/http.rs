@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by REST and the streams: JSON responses, error bodies, headers and
 //! CORS, in one place so that REST and stream refusals look alike to a client.
 
+use std::fmt::Write;
 use std::io::Cursor;
 
 use bytes::Bytes;
@@ -127,19 +128,26 @@ pub fn accepts(request: &Request, media: &str) -> bool {
     })
 }
 
-/// `text` as it may go into a log line: control characters and non-ASCII bytes escaped
-/// (a client cannot forge lines or send terminal escapes), at most 200 characters.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(210));
-    for b in text.bytes() {
-        if out.len() >= 200 {
-            out.push_str("...");
+/// Bytes of a client's text shown in a log line or a message; the rest is summed up by
+/// its length.
+const SHOWN: usize = 40;
+
+/// A client's text as it may be shown in a log line or a message: control characters and
+/// non-ASCII bytes escaped (a client cannot forge lines or send terminal escapes), and
+/// cut after about 40 characters with a note of its whole length, so that no client can
+/// make a log line long.
+pub fn printable(text: impl AsRef<[u8]>) -> String {
+    let bytes = text.as_ref();
+    let mut out = String::with_capacity(SHOWN + 20);
+    for &b in bytes {
+        if out.len() >= SHOWN {
+            let _ = write!(out, "... ({} bytes)", bytes.len());
             break;
         }
         if (b' '..=b'~').contains(&b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("\\x{b:02x}"));
+            let _ = write!(out, "\\x{b:02x}");
         }
     }
     out
@@ -163,6 +171,11 @@ mod tests {
         assert_eq!(printable("/api?x=1"), "/api?x=1");
         assert_eq!(printable("/a\r\nFAKE\x1b[31m"), "/a\\x0d\\x0aFAKE\\x1b[31m");
         assert_eq!(printable("/é"), "/\\xc3\\xa9");
-        assert!(printable(&"a".repeat(500)).len() <= 203);
+        assert_eq!(printable("a".repeat(40)), "a".repeat(40));
+        assert_eq!(
+            printable("a".repeat(4000)),
+            format!("{}... (4000 bytes)", "a".repeat(40))
+        );
+        assert_eq!(printable(b"\xff\xfe"), "\\xff\\xfe");
     }
 }

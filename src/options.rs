@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::chaos::{self, Chaos, Faults, Stall};
+use crate::http::printable;
 use crate::sample::{FIELDS, Fields, Sample, Tick, encode};
 use crate::simulator::{self, Model, Profile, Scenario};
 
@@ -169,7 +170,8 @@ pub fn parse(
         simulator::parse(all, name, v).ok_or_else(|| Invalid {
             parameter,
             message: format!(
-                "Unknown {parameter} {v:?}. Use one of: {}.",
+                "Unknown {parameter} \"{}\". Use one of: {}.",
+                printable(v),
                 simulator::names(all, name)
             ),
         })
@@ -184,7 +186,8 @@ pub fn parse(
         options.fields = Fields::parse(v).map_err(|name| Invalid {
             parameter: "fields",
             message: format!(
-                "Unknown field {name:?}. Use a comma-separated list of: {}, or \"all\".",
+                "Unknown field \"{}\". Use a comma-separated list of: {}, or \"all\".",
+                printable(name),
                 FIELDS.join(", ")
             ),
         })?;
@@ -285,12 +288,12 @@ pub fn faults(spec: &str) -> Result<Option<Faults>, String> {
     for part in spec.split(',') {
         let (name, args) = part
             .split_once(':')
-            .ok_or_else(|| format!("Fault {part:?} has no value"))?;
+            .ok_or_else(|| format!("Fault \"{}\" has no value", printable(part)))?;
         if seen.contains(&name) {
-            return Err(format!("{name} is given twice"));
+            return Err(format!("{} is given twice", printable(name)));
         }
         seen.push(name);
-        let bad = |allowed: &str| format!("{part:?}: {allowed}");
+        let bad = |allowed: &str| format!("\"{}\": {allowed}", printable(part));
         let between = |v: &str, lo: Duration, hi: Duration| {
             with_unit(v)
                 .map(Duration::from_millis)
@@ -363,7 +366,7 @@ pub fn faults(spec: &str) -> Result<Option<Faults>, String> {
                     .ok_or_else(|| bad("the status is one of 500, 502, 503, 504"))?;
                 f.error = Some((chance(p)?, status));
             }
-            _ => return Err(format!("Unknown fault {name:?}")),
+            _ => return Err(format!("Unknown fault \"{}\"", printable(name))),
         }
     }
     Ok((!f.is_off()).then_some(f))

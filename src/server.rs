@@ -338,8 +338,8 @@ impl Settle<'_> {
             log::log!(
                 level,
                 "{} {} -> {status} peer={}",
-                self.method,
-                http::printable(&self.target),
+                http::printable(self.method.as_str()),
+                http::printable(self.target.as_ref()),
                 self.peer
             );
         }

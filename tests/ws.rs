@@ -253,6 +253,35 @@ fn client_close_completes_the_close_handshake() {
     assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
 }
 
+/// Clients choose their own close codes (3000-4999): they share one series in /metrics,
+/// so that clients cannot grow it.
+#[test]
+fn close_codes_clients_choose_do_not_add_series() {
+    let s = TestServer::start();
+    for code in (3000..4999).step_by(6).take(300) {
+        let (mut ws, _) = ws_connect(s.addr, "/api");
+        ws.close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        }))
+        .unwrap();
+        read_close(&mut ws);
+    }
+    assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
+    let metrics = get(s.addr, "/metrics").text();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("analytics_ws_closes_total{"))
+        .collect();
+    assert_eq!(
+        series.len(),
+        1,
+        "one series for every code a client chose: {:?}",
+        &series[..series.len().min(5)]
+    );
+    assert_eq!(series[0], "analytics_ws_closes_total{code=\"other\"} 300");
+}
+
 #[test]
 fn oversized_messages_are_closed_with_1009() {
     let s = TestServer::start();

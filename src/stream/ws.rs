@@ -103,10 +103,7 @@ pub fn stream(
         );
         let encoder = Frames { ws, pending: false };
         let (close, sent) = super::run(streams, encoder, route, &options, start);
-        metrics.ws_closed(
-            route.path(),
-            close.split(' ').next().unwrap_or("").to_string(),
-        );
+        metrics.ws_closed(route.path(), close.split(' ').next().unwrap_or(""));
         log::info!(
             "ws disconnect path={} peer={peer} lifetime={:.1}s close={close} samples={sent}",
             route.path(),
