@@ -128,14 +128,14 @@ pub fn accepts(request: &Request, media: &str) -> bool {
     })
 }
 
-/// Bytes of a client's text shown in a log line or a message; the rest is summed up by
-/// its length.
+/// Bytes of outside text (a client's, or the environment's) shown in a log line or a
+/// message; the rest is summed up by its length.
 const SHOWN: usize = 40;
 
-/// A client's text as it may be shown in a log line or a message: control characters and
+/// Outside text as it may be shown in a log line or a message: control characters and
 /// non-ASCII bytes escaped (a client cannot forge lines or send terminal escapes), and
-/// cut after about 40 characters with a note of its whole length, so that no client can
-/// make a log line long.
+/// cut after about 40 characters with a note of its whole length, so that no client (or
+/// configuration value) can make a line long.
 pub fn printable(text: impl AsRef<[u8]>) -> String {
     let bytes = text.as_ref();
     let mut out = String::with_capacity(SHOWN + 20);

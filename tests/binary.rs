@@ -28,6 +28,47 @@ fn bad_configuration_names_the_variable_and_exits_2() {
     }
 }
 
+/// A value that is not UTF-8 is invalid, not unset (taken for unset, a `CORS_ORIGINS`
+/// allowlist allowed every origin), and a value of any size is shown cut: one short line,
+/// exit 2.
+#[cfg(unix)] // environment values are bytes here; Windows holds them as UTF-16
+#[test]
+fn values_not_utf8_or_huge_are_refused_in_one_short_line() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = |b: &[u8]| OsString::from_vec(b.to_vec());
+    let cases = [
+        (
+            "CORS_ORIGINS",
+            bytes(b"https://a.example\xff"),
+            "not valid UTF-8",
+        ),
+        ("MAX_HTTP_CONNECTIONS", bytes(b"5\xff"), "not valid UTF-8"),
+        (
+            "PORT",
+            OsString::from("9".repeat(100_000)),
+            "(100000 bytes)",
+        ),
+        ("CORS_ORIGINS", bytes(&[0xff; 100_000]), "(100000 bytes)"),
+    ];
+    for (var, value, says) in cases {
+        let env = [
+            ("HOST", OsString::from("127.0.0.1")),
+            ("PORT", OsString::from("0")),
+            (var, value),
+        ];
+        let mut p = Process::spawn_limited(&env, None);
+        assert_eq!(p.wait_exit(), Some(2), "{var}");
+        let out = p.rest_of_log().join("\n");
+        assert!(
+            out.starts_with(&format!("realtime-analytics-backend: invalid {var}=")),
+            "{out:.300}"
+        );
+        assert!(out.contains(says) && out.contains("expected"), "{out:.300}");
+        assert!(out.len() < 300, "one short line: {out:.300}");
+    }
+}
+
 /// `--help` lists every variable; any other argument is refused, since the environment is
 /// the only configuration.
 #[test]
