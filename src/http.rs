@@ -117,14 +117,23 @@ pub fn cors_headers(cors: &Cors, origin: Option<&str>) -> Vec<Header> {
     }
 }
 
-/// Whether `Accept` names `media` itself (wildcards such as `*/*` do not count: they are
-/// what clients send when any representation will do).
+/// Whether `Accept` names `media` itself, and not with `q=0`, which refuses it
+/// (wildcards such as `*/*` do not count: they are what clients send when any
+/// representation will do).
 pub fn accepts(request: &Request, media: &str) -> bool {
     request_header(request, "Accept").is_some_and(|accept| {
         accept.split(',').any(|range| {
-            let name = range.split(';').next().unwrap_or("").trim();
-            name.eq_ignore_ascii_case(media)
+            let mut parts = range.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            name.eq_ignore_ascii_case(media) && !parts.any(is_zero_weight)
         })
+    })
+}
+
+/// Whether a media range's parameter is a weight of 0 (`q=0`, `q=0.000`).
+fn is_zero_weight(parameter: &str) -> bool {
+    parameter.split_once('=').is_some_and(|(name, value)| {
+        name.trim().eq_ignore_ascii_case("q") && value.trim().parse::<f64>() == Ok(0.0)
     })
 }
 

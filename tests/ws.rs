@@ -178,6 +178,44 @@ fn bad_handshakes_get_400_or_426_with_a_reason() {
     assert_sample(&next_json(&mut ws));
 }
 
+/// RFC 6455 4.2.1, 11.3.1 and 11.3.5: an upgrade over HTTP/1.0, or with
+/// `Sec-WebSocket-Key` or `Sec-WebSocket-Version` twice, is refused with 400.
+#[test]
+fn repeated_handshake_headers_and_http_1_0_are_refused() {
+    let s = TestServer::start();
+    let twice = |header: &str| {
+        upgrade_request(
+            s.addr,
+            "/api/analytics",
+            &format!("{HANDSHAKE}{header}\r\n"),
+        )
+    };
+    for (raw, named) in [
+        (
+            twice("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="),
+            "Sec-WebSocket-Key",
+        ),
+        (
+            twice("Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="),
+            "Sec-WebSocket-Key",
+        ),
+        (twice("Sec-WebSocket-Version: 13"), "Sec-WebSocket-Version"),
+        (twice("sec-websocket-version: 8"), "Sec-WebSocket-Version"),
+        (
+            format!("GET /api/analytics HTTP/1.0\r\nHost: x\r\n{HANDSHAKE}\r\n"),
+            "HTTP/1.1",
+        ),
+    ] {
+        let r = send_raw(s.addr, raw.as_bytes());
+        assert_eq!(r.status, 400, "{raw}");
+        assert_eq!(r.json()["error"], "bad_handshake", "{raw}");
+        let message = r.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains(named), "{message}");
+    }
+    let (mut ws, _) = ws_connect(s.addr, "/api/analytics");
+    assert_sample(&next_json(&mut ws));
+}
+
 #[test]
 fn the_101_is_a_valid_rfc6455_handshake() {
     let s = TestServer::start();
