@@ -4,7 +4,8 @@
 //! `cargo run --release` needs none of them. A bad value stops the process before it
 //! binds a port, with one line that names the variable, the value and what is allowed:
 //! a typo in a dashboard's deploy settings should fail the deploy, not start a server
-//! that silently does something else.
+//! that silently does something else. A value that is not UTF-8 is bad too, never taken
+//! for unset (an unreadable `CORS_ORIGINS` must not allow every origin).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::chaos;
+use crate::http::printable;
 use crate::options;
 use crate::simulator::{self, Profile, Scenario};
 
@@ -108,15 +110,24 @@ impl Default for Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub var: &'static str,
+    /// The value as the message shows it: escaped, and cut to a few dozen characters
+    /// (a value can be of any size).
     pub value: String,
+    /// The value is not UTF-8 text.
+    pub not_utf8: bool,
     pub allowed: String,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let not_utf8 = if self.not_utf8 {
+            "not valid UTF-8; "
+        } else {
+            ""
+        };
         write!(
             f,
-            "invalid {}={:?}: expected {} (unset it to use the default)",
+            "invalid {}=\"{}\": {not_utf8}expected {} (unset it to use the default)",
             self.var, self.value, self.allowed
         )
     }
@@ -167,11 +178,17 @@ impl Var {
                 .map(|n| set(config, n)),
             Kind::Text { set, .. } => set(config, value),
         };
-        set.ok_or_else(|| ConfigError {
+        set.ok_or_else(|| self.refuse(value.as_bytes(), false))
+    }
+
+    /// The error for a value of this variable that cannot be used.
+    fn refuse(&self, value: &[u8], not_utf8: bool) -> ConfigError {
+        ConfigError {
             var: self.name,
-            value: value.to_string(),
+            value: printable(value),
+            not_utf8,
             allowed: self.allowed(),
-        })
+        }
     }
 }
 
@@ -404,15 +421,21 @@ impl Config {
 
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
-        Config::from_vars(|name| std::env::var(name).ok())
+        Config::from_vars(|name| std::env::var_os(name).map(|v| v.into_encoded_bytes()))
     }
 
-    /// Reads variables through `get`, so tests need not touch the process environment.
-    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    /// Reads variables through `get`, which gives a value's bytes as the OS holds them
+    /// (UTF-8 when the value is text), so tests need not touch the process environment.
+    /// A value that is not UTF-8 is refused like any other invalid value.
+    pub fn from_vars(get: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         for var in &VARS {
+            let Some(raw) = get(var.name) else {
+                continue;
+            };
+            let value = std::str::from_utf8(&raw).map_err(|_| var.refuse(&raw, true))?;
             // An empty value counts as unset: Render's dashboard and shells produce them.
-            if let Some(value) = get(var.name).filter(|v| !v.trim().is_empty()) {
+            if !value.trim().is_empty() {
                 var.apply(&mut config, value.trim())?;
             }
         }
@@ -473,11 +496,16 @@ mod tests {
     use super::*;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let pairs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        from_bytes(&pairs)
+    }
+
+    fn from_bytes(pairs: &[(&str, &[u8])]) -> Result<Config, ConfigError> {
         Config::from_vars(|name| {
             pairs
                 .iter()
                 .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
+                .map(|(_, v)| v.to_vec())
         })
     }
 
@@ -608,6 +636,42 @@ mod tests {
             assert!(msg.contains(var) && msg.contains(value), "{msg}");
             assert!(msg.contains("expected"), "{msg}");
         }
+    }
+
+    /// A value that is not UTF-8 is invalid, not unset: taken for unset, a `CORS_ORIGINS`
+    /// allowlist would allow every origin.
+    #[test]
+    fn values_that_are_not_utf8_are_refused() {
+        for name in VARS.map(|v| v.name) {
+            let err = from_bytes(&[(name, b"https://a.example\xff")]).unwrap_err();
+            assert_eq!((err.var, err.not_utf8), (name, true));
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!(
+                    "invalid {name}=\"https://a.example\\xff\": not valid UTF-8; expected "
+                )),
+                "{msg}"
+            );
+        }
+    }
+
+    /// A value of any size is shown cut, with its length.
+    #[test]
+    fn long_values_are_shown_cut() {
+        let msg = from(&[("PORT", &"9".repeat(100_000))])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "invalid PORT=\"{}... (100000 bytes)\": expected ",
+                "9".repeat(40)
+            )),
+            "{msg}"
+        );
+        let msg = from_bytes(&[("CORS_ORIGINS", &[0xff; 100_000])])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.len() < 300 && msg.contains("(100000 bytes)"), "{msg}");
     }
 
     /// Each variable's documented default is the value `Config::default` holds, and an

@@ -95,8 +95,12 @@ impl Error for Failure {
 pub enum Refusal {
     /// An upgrade with another method than GET.
     NotGet,
+    /// An upgrade over HTTP/1.0.
+    NotHttp11,
     /// An upgrade without `Connection: Upgrade`.
     NoConnectionUpgrade,
+    /// An upgrade with this header more than once.
+    Repeated(&'static str),
     /// `Sec-WebSocket-Version` other than 13.
     WebSocketVersion,
     /// A missing or malformed `Sec-WebSocket-Key`.
@@ -114,9 +118,15 @@ impl Refusal {
     pub fn reply(&self) -> Reply {
         match self {
             Refusal::NotGet => bad_handshake("WebSocket upgrades must use GET."),
+            Refusal::NotHttp11 => {
+                bad_handshake("A WebSocket upgrade needs HTTP/1.1: send the request as HTTP/1.1.")
+            }
             Refusal::NoConnectionUpgrade => {
                 bad_handshake("A WebSocket upgrade needs `Connection: Upgrade`.")
             }
+            Refusal::Repeated(name) => bad_handshake(&format!(
+                "{name} was sent more than once: send it exactly once (RFC 6455)."
+            )),
             Refusal::BadKey => bad_handshake(
                 "Missing or malformed Sec-WebSocket-Key: it must be 16 random bytes in base64.",
             ),
@@ -179,7 +189,9 @@ mod tests {
     fn each_refusal_has_its_status() {
         for (refusal, status) in [
             (Refusal::NotGet, 400),
+            (Refusal::NotHttp11, 400),
             (Refusal::NoConnectionUpgrade, 400),
+            (Refusal::Repeated("Sec-WebSocket-Key"), 400),
             (Refusal::BadKey, 400),
             (Refusal::WebSocketVersion, 426),
             (Refusal::OriginNotAllowed("https://x.example".into()), 403),

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by REST and the streams: JSON responses, error bodies, headers and
 //! CORS, in one place so that REST and stream refusals look alike to a client.
 
+use std::fmt::Write;
 use std::io::Cursor;
 
 use bytes::Bytes;
@@ -132,30 +133,46 @@ pub fn cors_headers(cors: &Cors, origin: Option<&str>) -> Vec<Header> {
     }
 }
 
-/// Whether `Accept` names `media` itself (wildcards such as `*/*` do not count: they are
-/// what clients send when any representation will do).
+/// Whether `Accept` names `media` itself, and not with `q=0`, which refuses it
+/// (wildcards such as `*/*` do not count: they are what clients send when any
+/// representation will do).
 pub fn accepts(request: &Request, media: &str) -> bool {
     request_header(request, "Accept").is_some_and(|accept| {
         accept.split(',').any(|range| {
-            let name = range.split(';').next().unwrap_or("").trim();
-            name.eq_ignore_ascii_case(media)
+            let mut parts = range.split(';');
+            let name = parts.next().unwrap_or("").trim();
+            name.eq_ignore_ascii_case(media) && !parts.any(is_zero_weight)
         })
     })
 }
 
-/// `text` as it may go into a log line: control characters and non-ASCII bytes escaped
-/// (a client cannot forge lines or send terminal escapes), at most 200 characters.
-pub fn printable(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(210));
-    for b in text.bytes() {
-        if out.len() >= 200 {
-            out.push_str("...");
+/// Whether a media range's parameter is a weight of 0 (`q=0`, `q=0.000`).
+fn is_zero_weight(parameter: &str) -> bool {
+    parameter.split_once('=').is_some_and(|(name, value)| {
+        name.trim().eq_ignore_ascii_case("q") && value.trim().parse::<f64>() == Ok(0.0)
+    })
+}
+
+/// Bytes of outside text (a client's, or the environment's) shown in a log line or a
+/// message; the rest is summed up by its length.
+const SHOWN: usize = 40;
+
+/// Outside text as it may be shown in a log line or a message: control characters and
+/// non-ASCII bytes escaped (a client cannot forge lines or send terminal escapes), and
+/// cut after about 40 characters with a note of its whole length, so that no client (or
+/// configuration value) can make a line long.
+pub fn printable(text: impl AsRef<[u8]>) -> String {
+    let bytes = text.as_ref();
+    let mut out = String::with_capacity(SHOWN + 20);
+    for &b in bytes {
+        if out.len() >= SHOWN {
+            let _ = write!(out, "... ({} bytes)", bytes.len());
             break;
         }
         if (b' '..=b'~').contains(&b) {
             out.push(b as char);
         } else {
-            out.push_str(&format!("\\x{b:02x}"));
+            let _ = write!(out, "\\x{b:02x}");
         }
     }
     out
@@ -179,6 +196,11 @@ mod tests {
         assert_eq!(printable("/api?x=1"), "/api?x=1");
         assert_eq!(printable("/a\r\nFAKE\x1b[31m"), "/a\\x0d\\x0aFAKE\\x1b[31m");
         assert_eq!(printable("/é"), "/\\xc3\\xa9");
-        assert!(printable(&"a".repeat(500)).len() <= 203);
+        assert_eq!(printable("a".repeat(40)), "a".repeat(40));
+        assert_eq!(
+            printable("a".repeat(4000)),
+            format!("{}... (4000 bytes)", "a".repeat(40))
+        );
+        assert_eq!(printable(b"\xff\xfe"), "\\xff\\xfe");
     }
 }

@@ -1,5 +1,5 @@
 //! `realtime-analytics-backend`: reads the configuration, starts the server, and waits
-//! for SIGTERM or SIGINT (a graceful shutdown, exit 0) or for the server to fail (exit 1,
+//! for SIGTERM, SIGINT or SIGHUP (a graceful shutdown, exit 0) or for the server to fail (exit 1,
 //! so the platform restarts it). A bad configuration exits 2 before anything starts.
 //! `--help` lists every variable.
 
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     let signals = match platform::shutdown_signals() {
         Ok(s) => s,
         Err(e) => {
-            log::error!("cannot handle SIGTERM/SIGINT: {e}");
+            log::error!("cannot handle SIGTERM, SIGINT or SIGHUP: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -26,7 +26,7 @@ pub struct Metrics {
     ws_frames_sent: AtomicU64,
     ws_frames_skipped: AtomicU64,
     ws_clients: Mutex<BTreeMap<&'static str, i64>>,
-    ws_closes: Mutex<BTreeMap<String, u64>>,
+    ws_closes: Mutex<BTreeMap<&'static str, u64>>,
     streams_rejected: AtomicU64,
     sse_clients: AtomicI64,
     sse_events_sent: AtomicU64,
@@ -107,7 +107,7 @@ pub const METRICS: [Metric; 16] = [
     metric(
         "analytics_ws_closes_total",
         "counter",
-        "Closed WebSocket connections by close code (\"lost\": no close frame).",
+        "Closed WebSocket connections by close code (\"lost\": no close frame; \"other\": a code outside 1000-1015, which clients choose).",
         |m| labelled(&m.ws_closes, |code| format!("code=\"{code}\"")),
     ),
     metric(
@@ -203,6 +203,21 @@ fn labelled<K>(map: &Mutex<BTreeMap<K, u64>>, label: impl Fn(&K) -> String) -> V
     )
 }
 
+/// The closes counted apart: RFC 6455's registered codes (all we send are among them)
+/// and the ends without a code. A client picks any code from 3000 to 4999 for its own
+/// close; each would be a series of its own, so they are counted together as "other".
+const CLOSE_LABELS: [&str; 19] = [
+    "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
+    "1012", "1013", "1014", "1015", "none", "lost", "dropped",
+];
+
+fn close_label(code: &str) -> &'static str {
+    CLOSE_LABELS
+        .into_iter()
+        .find(|label| *label == code)
+        .unwrap_or("other")
+}
+
 fn bump<K: Ord>(map: &Mutex<BTreeMap<K, u64>>, key: K) {
     *lock(map).entry(key).or_default() += 1;
 }
@@ -223,10 +238,11 @@ impl Metrics {
         *lock(&self.ws_clients).entry(path).or_default() += 1;
     }
 
-    /// A WebSocket on `path` closed with `code` ("1000", or "lost": no close frame).
-    pub fn ws_closed(&self, path: &'static str, code: String) {
+    /// A WebSocket on `path` closed with `code` ("1000", "none": a close frame without a
+    /// code, "lost": no close frame, "dropped": chaos cut it).
+    pub fn ws_closed(&self, path: &'static str, code: &str) {
         *lock(&self.ws_clients).entry(path).or_default() -= 1;
-        bump(&self.ws_closes, code);
+        bump(&self.ws_closes, close_label(code));
     }
 
     /// A sample handed to a stream's socket.
@@ -299,5 +315,30 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_a_client_picks_share_one_series() {
+        let m = Metrics::default();
+        let codes = (3000..5000).map(|c| c.to_string());
+        for code in codes.chain(["1000", "1001", "none", "lost", "dropped", "x"].map(String::from))
+        {
+            m.ws_opened("/api");
+            m.ws_closed("/api", &code);
+        }
+        let text = m.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("analytics_ws_closes_total{"))
+            .collect();
+        assert_eq!(series.len(), 6, "{series:?}");
+        assert!(series.contains(&"analytics_ws_closes_total{code=\"other\"} 2001"));
+        assert!(series.contains(&"analytics_ws_closes_total{code=\"1001\"} 1"));
+        assert!(series.contains(&"analytics_ws_closes_total{code=\"lost\"} 1"));
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::chaos::{self, Chaos, Faults, Stall};
+use crate::http::printable;
 use crate::sample::{FIELDS, Fields, Sample, Tick, encode};
 use crate::simulator::{self, Model, Profile, Scenario};
 
@@ -51,6 +52,9 @@ pub struct Options {
     pub chaos: Option<Chaos>,
     /// Parameters no request understands: named back to the client.
     pub ignored: Vec<String>,
+    /// Why a `Last-Event-ID` could not be resumed from (see [`Options::resume`]): told
+    /// in the welcome.
+    pub resume_ignored: Option<String>,
 }
 
 impl Options {
@@ -79,6 +83,32 @@ impl Options {
             ..*model
         };
         model.sample(tick, self.scenario, self.fields.needs_details())
+    }
+
+    /// Resumes from `id`, an `EventSource`'s `Last-Event-ID`, when the query has no
+    /// `since`. EventSource sends it back by itself on every reconnect and gives up for
+    /// good on an error, so an id that cannot be resumed from (not a seq, or ahead of
+    /// `latest`, as after `INTERVAL_MS` changed) starts the live stream, with the reason
+    /// in `resume_ignored`, instead of a 400. A `since` a person typed is checked
+    /// strictly ([`parse`]).
+    pub fn resume(&mut self, id: &str, latest: u64) {
+        const LIVE: &str = "the stream starts live, with the latest sample; \
+                            GET /api/analytics/history has the samples before it.";
+        let why = match id.parse::<u64>() {
+            Ok(since) if since <= latest => {
+                self.since = Some(since);
+                return;
+            }
+            Ok(since) => format!(
+                "Last-Event-ID {since} is ahead of the latest sample, {latest} (the server's \
+                 INTERVAL_MS may have changed): {LIVE}"
+            ),
+            Err(_) => format!(
+                "Last-Event-ID \"{}\" is not a sample's seq: {LIVE}",
+                printable(id)
+            ),
+        };
+        self.resume_ignored = Some(why);
     }
 
     /// The ticks a client resuming with `since` missed, up to `latest`: at most the last
@@ -159,6 +189,7 @@ pub fn parse(
         since: None,
         chaos: None,
         ignored: ignored(pairs),
+        resume_ignored: None,
     };
     // One of a fixed set of names, or an error that lists them.
     fn one_of<T: Copy>(
@@ -170,7 +201,8 @@ pub fn parse(
         simulator::parse(all, name, v).ok_or_else(|| Invalid {
             parameter,
             message: format!(
-                "Unknown {parameter} {v:?}. Use one of: {}.",
+                "Unknown {parameter} \"{}\". Use one of: {}.",
+                printable(v),
                 simulator::names(all, name)
             ),
         })
@@ -185,7 +217,8 @@ pub fn parse(
         options.fields = Fields::parse(v).map_err(|name| Invalid {
             parameter: "fields",
             message: format!(
-                "Unknown field {name:?}. Use a comma-separated list of: {}, or \"all\".",
+                "Unknown field \"{}\". Use a comma-separated list of: {}, or \"all\".",
+                printable(name),
                 FIELDS.join(", ")
             ),
         })?;
@@ -286,12 +319,12 @@ pub fn faults(spec: &str) -> Result<Option<Faults>, String> {
     for part in spec.split(',') {
         let (name, args) = part
             .split_once(':')
-            .ok_or_else(|| format!("Fault {part:?} has no value"))?;
+            .ok_or_else(|| format!("Fault \"{}\" has no value", printable(part)))?;
         if seen.contains(&name) {
-            return Err(format!("{name} is given twice"));
+            return Err(format!("{} is given twice", printable(name)));
         }
         seen.push(name);
-        let bad = |allowed: &str| format!("{part:?}: {allowed}");
+        let bad = |allowed: &str| format!("\"{}\": {allowed}", printable(part));
         let between = |v: &str, lo: Duration, hi: Duration| {
             with_unit(v)
                 .map(Duration::from_millis)
@@ -364,7 +397,7 @@ pub fn faults(spec: &str) -> Result<Option<Faults>, String> {
                     .ok_or_else(|| bad("the status is one of 500, 502, 503, 504"))?;
                 f.error = Some((chance(p)?, status));
             }
-            _ => return Err(format!("Unknown fault {name:?}")),
+            _ => return Err(format!("Unknown fault \"{}\"", printable(name))),
         }
     }
     Ok((!f.is_off()).then_some(f))
@@ -640,6 +673,37 @@ mod tests {
         assert_ne!(
             news.sample(&model(), 5),
             opts("").unwrap().sample(&model(), 5)
+        );
+    }
+
+    /// A `Last-Event-ID` is resumed from when it can be, and otherwise starts the live
+    /// stream saying why; `since` in the query keeps its 400.
+    #[test]
+    fn a_last_event_id_that_cannot_be_resumed_from_is_ignored_with_a_reason() {
+        let resumed = |id: &str| {
+            let mut o = opts("").unwrap();
+            o.resume(id, 1_000_000);
+            (o.since, o.resume_ignored.unwrap_or_default())
+        };
+        assert_eq!(resumed("999990"), (Some(999_990), String::new()));
+        assert_eq!(resumed("1000000"), (Some(1_000_000), String::new()));
+        let (since, why) = resumed("1000001");
+        assert!(
+            since.is_none() && why.contains("ahead of the latest sample"),
+            "{why}"
+        );
+        for id in ["99999999999999999999999", "abc", &"9x".repeat(1000)] {
+            let (since, why) = resumed(id);
+            assert!(
+                since.is_none() && why.contains("is not a sample's seq"),
+                "{why}"
+            );
+            assert!(why.len() < 300, "{why}");
+        }
+        assert_eq!(opts("since=1000001").unwrap_err().parameter, "since");
+        assert_eq!(
+            opts("since=99999999999999999999999").unwrap_err().parameter,
+            "since"
         );
     }
 

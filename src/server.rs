@@ -371,8 +371,8 @@ impl Settle<'_> {
             log::log!(
                 level,
                 "{} {} -> {status} peer={}",
-                self.method,
-                http::printable(&self.target),
+                http::printable(self.method.as_str()),
+                http::printable(self.target.as_ref()),
                 self.peer
             );
         }
@@ -482,7 +482,7 @@ impl Worker {
             .ok_or_else(|| routes::not_found(path))?;
         let refused = |refusal: Refusal| refusal.reply();
         self.allowed_origin(request).map_err(refused)?;
-        let accept = ws::handshake(request, exchange.upgrade).map_err(refused)?;
+        let accept = ws::handshake(request, exchange).map_err(refused)?;
         match self.stream_options(request) {
             Ok(options) => {
                 let slot = self.streams.reserve().map_err(refused)?;
@@ -516,12 +516,14 @@ impl Worker {
     /// The options of a stream (WebSocket or SSE), from its query string. A resuming
     /// `EventSource`'s `Last-Event-ID` stands for `since` when the query has none.
     fn stream_options(&self, request: &Request) -> Result<options::Options, options::Invalid> {
-        let mut pairs = options::pairs(options::query(request.url()));
-        if !pairs.iter().any(|(k, _)| k == "since") {
-            pairs.extend(sse::last_event_id(request).map(|id| ("since".to_string(), id)));
-        }
         let ctx = &self.ctx;
-        options::parse(&pairs, &ctx.model, &ctx.chaos, ctx.hub.latest().seq)
+        let latest = ctx.hub.latest().seq;
+        let pairs = options::pairs(options::query(request.url()));
+        let mut options = options::parse(&pairs, &ctx.model, &ctx.chaos, latest)?;
+        if let Some(id) = sse::last_event_id(request).filter(|_| options.since.is_none()) {
+            options.resume(id, latest);
+        }
+        Ok(options)
     }
 
     /// How this request's reply will be settled (see [`Settle`]).

@@ -28,6 +28,47 @@ fn bad_configuration_names_the_variable_and_exits_2() {
     }
 }
 
+/// A value that is not UTF-8 is invalid, not unset (taken for unset, a `CORS_ORIGINS`
+/// allowlist allowed every origin), and a value of any size is shown cut: one short line,
+/// exit 2.
+#[cfg(unix)] // environment values are bytes here; Windows holds them as UTF-16
+#[test]
+fn values_not_utf8_or_huge_are_refused_in_one_short_line() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = |b: &[u8]| OsString::from_vec(b.to_vec());
+    let cases = [
+        (
+            "CORS_ORIGINS",
+            bytes(b"https://a.example\xff"),
+            "not valid UTF-8",
+        ),
+        ("MAX_HTTP_CONNECTIONS", bytes(b"5\xff"), "not valid UTF-8"),
+        (
+            "PORT",
+            OsString::from("9".repeat(100_000)),
+            "(100000 bytes)",
+        ),
+        ("CORS_ORIGINS", bytes(&[0xff; 100_000]), "(100000 bytes)"),
+    ];
+    for (var, value, says) in cases {
+        let env = [
+            ("HOST", OsString::from("127.0.0.1")),
+            ("PORT", OsString::from("0")),
+            (var, value),
+        ];
+        let mut p = Process::spawn_limited(&env, None);
+        assert_eq!(p.wait_exit(), Some(2), "{var}");
+        let out = p.rest_of_log().join("\n");
+        assert!(
+            out.starts_with(&format!("realtime-analytics-backend: invalid {var}=")),
+            "{out:.300}"
+        );
+        assert!(out.contains(says) && out.contains("expected"), "{out:.300}");
+        assert!(out.len() < 300, "one short line: {out:.300}");
+    }
+}
+
 /// `--help` lists every variable; any other argument is refused, since the environment is
 /// the only configuration.
 #[test]
@@ -91,6 +132,36 @@ fn sigterm_closes_websocket_clients_with_1001_and_logs_each_disconnect() {
     assert!(log.contains("ws disconnect path=/api/analytics"), "{log}");
 }
 
+/// What a client sends is cut in the log: a 4000-character method, target or option
+/// value makes no long line.
+#[test]
+fn client_text_is_cut_in_log_lines() {
+    let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0")]);
+    let addr = p.wait_until_listening();
+    let long = "x".repeat(4000);
+    let method = "G".repeat(4000);
+    assert_eq!(request(addr, &method, "/api", &[]).status, 405);
+    assert_eq!(get(addr, &format!("/{long}")).status, 404);
+    let bad_option = format!("/api/analytics?scenario={long}");
+    assert_eq!(get(addr, &bad_option).status, 400);
+    let (mut ws, _) = raw_upgrade(addr, &bad_option);
+    // The refusal is logged before the 101, so before the connection ends.
+    std::io::Read::read_to_end(&mut ws, &mut Vec::new()).unwrap();
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(), Some(0));
+    let log = p.rest_of_log();
+    for line in &log {
+        assert!(line.len() <= 300, "a {}-byte line: {line:.300}", line.len());
+    }
+    let lines = log.join("\n");
+    assert!(
+        lines.contains("GGGG... (4000 bytes) /api -> 405"),
+        "{lines}"
+    );
+    assert!(lines.contains("... (4001 bytes) -> 404"), "{lines}");
+    assert!(lines.contains("Unknown scenario \"xxxx"), "{lines}");
+}
+
 #[test]
 fn startup_line_gives_the_url_of_every_endpoint() {
     let p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0")]);
@@ -113,6 +184,25 @@ fn p_addr(line: &str) -> &str {
         .nth(1)
         .and_then(|r| r.split_whitespace().next())
         .unwrap()
+}
+
+/// SIGHUP (a terminal that closes, a run without `nohup`) stops the server as SIGTERM
+/// does, instead of ending it at once with no close frames and nothing logged.
+#[test]
+fn sighup_stops_gracefully_as_sigterm_does() {
+    let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INTERVAL_MS", "200")]);
+    let addr = p.wait_until_listening();
+    let (mut ws, _) = ws_connect(addr, "/api/analytics");
+    assert_sample(&next_json(&mut ws));
+    p.wait_for_line("ws connect path=/api/analytics");
+
+    p.signal(libc::SIGHUP);
+    let frame = read_close(&mut ws).unwrap();
+    assert_eq!(frame.code, CloseCode::Away, "{frame:?}");
+    assert_eq!(p.wait_exit(), Some(0));
+    let log = p.rest_of_log().join("\n");
+    assert!(log.contains("SIGHUP received"), "{log}");
+    assert!(log.contains("close=1001"), "{log}");
 }
 
 #[test]

@@ -218,7 +218,7 @@ fn last_event_id_resumes_without_gap_or_duplicate() {
     }
     assert!(last > to, "went on live after the replay");
 
-    // An explicit `since` wins over the header; a non-numeric header is ignored.
+    // An explicit `since` wins over the header; a non-numeric header is not resumed from.
     let mut es = Events::open(
         s.addr,
         &format!("/api/analytics?since={}", last - 2),
@@ -230,6 +230,74 @@ fn last_event_id_resumes_without_gap_or_duplicate() {
     );
     let mut es = Events::open(s.addr, "/api/analytics", &["Last-Event-ID: abc"]);
     assert!(es.welcome().data().get("replay").is_none());
+}
+
+/// An `EventSource` sends its `Last-Event-ID` back by itself, and gives up for good on an
+/// error: an id the server cannot resume from (ahead of the latest sample, as after
+/// `INTERVAL_MS` changed, too large, or not a seq) starts the live stream, the welcome
+/// saying why. A `since` typed in the query keeps its 400.
+#[test]
+fn a_last_event_id_that_cannot_be_resumed_from_starts_the_live_stream() {
+    let s = TestServer::with(|c| c.interval = Duration::from_millis(100));
+    let latest = get(s.addr, "/api/analytics?seq=1").json()["seq"]
+        .as_u64()
+        .unwrap();
+    for (id, why) in [
+        ((latest + 1000).to_string(), "ahead of the latest sample"),
+        ("99999999999999999999999".into(), "is not a sample's seq"),
+        ("abc".into(), "is not a sample's seq"),
+    ] {
+        let header = format!("Last-Event-ID: {id}");
+        let mut es = Events::open(s.addr, "/api/analytics", &[&header]);
+        assert_eq!(es.status, 200, "{header}");
+        let w = es.welcome().data();
+        let note = w["resume_ignored"].as_str().unwrap_or_default();
+        assert!(note.contains(why), "{header}: {w}");
+        assert!(w.get("replay").is_none(), "{w}");
+        assert_eq!(
+            es.sample().id(),
+            w["seq"].as_u64().unwrap(),
+            "live, from the latest sample"
+        );
+    }
+    let typed = request(
+        s.addr,
+        "GET",
+        &format!("/api/analytics?since={}", latest + 1000),
+        &["Accept: text/event-stream", "Last-Event-ID: 1"],
+    );
+    assert_eq!(typed.status, 400);
+    assert_eq!(typed.json()["parameter"], "since");
+}
+
+/// `Accept: text/event-stream;q=0` refuses the stream: the answer is REST's JSON.
+#[test]
+fn an_accept_that_refuses_event_streams_gets_json() {
+    let s = TestServer::start();
+    for accept in [
+        "text/event-stream;q=0",
+        "text/event-stream; q=0.0, application/json",
+    ] {
+        let stream = TcpStream::connect(s.addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        write!(
+            &stream,
+            "GET /api/analytics HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        // The head alone first (as for a HEAD): a stream would not end.
+        let mut reader = BufReader::new(stream);
+        let head = read_response(&mut reader, true);
+        assert_eq!(head.status, 200, "{accept}");
+        assert_eq!(
+            head.header("Content-Type"),
+            Some("application/json"),
+            "{accept}"
+        );
+        let mut body = String::new();
+        reader.read_to_string(&mut body).unwrap();
+        assert_sample(&serde_json::from_str(&body).unwrap());
+    }
 }
 
 #[test]

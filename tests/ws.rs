@@ -178,6 +178,44 @@ fn bad_handshakes_get_400_or_426_with_a_reason() {
     assert_sample(&next_json(&mut ws));
 }
 
+/// RFC 6455 4.2.1, 11.3.1 and 11.3.5: an upgrade over HTTP/1.0, or with
+/// `Sec-WebSocket-Key` or `Sec-WebSocket-Version` twice, is refused with 400.
+#[test]
+fn repeated_handshake_headers_and_http_1_0_are_refused() {
+    let s = TestServer::start();
+    let twice = |header: &str| {
+        upgrade_request(
+            s.addr,
+            "/api/analytics",
+            &format!("{HANDSHAKE}{header}\r\n"),
+        )
+    };
+    for (raw, named) in [
+        (
+            twice("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="),
+            "Sec-WebSocket-Key",
+        ),
+        (
+            twice("Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="),
+            "Sec-WebSocket-Key",
+        ),
+        (twice("Sec-WebSocket-Version: 13"), "Sec-WebSocket-Version"),
+        (twice("sec-websocket-version: 8"), "Sec-WebSocket-Version"),
+        (
+            format!("GET /api/analytics HTTP/1.0\r\nHost: x\r\n{HANDSHAKE}\r\n"),
+            "HTTP/1.1",
+        ),
+    ] {
+        let r = send_raw(s.addr, raw.as_bytes());
+        assert_eq!(r.status, 400, "{raw}");
+        assert_eq!(r.json()["error"], "bad_handshake", "{raw}");
+        let message = r.json()["message"].as_str().unwrap().to_string();
+        assert!(message.contains(named), "{message}");
+    }
+    let (mut ws, _) = ws_connect(s.addr, "/api/analytics");
+    assert_sample(&next_json(&mut ws));
+}
+
 #[test]
 fn the_101_is_a_valid_rfc6455_handshake() {
     let s = TestServer::start();
@@ -251,6 +289,35 @@ fn client_close_completes_the_close_handshake() {
         Err(tungstenite::Error::ConnectionClosed)
     ));
     assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
+}
+
+/// Clients choose their own close codes (3000-4999): they share one series in /metrics,
+/// so that clients cannot grow it.
+#[test]
+fn close_codes_clients_choose_do_not_add_series() {
+    let s = TestServer::start();
+    for code in (3000..4999).step_by(6).take(300) {
+        let (mut ws, _) = ws_connect(s.addr, "/api");
+        ws.close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: "".into(),
+        }))
+        .unwrap();
+        read_close(&mut ws);
+    }
+    assert!(eventually(TIMEOUT, || s.server().stream_clients() == 0));
+    let metrics = get(s.addr, "/metrics").text();
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("analytics_ws_closes_total{"))
+        .collect();
+    assert_eq!(
+        series.len(),
+        1,
+        "one series for every code a client chose: {:?}",
+        &series[..series.len().min(5)]
+    );
+    assert_eq!(series[0], "analytics_ws_closes_total{code=\"other\"} 300");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! | backend | where | what it adds |
 //! |---|---|---|
 //! | `linux` | Linux (unless the `portable` feature is on) | `TCP_USER_TIMEOUT`, the cgroup memory limit (v1 and v2), the thread budget from `vm.max_map_count`, a futex hash sized for it, RSS and thread count from `/proc` |
-//! | `posix` | macOS, the BSDs, and Linux with `--features portable` (what CI runs a second time) | descriptor limits (`getrlimit`), physical memory (`sysconf`), non-blocking sends (`MSG_DONTWAIT`), signals |
+//! | `posix` | macOS, the BSDs, and Linux with `--features portable` (what CI runs a second time) | descriptor limits (`getrlimit`), physical memory (`sysconf`), non-blocking sends (`MSG_DONTWAIT`), signals (SIGTERM, SIGINT, SIGHUP) |
 //! | `windows` | Windows | nothing beyond std: no descriptor limit to raise, replies are written by the connection's thread, Ctrl-C through signal-hook's flag |
 //!
 //! What the edge relies on from the OS is small on purpose: a listening socket, blocking
@@ -91,7 +91,8 @@ pub fn process_stats() -> Option<(u64, u64)> {
     os::process_stats()
 }
 
-/// A channel that receives `"SIGTERM"` or `"SIGINT"` (Ctrl-C on Windows) once.
+/// A channel that receives `"SIGTERM"`, `"SIGINT"` (Ctrl-C on Windows) or `"SIGHUP"`
+/// (not on Windows, which has none) once: each asks for a graceful shutdown.
 pub fn shutdown_signals() -> io::Result<Receiver<&'static str>> {
     os::shutdown_signals()
 }

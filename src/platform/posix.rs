@@ -6,7 +6,7 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, bounded};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use socket2::{SockRef, TcpKeepalive};
 
@@ -105,18 +105,21 @@ pub fn process_stats() -> Option<(u64, u64)> {
     None
 }
 
+/// SIGHUP (the terminal closed, a run without `nohup`) would end the process at once,
+/// with no close frame for any stream and nothing logged: it stops the server as SIGTERM
+/// does.
 pub fn shutdown_signals() -> io::Result<Receiver<&'static str>> {
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     let (tx, rx) = bounded(1);
     thread::Builder::new()
         .name("signals".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
-                let _ = tx.send(if signal == SIGINT {
-                    "SIGINT"
-                } else {
-                    "SIGTERM"
+                let _ = tx.send(match signal {
+                    SIGINT => "SIGINT",
+                    SIGHUP => "SIGHUP",
+                    _ => "SIGTERM",
                 });
             }
         })?;

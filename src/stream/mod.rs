@@ -574,6 +574,9 @@ fn welcome(
                      them.",
         });
     }
+    if let Some(why) = options.resume_ignored.as_ref().filter(|_| streaming) {
+        welcome["resume_ignored"] = json!(why);
+    }
     if !options.ignored.is_empty() {
         welcome["ignored"] = json!(options.ignored);
     }
@@ -609,6 +612,12 @@ mod tests {
             "a path that never streams offers no resume"
         );
         assert_eq!(v["replay"]["from"], 5);
+        let resumed = Options {
+            resume_ignored: Some("why".into()),
+            ..options.clone()
+        };
+        let v = welcome(Route::Analytics, &resumed, &model, 10, None, "");
+        assert_eq!(v["resume_ignored"], "why");
         // A replay that starts after the client's `since` says it was cut.
         for (since, cut) in [(4, false), (3, true)] {
             let options = Options {

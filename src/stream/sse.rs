@@ -36,18 +36,18 @@ use crate::watcher::Socket;
 const RETRY_MS: u64 = 2000;
 
 /// Whether a GET asks for an event stream (`Accept: text/event-stream`, as `EventSource`
-/// sends). Everything else, `*/*` included, keeps getting JSON.
+/// sends). Everything else, `*/*` and `text/event-stream;q=0` included, keeps getting
+/// JSON.
 pub fn is_event_stream(request: &Request) -> bool {
     *request.method() == Method::Get && http::accepts(request, "text/event-stream")
 }
 
-/// The `since` of a resuming `EventSource`: its `Last-Event-ID`, if that is a sequence
-/// number. (Anything else is ignored, as the spec says ids are opaque to the client.)
-pub fn last_event_id(request: &Request) -> Option<String> {
+/// The `Last-Event-ID` of a resuming `EventSource`, if it sent one (see
+/// `Options::resume` for what becomes of it).
+pub fn last_event_id(request: &Request) -> Option<&str> {
     request_header(request, "Last-Event-ID")
         .map(str::trim)
-        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-        .map(str::to_string)
+        .filter(|id| !id.is_empty())
 }
 
 /// The event stream for a request, run on the connection's own thread. `cors` goes into
@@ -267,19 +267,26 @@ mod tests {
         assert!(!get("*/*"));
         assert!(!get("application/json"));
         assert!(!get("text/event-streams"));
+        assert!(!get("text/event-stream;q=0"), "q=0 refuses it");
+        assert!(!get("text/event-stream; Q = 0.000, application/json"));
+        assert!(get("text/event-stream;q=0.001"));
+        assert!(get("text/event-stream;q=0, text/event-stream;q=1"));
         assert!(!is_event_stream(&request(Method::Get, &[])));
         let head = request(Method::Head, &[("Accept", "text/event-stream")]);
         assert!(!is_event_stream(&head));
     }
 
     #[test]
-    fn last_event_id_is_used_only_when_it_is_a_sequence_number() {
-        let id = |value| last_event_id(&request(Method::Get, &[("Last-Event-ID", value)]));
+    fn an_empty_last_event_id_is_none() {
+        let id = |value| {
+            let request = request(Method::Get, &[("Last-Event-ID", value)]);
+            last_event_id(&request).map(str::to_string)
+        };
         assert_eq!(id("42").as_deref(), Some("42"));
         assert_eq!(id(" 7 ").as_deref(), Some("7"));
+        assert_eq!(id("abc").as_deref(), Some("abc"));
         assert_eq!(id(""), None);
-        assert_eq!(id("abc"), None);
-        assert_eq!(id("-1"), None);
+        assert_eq!(id("  "), None);
         assert_eq!(last_event_id(&request(Method::Get, &[])), None);
     }
 }

@@ -17,7 +17,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 
 use super::{Encoder, End, Slot, Start};
-use crate::edge::StreamFn;
+use crate::edge::{Exchange, StreamFn};
 use crate::error::Refusal;
 use crate::http::request_header;
 use crate::metrics::Stream;
@@ -61,15 +61,31 @@ pub fn is_upgrade(request: &Request) -> bool {
     })
 }
 
-/// Checks an upgrade request; `connection_upgrade`: its `Connection` header named
-/// `upgrade` (the edge read it). Returns the `Sec-WebSocket-Accept` value, or why the
-/// handshake cannot be completed.
-pub fn handshake(request: &Request, connection_upgrade: bool) -> Result<String, Refusal> {
+/// Checks an upgrade request as RFC 6455 4.2.1 asks; `exchange`: what the edge read of
+/// it (its HTTP version and whether `Connection` named `upgrade`). Returns the
+/// `Sec-WebSocket-Accept` value, or why the handshake cannot be completed.
+pub fn handshake(request: &Request, exchange: &Exchange) -> Result<String, Refusal> {
     if *request.method() != Method::Get {
         return Err(Refusal::NotGet);
     }
-    if !connection_upgrade {
+    if exchange.minor == 0 {
+        return Err(Refusal::NotHttp11);
+    }
+    if !exchange.upgrade {
         return Err(Refusal::NoConnectionUpgrade);
+    }
+    // Each may appear once (RFC 6455 11.3.1, 11.3.5): two keys or versions leave the
+    // handshake ambiguous.
+    for name in ["Sec-WebSocket-Key", "Sec-WebSocket-Version"] {
+        if request
+            .headers()
+            .iter()
+            .filter(|h| h.field.equiv(name))
+            .count()
+            > 1
+        {
+            return Err(Refusal::Repeated(name));
+        }
     }
     if request_header(request, "Sec-WebSocket-Version").map(str::trim) != Some("13") {
         return Err(Refusal::WebSocketVersion);
@@ -118,10 +134,7 @@ pub fn stream(
         );
         let encoder = Frames::new(ws);
         let (close, sent) = super::run(streams, encoder, route, &options, start);
-        metrics.ws_closed(
-            route.path(),
-            close.split(' ').next().unwrap_or("").to_string(),
-        );
+        metrics.ws_closed(route.path(), close.split(' ').next().unwrap_or(""));
         log::info!(
             "ws disconnect path={} peer={peer} lifetime={:.1}s close={close} samples={sent}",
             route.path(),

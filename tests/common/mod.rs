@@ -336,8 +336,12 @@ impl Process {
         Process::spawn_limited(env, None)
     }
 
-    /// Spawns with the open-file limit (soft and hard) set to `nofile`, if given.
-    pub fn spawn_limited(env: &[(&str, &str)], nofile: Option<u64>) -> Process {
+    /// Spawns with the open-file limit (soft and hard) set to `nofile`, if given. Values
+    /// need not be UTF-8.
+    pub fn spawn_limited<V: AsRef<std::ffi::OsStr>>(
+        env: &[(&str, V)],
+        nofile: Option<u64>,
+    ) -> Process {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-analytics-backend"));
         if let Some(n) = nofile {
