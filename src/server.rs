@@ -446,13 +446,13 @@ impl Worker {
         let refused = |refusal: Refusal| refusal.reply();
         self.allowed_origin(request).map_err(refused)?;
         let accept = ws::handshake(request, exchange.upgrade).map_err(refused)?;
-        match self.stream_options(request) {
-            Ok(options) => {
-                let slot = self.streams.reserve().map_err(refused)?;
-                Ok(ws::stream(accept, slot, route, options, peer))
-            }
-            Err(invalid) => Ok(ws::refusal(accept, invalid, peer)),
-        }
+        let options = self.stream_options(request);
+        // A refusal takes a slot too: its connection is a WebSocket until it closes.
+        let slot = self.streams.reserve().map_err(refused)?;
+        Ok(match options {
+            Ok(options) => ws::stream(accept, slot, route, options, peer),
+            Err(invalid) => ws::refusal(accept, slot, invalid, peer),
+        })
     }
 
     fn event_stream(&self, request: &Request, peer: SocketAddr) -> Result<StreamFn, Reply> {

@@ -133,9 +133,10 @@ fn websocket(socket: TcpStream, leftover: Vec<u8>) -> Box<WebSocket<Socket>> {
 /// connection's thread, it accepts, sends one frame with the same JSON a REST client would
 /// get (`"type": "error"`), and closes with 1008 and a short reason. Browsers and Flutter's
 /// `web_socket_channel` show nothing of a refused handshake but its status; they do show
-/// a message and a close reason.
-pub fn refusal(accept: String, invalid: Invalid, peer: SocketAddr) -> StreamFn {
+/// a message and a close reason. The connection holds its `slot` until it closes.
+pub fn refusal(accept: String, slot: Slot, invalid: Invalid, peer: SocketAddr) -> StreamFn {
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
+        let _slot = slot;
         log::info!(
             "ws {peer}: refused (bad_query, {}): {}",
             invalid.parameter,
