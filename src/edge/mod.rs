@@ -50,6 +50,7 @@ use crate::sync::lock;
 
 pub use head::Head;
 use head::{Refusal, Scanner};
+pub use upstream::LINES as INTERNAL_CONNECTIONS;
 use upstream::Upstream;
 
 /// The first read of a connection's head: enough for curl's, websocat's and most
