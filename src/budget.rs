@@ -35,6 +35,30 @@ pub const SHORT: u64 = 256;
 /// How long a history or a long replay waits for a turn before it is refused (503 with
 /// `Retry-After`, or a close that says when to come back).
 pub const TURN_WAIT: Duration = Duration::from_secs(5);
+/// A rate a client may send at: `burst` at once, refilled at `per_second`.
+#[derive(Debug, Clone, Copy)]
+pub struct Rate {
+    pub burst: u32,
+    pub per_second: u32,
+}
+
+/// Messages a WebSocket client may send (pings, pongs, text, binary): 50 at once, then 10
+/// a second. The server needs none (a dashboard pings every few seconds at most, a browser
+/// answers our heartbeat ping every 15 s), so a legitimate client stays far below; past
+/// it a client is flooding, and is closed with 1008. It also bounds what one wake-up of a
+/// stream's thread reads.
+pub const INBOUND_MESSAGES: Rate = Rate {
+    burst: 50,
+    per_second: 10,
+};
+/// Bytes a client may send, framing included: 64 KiB at once, then 16 KiB a second (a
+/// 16 KiB message a second). Bounds what the message count does not see: the frames of a
+/// message that never ends (endless empty continuation frames), each parsed as it
+/// arrives. Past it, close 1008.
+pub const INBOUND_BYTES: Rate = Rate {
+    burst: 64 * 1024,
+    per_second: 16 * 1024,
+};
 /// The budget when the host does not say (Windows): a laptop's share.
 const DEFAULT_MEMORY: u64 = 1 << 30;
 
@@ -148,6 +172,33 @@ impl Budget {
                      `reconnect_after_ms`",
                     TURN_WAIT.as_secs()
                 ),
+            ],
+            [
+                "a WebSocket client's frames (pings, messages)".into(),
+                format!(
+                    "{} messages at once, then {} a second; {} KiB at once, then {} KiB a \
+                     second; none read while bytes sent to it earlier are unsent",
+                    INBOUND_MESSAGES.burst,
+                    INBOUND_MESSAGES.per_second,
+                    INBOUND_BYTES.burst >> 10,
+                    INBOUND_BYTES.per_second >> 10,
+                ),
+                format!("one per stream ({streams})"),
+                "close 1008, naming the bound".into(),
+            ],
+            [
+                "a refusal".into(),
+                "one error reply; a refused upgrade: an error frame, close 1008 and 2 s for \
+                 the client's close"
+                    .into(),
+                "within the cap of its kind: a refused upgrade holds a stream's place".into(),
+                "closed".into(),
+            ],
+            [
+                "a health probe at the HTTP cap".into(),
+                "one `GET` or `HEAD` of `/healthz` or `/readyz`, its head within 2 s".into(),
+                "2 places beyond `MAX_HTTP_CONNECTIONS`".into(),
+                "503 + `Retry-After`, closed".into(),
             ],
             [
                 "a stream's outgoing bytes".into(),

@@ -19,6 +19,9 @@ pub enum StartError {
         what: &'static str,
         source: Box<dyn Error + Send + Sync>,
     },
+    /// The open-file limit is lower than the server's own descriptors, the health probes'
+    /// places and one client of each kind need.
+    DescriptorLimit { limit: u64, minimum: usize },
 }
 
 impl StartError {
@@ -27,6 +30,15 @@ impl StartError {
         move |e| StartError::Part {
             what,
             source: Box::new(e),
+        }
+    }
+
+    /// The process's exit status: 2 for a limit of the host the server cannot run
+    /// under (as for a bad configuration: nothing a restart would fix), 1 otherwise.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            StartError::DescriptorLimit { .. } => 2,
+            StartError::Listen { .. } | StartError::Part { .. } => 1,
         }
     }
 }
@@ -48,6 +60,12 @@ impl fmt::Display for StartError {
                 _ => write!(f, "cannot listen on {addr}: {source}"),
             },
             StartError::Part { what, source } => write!(f, "cannot start {what}: {source}"),
+            StartError::DescriptorLimit { limit, minimum } => write!(
+                f,
+                "the open-file limit (RLIMIT_NOFILE) is {limit}; the server needs at least \
+                 {minimum} descriptors (its own, the health probes', one client of each \
+                 kind): raise it, e.g. `ulimit -n {minimum}` or more, and start again"
+            ),
         }
     }
 }
@@ -57,6 +75,7 @@ impl Error for StartError {
         match self {
             StartError::Listen { source, .. } => Some(source),
             StartError::Part { source, .. } => Some(source.as_ref()),
+            StartError::DescriptorLimit { .. } => None,
         }
     }
 }
@@ -183,6 +202,16 @@ mod tests {
         let e = StartError::part("the watchdog")(io::Error::other("no threads"));
         assert_eq!(e.to_string(), "cannot start the watchdog: no threads");
         assert!(Failure::Unresponsive(in_use()).source().is_some());
+        let e = StartError::DescriptorLimit {
+            limit: 20,
+            minimum: 30,
+        };
+        assert!(e.to_string().contains("is 20") && e.to_string().contains("ulimit -n 30"));
+        assert_eq!(e.exit_status(), 2);
+        assert_eq!(
+            StartError::part("x")(io::Error::other("y")).exit_status(),
+            1
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `realtime-analytics-backend`: reads the configuration, starts the server, and waits
 //! for SIGTERM, SIGINT or SIGHUP (a graceful shutdown, exit 0) or for the server to fail (exit 1,
-//! so the platform restarts it). A bad configuration exits 2 before anything starts.
+//! so the platform restarts it). A bad configuration, or an open-file limit too low to
+//! serve, exits 2 before anything starts.
 //! `--help` lists every variable.
 
 #![forbid(unsafe_code)]
@@ -67,7 +68,7 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(e.exit_status());
         }
     };
     let addr = server.local_addr();

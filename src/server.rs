@@ -40,9 +40,17 @@ const WORKERS: usize = 4;
 const BACKLOG: i32 = 1024;
 /// How long shutdown waits for streaming clients to finish their close handshakes.
 const DRAIN: Duration = Duration::from_secs(5);
-/// Descriptors kept for the server's own use (listeners, tiny_http's internal connections,
-/// the watcher, logs) when deriving the caps.
-const RESERVED_DESCRIPTORS: usize = 64;
+/// The server's own descriptors, which the caps leave room for beside its clients'.
+/// Counted on Linux, which uses the most.
+const OWN_DESCRIPTORS: usize = 3 // stdin, stdout, stderr (the log)
+    + 2 // the signal thread's socket pair
+    + 3 // the stream watcher: its poll, the poll's registry, its waker
+    + 2 // the listener, and the accept loop's spare (or the connection it refuses)
+    + 1 // tiny_http's listener
+    + 3 * edge::INTERNAL_CONNECTIONS // each: the edge's end, tiny_http's, and its copy
+    + 1 // the watchdog's next probe
+    + 1 // the connection that wakes the accept loop at shutdown
+    + 1; // /proc/self/status, read for /metrics one at a time
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves its threads running.
 pub struct Server {
@@ -65,6 +73,13 @@ pub struct Server {
 
 /// Binds, starts tiny_http and its workers, the edge, the generator and the watchdog.
 pub fn start(config: &Config) -> Result<Server, StartError> {
+    let budget = Budget::new(config.memory_budget);
+    let caps = caps(
+        config,
+        platform::raise_fd_limit(),
+        platform::thread_limit(),
+        &budget,
+    )?;
     let addr = SocketAddr::new(config.host, config.port);
     let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
     let addr = listener
@@ -72,8 +87,6 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         .map_err(|source| StartError::Listen { addr, source })?;
     let part = StartError::part;
 
-    let budget = Budget::new(config.memory_budget);
-    let caps = caps(config, &budget);
     let model = config.model();
     let first = model.tick_at(generator::now_ms());
     let metrics = Arc::new(Metrics::default());
@@ -270,33 +283,46 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-/// The caps in force: configured, or derived from what the process can hold. Each client
-/// costs one descriptor and one thread, and its share of the memory budget; a fifth of the
-/// descriptors and threads go to HTTP connections. Configured caps the limits cannot hold
-/// are lowered, with a warning: refusing clients with 503 beats failing to accept anyone,
-/// or being killed for memory.
-fn caps(config: &Config, memory: &Budget) -> Caps {
-    let descriptors = platform::raise_fd_limit().map(|n| {
-        usize::try_from(n)
-            .unwrap_or(usize::MAX)
-            .saturating_sub(RESERVED_DESCRIPTORS)
-    });
-    let budget = [descriptors, platform::thread_limit()]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(200_000)
-        .max(10);
+/// The caps in force: configured, or derived from what the process can hold: at most
+/// `descriptors` open at once (`RLIMIT_NOFILE`), `threads`, and the `memory` budget's
+/// share for each kind of client. Each client costs one descriptor and one thread, and so
+/// does each place kept for health probes (`edge::PROBE_PLACES`); the server keeps
+/// `OWN_DESCRIPTORS` for itself. A fifth of what is left goes to HTTP connections, the
+/// rest to streams. Configured caps the limits cannot hold are lowered, with a warning:
+/// refusing clients with 503 beats running out of descriptors, or being killed for
+/// memory. A descriptor limit that cannot hold one client of each kind is an error.
+fn caps(
+    config: &Config,
+    descriptors: Option<u64>,
+    threads: Option<usize>,
+    memory: &Budget,
+) -> Result<Caps, StartError> {
+    let reserved = OWN_DESCRIPTORS + edge::PROBE_PLACES;
+    let minimum = reserved + 2;
+    if let Some(limit) = descriptors.filter(|&n| n < minimum as u64) {
+        return Err(StartError::DescriptorLimit { limit, minimum });
+    }
+    // At least one client of each kind: the descriptors were checked above, and a thread
+    // budget lower than that (vm.max_map_count under 2010) is not worth refusing to start.
+    let budget = [
+        descriptors.map(|n| usize::try_from(n).unwrap_or(usize::MAX) - reserved),
+        threads.map(|n| n.saturating_sub(edge::PROBE_PLACES)),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(200_000)
+    .max(2);
     let mut http = config
         .max_http_connections
-        .unwrap_or((budget / 5).min(memory.http));
+        .unwrap_or((budget / 5).clamp(1, memory.http));
     let mut ws = config
         .max_ws_clients
         .unwrap_or_else(|| budget.saturating_sub(http).clamp(1, memory.streams));
     if http + ws > budget {
         let (wanted_ws, wanted_http) = (ws, http);
         http = (budget / 5).max(1).min(http);
-        ws = budget.saturating_sub(http).max(1).min(ws);
+        ws = (budget - http).min(ws);
         log::warn!(
             "MAX_WS_CLIENTS={wanted_ws} and MAX_HTTP_CONNECTIONS={wanted_http} need more \
              descriptors or threads than this process may have; using {ws} and {http}. \
@@ -321,7 +347,7 @@ fn caps(config: &Config, memory: &Budget) -> Caps {
         ws = ws.min(memory.streams);
         http = http.min(memory.http);
     }
-    Caps { streams: ws, http }
+    Ok(Caps { streams: ws, http })
 }
 
 /// `host:port` for URLs when a request carries no usable `Host` header.
@@ -483,13 +509,13 @@ impl Worker {
         let refused = |refusal: Refusal| refusal.reply();
         self.allowed_origin(request).map_err(refused)?;
         let accept = ws::handshake(request, exchange).map_err(refused)?;
-        match self.stream_options(request) {
-            Ok(options) => {
-                let slot = self.streams.reserve().map_err(refused)?;
-                Ok(ws::stream(accept, slot, route, options, peer))
-            }
-            Err(invalid) => Ok(ws::refusal(accept, invalid, peer)),
-        }
+        let options = self.stream_options(request);
+        // A refusal takes a slot too: its connection is a WebSocket until it closes.
+        let slot = self.streams.reserve().map_err(refused)?;
+        Ok(match options {
+            Ok(options) => ws::stream(accept, slot, route, options, peer),
+            Err(invalid) => ws::refusal(accept, slot, invalid, peer),
+        })
     }
 
     fn event_stream(&self, request: &Request, peer: SocketAddr) -> Result<StreamFn, Reply> {
@@ -542,5 +568,61 @@ impl Worker {
             peer,
             label: route.map_or("other", |r| r.path()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_caps_fill_the_descriptor_limit_beside_the_servers_own() {
+        let unbounded = Budget::of(1 << 50, "MEMORY_BUDGET");
+        let derived = Config::default();
+        let wanted = Config {
+            max_http_connections: Some(1000),
+            max_ws_clients: Some(1000),
+            ..Config::default()
+        };
+        // (configuration, descriptors, threads) -> (streams, HTTP connections)
+        for (config, descriptors, threads, expected) in [
+            (&derived, Some(30), None, (1, 1)),
+            (&derived, Some(64), None, (29, 7)),
+            // The thread budget, when it is the lower.
+            (&derived, Some(1 << 20), Some(102), (80, 20)),
+            (&derived, None, None, (160_000, 40_000)),
+            // Configured caps the descriptors cannot hold are lowered.
+            (&wanted, Some(64), None, (29, 7)),
+            (&wanted, Some(4096), None, (1000, 1000)),
+        ] {
+            let c = caps(config, descriptors, threads, &unbounded).unwrap();
+            assert_eq!((c.streams, c.http), expected, "{descriptors:?} {threads:?}");
+        }
+        for limit in [30, 31, 64, 1024, 1 << 20] {
+            let c = caps(&derived, Some(limit), None, &unbounded).unwrap();
+            let used = c.streams + c.http + OWN_DESCRIPTORS + edge::PROBE_PLACES;
+            assert_eq!(used as u64, limit, "{c:?}");
+        }
+        assert!(matches!(
+            caps(&derived, Some(29), None, &unbounded),
+            Err(StartError::DescriptorLimit {
+                limit: 29,
+                minimum: 30
+            })
+        ));
+    }
+
+    #[test]
+    fn derived_and_configured_caps_fit_the_memory_budget() {
+        let budget = Budget::of(512 << 20, "cgroup limit");
+        let c = caps(&Config::default(), Some(1 << 20), None, &budget).unwrap();
+        assert_eq!((c.streams, c.http), (budget.streams, budget.http));
+        let wanted = Config {
+            max_ws_clients: Some(100_000),
+            max_http_connections: Some(100),
+            ..Config::default()
+        };
+        let c = caps(&wanted, Some(1 << 20), None, &budget).unwrap();
+        assert_eq!((c.streams, c.http), (budget.streams, 100));
     }
 }

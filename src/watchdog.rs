@@ -6,8 +6,14 @@
 //! through the edge, like any client; after three probes in a row without an answer it
 //! reports the failure, and `main` exits non-zero so that the platform restarts the
 //! service. `/healthz` is 503 when the generator stopped publishing, so that is a miss
-//! too. A 503 because every connection slot is taken is an answer: a flood of connections
-//! must be refused, not turned into a restart.
+//! too.
+//!
+//! A full server is not a wedged one. At `MAX_HTTP_CONNECTIONS` the probe takes one of
+//! the places kept for health probes, as a platform's check does; a 503 because those are
+//! taken too is an answer. And running out of descriptors must not become a restart: the
+//! socket of each probe is made ahead of time, right after the previous probe, so a probe
+//! never needs a new descriptor (the caps count this one among the server's own). If the
+//! process has none left to make it, that probe is skipped, not missed.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,6 +21,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use socket2::{Domain, Protocol, Socket, Type};
 
 const EVERY: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -27,17 +34,35 @@ pub fn spawn(
     stop: Receiver<()>,
     failed: impl FnOnce(std::io::Error) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
+    let mut next = Some(socket_for(listener)?);
     thread::Builder::new()
         .name("watchdog".into())
         .stack_size(64 * 1024)
         .spawn(move || {
             let mut misses = 0;
+            let mut skipping = false;
             loop {
                 match stop.recv_timeout(EVERY) {
                     Err(RecvTimeoutError::Timeout) => {}
                     _ => return,
                 }
-                match probe(listener) {
+                let socket = match next.take().map_or_else(|| socket_for(listener), Ok) {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        if !skipping {
+                            log::warn!(
+                                "watchdog: cannot make a socket to probe with ({e}); probes \
+                                 are skipped, not missed, until it can"
+                            );
+                        }
+                        skipping = true;
+                        continue;
+                    }
+                };
+                skipping = false;
+                let answered = probe(socket, listener);
+                next = socket_for(listener).ok();
+                match answered {
                     Ok(()) => misses = 0,
                     Err(e) => {
                         misses += 1;
@@ -52,8 +77,18 @@ pub fn spawn(
         })
 }
 
-fn probe(listener: SocketAddr) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&listener, TIMEOUT)?;
+/// A socket to probe `listener` with, not yet connected.
+fn socket_for(listener: SocketAddr) -> std::io::Result<Socket> {
+    Socket::new(
+        Domain::for_address(listener),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+}
+
+fn probe(socket: Socket, listener: SocketAddr) -> std::io::Result<()> {
+    socket.connect_timeout(&listener.into(), TIMEOUT)?;
+    let mut stream = TcpStream::from(socket);
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: watchdog\r\nConnection: close\r\n\r\n")?;

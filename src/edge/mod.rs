@@ -19,10 +19,10 @@
 //! | lax framing: chunked bodies never read, `Content-Length` parsed loosely, bare LF and obs-fold accepted | strict heads ([`head`]); no body is ever accepted; a refused head closes the connection | RFC 9112 parsing in tiny_http |
 //! | deadlocks writing its 505 for `HTTP/2.0`/`3.0`, leaking a thread and two descriptors | 505 from the edge; tiny_http only ever reads HTTP/1.1 | the 505 path fixed upstream |
 //! | its own listener has no timeouts and no cap, and any local process can connect to it: 300 idle connections held 300 threads, and each `HTTP/2.0` line leaked as above | the listener is open only at start-up: once the internal connections are open (a few milliseconds), the edge ends tiny_http's accept loop, which closes it, and start-up fails if the loop does not end ([`upstream`]) | a way to give tiny_http connected sockets instead of a listener, or timeouts and a cap in tiny_http |
-//! | its accept loop ends for good on an accept error, and panics on `EMFILE` | it only accepts our few internal connections, and is ended on purpose after; our accept loop backs off on errors and never ends | error handling in tiny_http's accept loop |
+//! | its accept loop ends for good on an accept error, and panics on `EMFILE` | it only accepts our few internal connections, and is ended on purpose after; our accept loop never ends, and out of descriptors closes a spare to answer 503 | error handling in tiny_http's accept loop |
 //! | its task pool can lose a wake-up and leave a connection with no thread | internal connections are opened one at a time and confirmed, then kept for the life of the process (a broken one is not reopened: the others carry its clients) | a fixed task pool |
 //! | an upgrade pins a pool thread and two descriptors per stream | a stream runs on the connection's own thread with its only descriptor; tiny_http's request is finished at once | upgrades that release the connection |
-//! | no connection cap | `MAX_HTTP_CONNECTIONS`, enforced at accept with a 503 | a cap in tiny_http |
+//! | no connection cap | `MAX_HTTP_CONNECTIONS`, enforced at accept with a 503; places beyond it for health probes only | a cap in tiny_http |
 //!
 //! Measured on the 2-core machine (`wrk -t2 -c64`): serving through the edge answers
 //! 80-100k requests/s where tiny_http serving the sockets itself gives 12-80k (its lost
@@ -45,12 +45,14 @@ use tiny_http::{HTTPVersion, Request};
 use crate::config::Cors;
 use crate::http::{self, Pieces, Reply};
 use crate::metrics::Metrics;
+use crate::paths::{self, Route};
 use crate::platform;
 use crate::routes::Later;
 use crate::sync::lock;
 
 pub use head::Head;
 use head::{Refusal, Scanner};
+pub use upstream::LINES as INTERNAL_CONNECTIONS;
 use upstream::Upstream;
 
 /// The first read of a connection's head: enough for curl's, websocat's and most
@@ -69,6 +71,15 @@ pub const STACK: usize = 128 * 1024;
 const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// How long a refusal or a 503 at the cap may take to write: best effort.
 const REFUSAL_WRITE: Duration = Duration::from_millis(500);
+/// Places for health and readiness probes beyond `MAX_HTTP_CONNECTIONS`, so that idle
+/// clients holding every place do not make a platform's health check (or the watchdog's)
+/// see a healthy server as dead. A connection on one gets one answer, to `GET` or `HEAD`
+/// of `/healthz` or `/readyz` only.
+pub const PROBE_PLACES: usize = 2;
+/// How soon the head must arrive on a probe's place: a probe sends it at once, and an
+/// idle client must not keep the place from the next probe. Two seconds cover one lost
+/// packet's retransmission.
+const PROBE_HEAD_WITHIN: Duration = Duration::from_secs(2);
 /// Kernel send buffer of an HTTP connection (Linux doubles it). Every reply but a long
 /// history fits; a fixed size stops the kernel from growing it to megabytes for a client
 /// that does not read, memory no budget of ours would see.
@@ -157,47 +168,55 @@ pub struct Client {
     socket: Arc<TcpStream>,
     exchange: Mutex<Exchange>,
     decision: Arc<Decision>,
-    /// This connection's place under `MAX_HTTP_CONNECTIONS`, given back before its last
-    /// bytes leave: a client that reads a final answer and reconnects at once must find
-    /// the place free.
-    place: Place,
 }
 
-/// Open HTTP connections (streams not included), kept in the metrics' gauge too.
-struct Open {
-    count: AtomicUsize,
-    metrics: Arc<Metrics>,
+/// Places for connections of one kind: at most `limit` held at once. Only the accept
+/// loop takes them.
+struct Places {
+    held: AtomicUsize,
+    limit: usize,
+    /// The metrics whose gauge of HTTP connections follows these places (the clients',
+    /// not the probes').
+    gauge: Option<Arc<Metrics>>,
 }
 
-/// One connection's place among the open ones, given back once.
-struct Place {
-    open: Arc<Open>,
-    held: AtomicBool,
-}
+/// One connection's place, held from accept until its socket is closed (or, when the
+/// connection becomes a stream, until the stream's slot holds it instead).
+struct Place(Arc<Places>);
 
-impl Open {
-    fn take(self: &Arc<Self>) -> Place {
-        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        self.metrics.http_connections(n);
-        Place {
-            open: Arc::clone(self),
-            held: AtomicBool::new(true),
-        }
+impl Places {
+    fn new(limit: usize, gauge: Option<Arc<Metrics>>) -> Arc<Places> {
+        Arc::new(Places {
+            held: AtomicUsize::new(0),
+            limit,
+            gauge,
+        })
     }
-}
 
-impl Place {
-    fn give_back(&self) {
-        if self.held.swap(false, Ordering::SeqCst) {
-            let n = self.open.count.fetch_sub(1, Ordering::SeqCst) - 1;
-            self.open.metrics.http_connections(n);
+    fn full(&self) -> bool {
+        self.held.load(Ordering::SeqCst) >= self.limit
+    }
+
+    fn take(self: &Arc<Self>) -> Option<Place> {
+        let held = self
+            .held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()?;
+        if let Some(metrics) = &self.gauge {
+            metrics.http_connections(held + 1);
         }
+        Some(Place(Arc::clone(self)))
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.give_back();
+        let held = self.0.held.fetch_sub(1, Ordering::SeqCst) - 1;
+        if let Some(metrics) = &self.0.gauge {
+            metrics.http_connections(held);
+        }
     }
 }
 
@@ -229,7 +248,10 @@ pub struct Edge {
     upstream: Upstream,
     clients: Arc<Clients>,
     next_id: AtomicU64,
-    open: Arc<Open>,
+    /// Places under `MAX_HTTP_CONNECTIONS`.
+    places: Arc<Places>,
+    /// Places for health probes beyond it (see `PROBE_PLACES`).
+    probe_places: Arc<Places>,
     stopping: AtomicBool,
 }
 
@@ -239,6 +261,8 @@ enum End {
     Quiet(Option<&'static str>),
     /// Answer this refusal, then close.
     Refuse(Refusal, Option<String>),
+    /// On a probe's place, anything but a probe: the cap's 503.
+    OverCapacity,
 }
 
 impl Clients {
@@ -304,10 +328,8 @@ impl Edge {
             upstream,
             clients,
             next_id: AtomicU64::new(1),
-            open: Arc::new(Open {
-                count: AtomicUsize::new(0),
-                metrics: Arc::clone(&metrics),
-            }),
+            places: Places::new(limits.max_connections, Some(Arc::clone(&metrics))),
+            probe_places: Places::new(PROBE_PLACES, None),
             metrics,
             stopping: AtomicBool::new(false),
         })
@@ -332,48 +354,68 @@ impl Edge {
         }
     }
 
+    /// Accepts every connection, gives it a place and a thread, or answers 503 at the
+    /// caps. The loop's own descriptor is a spare (a copy of the listener) while places
+    /// are free; when none is, the spare is closed to take the connection and refuse it.
+    /// When accepting fails all the same (out of descriptors: the caps count every one
+    /// the server opens, not ones it inherited), the spare is closed to take the waiting
+    /// connection and refuse it too, rather than leave it in the backlog.
     fn accept_loop(self: Arc<Self>) {
+        let mut spare = self.listener.try_clone().ok();
+        // The spare was closed for want of descriptors: the next connection is refused.
+        let mut short = false;
         let mut last_warning: Option<Instant> = None;
         loop {
+            if self.places.full() && self.probe_places.full() {
+                spare = None;
+            } else if spare.is_none() && !short {
+                spare = self.listener.try_clone().ok();
+            }
             let (socket, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(_) if self.stopping.load(Ordering::SeqCst) => return,
                 Err(e) => {
-                    if !matches!(
+                    if matches!(
                         e.kind(),
                         io::ErrorKind::Interrupted
                             | io::ErrorKind::ConnectionAborted
                             | io::ErrorKind::ConnectionReset
                     ) {
-                        // Out of descriptors or memory: wait for connections to end. The
-                        // pending connection stays in the backlog until then.
-                        if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                            log::error!("cannot accept connections: {e}; retrying");
-                            last_warning = Some(Instant::now());
-                        }
-                        thread::sleep(Duration::from_millis(50));
+                        continue;
                     }
+                    if spare.take().is_some() {
+                        short = true;
+                        continue;
+                    }
+                    // Out of descriptors without a spare, or out of memory: wait for
+                    // connections to end.
+                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        log::error!("cannot accept connections: {e}; retrying");
+                        last_warning = Some(Instant::now());
+                    }
+                    thread::sleep(Duration::from_millis(50));
                     continue;
                 }
             };
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let _ = platform::tune(&socket);
-            let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
-            if self.open.count.load(Ordering::SeqCst) >= self.limits.max_connections {
-                self.metrics.http_rejected();
-                let refusal = Refusal {
-                    status: 503,
-                    error: "too_many_connections",
-                    message: "The server is at its connection limit. Retry in a few seconds."
-                        .into(),
-                };
-                log::info!("{peer} -> 503 (over_capacity), connection closed");
-                self.write_refusal(&socket, &refusal, None);
+            if std::mem::take(&mut short) {
+                self.over_capacity(&socket, peer);
                 continue;
             }
-            let place = self.open.take();
+            let _ = platform::tune(&socket);
+            let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
+            let (place, probe) = match self.places.take() {
+                Some(place) => (place, false),
+                None => match self.probe_places.take() {
+                    Some(place) => (place, true),
+                    None => {
+                        self.over_capacity(&socket, peer);
+                        continue;
+                    }
+                },
+            };
             let edge = Arc::clone(&self);
             let accepted = Instant::now();
             let spawned = thread::Builder::new()
@@ -382,7 +424,8 @@ impl Edge {
                 .spawn(move || {
                     // A stream runs here, after `serve` has returned: its frames start
                     // at the top of the stack, not below the HTTP phase's.
-                    if let Some((run, socket, leftover)) = edge.serve(socket, peer, accepted, place)
+                    if let Some((run, socket, leftover)) =
+                        edge.serve(socket, peer, accepted, place, probe)
                     {
                         run(socket, leftover);
                     }
@@ -395,15 +438,29 @@ impl Edge {
         }
     }
 
+    /// Answers a connection over the caps with 503 and closes it.
+    fn over_capacity(&self, socket: &TcpStream, peer: SocketAddr) {
+        self.metrics.http_rejected();
+        let refusal = Refusal {
+            status: 503,
+            error: "too_many_connections",
+            message: "The server is at its connection limit. Retry in a few seconds.".into(),
+        };
+        log::info!("{peer} -> 503 (over_capacity), connection closed");
+        self.write_refusal(socket, &refusal, None);
+    }
+
     /// One connection's thread: requests until the client leaves or a limit is hit.
     /// When the connection becomes a stream, returns what to run on it, with the socket
-    /// and what the client sent after the request.
+    /// and what the client sent after the request. On a `probe` place, only a probe is
+    /// answered (see `PROBE_PLACES`).
     fn serve(
         self: Arc<Self>,
         socket: TcpStream,
         peer: SocketAddr,
         accepted: Instant,
         place: Place,
+        probe: bool,
     ) -> Option<(StreamFn, TcpStream, Vec<u8>)> {
         let socket = Arc::new(socket);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -413,23 +470,31 @@ impl Edge {
             socket: Arc::clone(&socket),
             exchange: Mutex::default(),
             decision: Arc::clone(&decision),
-            place,
         });
         lock(&self.clients.map).insert(id, Arc::clone(&client));
         let mut buf = Vec::new();
         let mut served = 0u64;
+        let header_timeout = match probe {
+            true => self.limits.header_timeout.min(PROBE_HEAD_WITHIN),
+            false => self.limits.header_timeout,
+        };
         let end = loop {
-            let len = match self.read_head(&socket, &mut buf, served == 0, accepted) {
+            let len = match self.read_head(&socket, &mut buf, served == 0, accepted, header_timeout)
+            {
                 Ok(len) => len,
+                Err(End::Refuse(..)) if probe => break End::OverCapacity,
                 Err(end) => break end,
             };
             let head = match head::parse(&buf[..len]) {
-                Ok(head) => head,
-                Err(refusal) => break End::Refuse(refusal, head::origin(&buf[..len])),
+                Ok(head) if !probe || is_probe(&head) => head,
+                Err(refusal) if !probe => {
+                    break End::Refuse(refusal, head::origin(&buf[..len]));
+                }
+                _ => break End::OverCapacity,
             };
             *lock(&client.exchange) = Exchange {
                 minor: head.minor,
-                close: head.close,
+                close: head.close || probe,
                 upgrade: head.upgrade,
             };
             if let Err(e) = self
@@ -443,8 +508,9 @@ impl Edge {
                 Some(Outcome::Reply(reply)) => reply,
                 Some(Outcome::Later(answer)) => client.computed(answer, &head),
                 Some(Outcome::Stream(run)) => {
+                    // The stream's slot holds the connection from here: the place is
+                    // given back as this returns.
                     lock(&self.clients.map).remove(&id);
-                    client.place.give_back();
                     drop(client);
                     let socket = Arc::try_unwrap(socket)
                         .or_else(|shared| shared.try_clone())
@@ -481,8 +547,6 @@ impl Edge {
             buf.drain(..len);
         };
         lock(&self.clients.map).remove(&id);
-        client.place.give_back();
-        drop(client);
         match end {
             End::Quiet(reason) => {
                 if let Some(reason) = reason {
@@ -505,8 +569,14 @@ impl Edge {
                 );
                 self.write_refusal(&socket, &refusal, origin.as_deref());
             }
+            End::OverCapacity => self.over_capacity(&socket, peer),
         }
         let _ = socket.shutdown(Shutdown::Both);
+        // The place is given back once the socket is closed, not before its last bytes
+        // are written: every connection counts under a cap until it is gone.
+        drop(client);
+        drop(socket);
+        drop(place);
         None
     }
 
@@ -520,6 +590,7 @@ impl Edge {
         buf: &mut Vec<u8>,
         first: bool,
         accepted: Instant,
+        header_timeout: Duration,
     ) -> Result<usize, End> {
         let limits = &self.limits;
         let mut scanner = Scanner::default();
@@ -543,7 +614,7 @@ impl Edge {
                     None,
                 ));
             }
-            let deadline = started.map_or(idle_until, |t| t + limits.header_timeout);
+            let deadline = started.map_or(idle_until, |t| t + header_timeout);
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(match started {
@@ -553,7 +624,7 @@ impl Edge {
                             error: "request_timeout",
                             message: format!(
                                 "No complete request within {} s. Send the whole request head at once.",
-                                limits.header_timeout.as_secs_f64()
+                                header_timeout.as_secs_f64()
                             ),
                         },
                         None,
@@ -665,9 +736,6 @@ impl Client {
     fn computed(&self, answer: Later, head: &Head) -> Rendered {
         let ((reply, delay), pieces) = answer();
         let close = head.close || head.upgrade;
-        if close {
-            self.place.give_back();
-        }
         let head_only = head.method == "HEAD";
         Rendered {
             bytes: render(reply, head.minor, head_only, close),
@@ -694,9 +762,6 @@ impl Client {
         finish(request);
         let close = exchange.close || exchange.upgrade;
         let bytes = render(reply, exchange.minor, head, close);
-        if close {
-            self.place.give_back();
-        }
         let (sent, due) = if delay.is_zero() {
             (platform::send_now(&self.socket, &bytes), None)
         } else {
@@ -781,6 +846,16 @@ fn canonical(head: &Head, id: u64, secret: &str) -> Vec<u8> {
     }
     let _ = write!(out, "X-Edge-Conn: {id} {secret}\r\n\r\n");
     out
+}
+
+/// Whether a request is a health or readiness probe: `GET` or `HEAD` of `/healthz` or
+/// `/readyz`.
+fn is_probe(head: &Head) -> bool {
+    matches!(head.method.as_str(), "GET" | "HEAD")
+        && matches!(
+            paths::route(&paths::normalise(&head.target)),
+            Some(Route::Health | Route::Ready)
+        )
 }
 
 fn unavailable() -> Refusal {

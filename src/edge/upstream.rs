@@ -46,7 +46,7 @@ use crate::sync::lock;
 /// Internal connections: one pool thread of tiny_http's each. A pool thread parses a head
 /// in a few microseconds, so two carry far more than the edge accepts; four ride out one
 /// being descheduled.
-const LINES: usize = 4;
+pub const LINES: usize = 4;
 /// How long a line may take to be confirmed, or to take one head, and tiny_http's accept
 /// loop to end.
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,6 +1,7 @@
 //! Linux: the POSIX backend plus what only Linux has.
 
 use std::io;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -115,9 +116,14 @@ pub fn tune(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Res
     socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }
 
-/// (RSS in bytes, thread count) from /proc/self/status.
+/// (RSS in bytes, thread count) from /proc/self/status, read by one thread at a time:
+/// the caps count one descriptor for it.
 pub fn process_stats() -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    static READING: Mutex<()> = Mutex::new(());
+    let status = {
+        let _one = crate::sync::lock(&READING);
+        std::fs::read_to_string("/proc/self/status").ok()?
+    };
     let field = |name: &str| {
         status
             .lines()

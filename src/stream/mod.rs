@@ -61,7 +61,8 @@ pub struct Streams {
     /// Set when the server shuts down; see [`Streams::stop`].
     pub stopping: AtomicBool,
     pub watcher: Watcher,
-    /// Open streams (slots reserved by [`Streams::reserve`]).
+    /// Open streams, and refused upgrades still closing (slots reserved by
+    /// [`Streams::reserve`]).
     pub clients: AtomicUsize,
 }
 
@@ -82,7 +83,8 @@ impl Streams {
     }
 
     /// Reserves a client slot, or refuses the client: while shutting down, or at
-    /// `MAX_WS_CLIENTS` (WebSocket and SSE clients together).
+    /// `MAX_WS_CLIENTS` (WebSocket and SSE clients together, and upgrades being refused
+    /// with an error frame and a close).
     pub fn reserve(self: &Arc<Self>) -> Result<Slot, Refusal> {
         let metrics = &self.ctx.metrics;
         if !self.ctx.ready.load(Ordering::SeqCst) {

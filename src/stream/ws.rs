@@ -17,6 +17,7 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 
 use super::{Encoder, End, Slot, Start};
+use crate::budget::{INBOUND_BYTES, INBOUND_MESSAGES, Rate};
 use crate::edge::{Exchange, StreamFn};
 use crate::error::Refusal;
 use crate::http::request_header;
@@ -31,23 +32,6 @@ const MAX_MESSAGE: usize = 16 * 1024;
 /// Bytes of frames we hold for a client that is not reading; past this, samples are
 /// skipped and the client is closed.
 const MAX_WRITE_BUFFER: usize = 64 * 1024;
-/// Messages a client may send (pings, pongs, text, binary): 50 at once, then 10 a second.
-/// The server needs none (a dashboard pings every few seconds at most, a browser answers
-/// our heartbeat ping every 15 s), so a legitimate client stays far below; past it a
-/// client is flooding, and is closed with 1008. It also bounds what one wake-up of a
-/// stream's thread reads.
-const INBOUND_MESSAGES: Rate = Rate {
-    burst: 50,
-    per_second: 10,
-};
-/// Bytes a client may send, framing included: 64 KiB at once, then 16 KiB a second (a
-/// 16 KiB message a second). Bounds what the message count does not see: the frames of a
-/// message that never ends (endless empty continuation frames), each parsed as it
-/// arrives. Past it, close 1008.
-const INBOUND_BYTES: Rate = Rate {
-    burst: 64 * 1024,
-    per_second: 16 * 1024,
-};
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long the 101 may take to write.
@@ -161,9 +145,10 @@ fn websocket(socket: TcpStream, leftover: Vec<u8>) -> Box<WebSocket<Socket>> {
 /// connection's thread, it accepts, sends one frame with the same JSON a REST client would
 /// get (`"type": "error"`), and closes with 1008 and a short reason. Browsers and Flutter's
 /// `web_socket_channel` show nothing of a refused handshake but its status; they do show
-/// a message and a close reason.
-pub fn refusal(accept: String, invalid: Invalid, peer: SocketAddr) -> StreamFn {
+/// a message and a close reason. The connection holds its `slot` until it closes.
+pub fn refusal(accept: String, slot: Slot, invalid: Invalid, peer: SocketAddr) -> StreamFn {
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
+        let _slot = slot;
         log::info!(
             "ws {peer}: refused (bad_query, {}): {}",
             invalid.parameter,
@@ -392,12 +377,12 @@ impl Frames {
                     return Err(End::ClientClosed(frame.map(|f| u16::from(f.code))));
                 }
                 Ok(_) if !self.messages.take(1, now) => {
-                    return Err(INBOUND_MESSAGES.exceeded("messages"));
+                    return Err(exceeded(INBOUND_MESSAGES, "messages"));
                 }
                 Ok(_) => {}
                 Err(Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     return match self.socket().read_allowance() {
-                        0 => Err(INBOUND_BYTES.exceeded("bytes")),
+                        0 => Err(exceeded(INBOUND_BYTES, "bytes")),
                         _ => Ok(()),
                     };
                 }
@@ -409,24 +394,15 @@ impl Frames {
     }
 }
 
-/// A rate a client may send at: `burst` at once, refilled at `per_second`.
-#[derive(Clone, Copy)]
-struct Rate {
-    burst: u32,
-    per_second: u32,
-}
-
-impl Rate {
-    /// The close for a client past this rate, saying what the rate is.
-    fn exceeded(self, what: &str) -> End {
-        End::close(
-            1008,
-            format!(
-                "sent more than {} {what} at once or {} a second",
-                self.burst, self.per_second
-            ),
-        )
-    }
+/// The close for a client past `rate`, saying what the rate is.
+fn exceeded(rate: Rate, what: &str) -> End {
+    End::close(
+        1008,
+        format!(
+            "sent more than {} {what} at once or {} a second",
+            rate.burst, rate.per_second
+        ),
+    )
 }
 
 /// A token bucket for a [`Rate`], kept as the instant it is full again (the generic cell

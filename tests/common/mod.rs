@@ -313,7 +313,12 @@ pub fn rss() -> usize {
 
 /// Thread and open-descriptor counts of this process.
 pub fn threads_and_fds() -> (usize, usize) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    threads_and_fds_of("self")
+}
+
+/// Thread and open-descriptor counts of the process `pid` (a number, or `self`).
+pub fn threads_and_fds_of(pid: &str) -> (usize, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let threads = status
         .lines()
         .find_map(|l| l.strip_prefix("Threads:"))
@@ -321,7 +326,9 @@ pub fn threads_and_fds() -> (usize, usize) {
         .trim()
         .parse()
         .unwrap();
-    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
     (threads, fds)
 }
 
@@ -342,21 +349,39 @@ impl Process {
         env: &[(&str, V)],
         nofile: Option<u64>,
     ) -> Process {
+        Process::spawn_crowded(env, nofile, 0)
+    }
+
+    /// Like [`Process::spawn_limited`], with `inherited` descriptors the server did not
+    /// open (copies of stderr, left open across exec, numbered from 3) taking part of the
+    /// limit.
+    pub fn spawn_crowded<V: AsRef<std::ffi::OsStr>>(
+        env: &[(&str, V)],
+        nofile: Option<u64>,
+        inherited: usize,
+    ) -> Process {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-analytics-backend"));
         if let Some(n) = nofile {
-            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            // SAFETY: setrlimit and dup are async-signal-safe and touch only the child.
             unsafe {
                 cmd.pre_exec(move || {
                     let limit = libc::rlimit {
                         rlim_cur: n,
                         rlim_max: n,
                     };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
                     }
+                    // Until exec the child still holds this process's descriptors
+                    // (closed on exec): the copies take numbers under the limit, in
+                    // their place.
+                    for fd in 3..3 + inherited as libc::c_int {
+                        if libc::dup2(2, fd) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
                 });
             }
         }
