@@ -208,3 +208,47 @@ fn a_resume_that_missed_nothing_stays_open() {
         other => panic!("nothing was missed, yet {other:?} came"),
     }
 }
+
+/// Streams at their worst: each client parks an unfinished message of nearly the 16 KiB
+/// a message may have (the server must hold it to see whether it ends). What they cost
+/// stays within the stream's share of the budget (`budget::STREAM_COST`, which adds the
+/// kernel's socket buffers to this).
+#[test]
+fn streams_that_park_unfinished_messages_stay_within_their_cost() {
+    use realtime_analytics_backend::budget::STREAM_COST;
+    let s = TestServer::start();
+    let (threads, _) = threads_and_fds();
+    let before = rss();
+    // Two fragments of 8000 bytes and most of a third: masked text, no FIN.
+    let fragment = |opcode: u8, len: usize| {
+        let mut frame = vec![opcode, 0x80 | 126, (len >> 8) as u8, len as u8, 0, 0, 0, 0];
+        frame.extend(std::iter::repeat_n(b'a', len));
+        frame
+    };
+    let mut payload = fragment(0x1, 8000);
+    payload.extend(fragment(0x0, 8000));
+    payload.extend(&fragment(0x0, 300)[..200]);
+    let clients: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let (stream, _reader) = raw_upgrade(s.addr, "/api/analytics");
+            (&stream).write_all(&payload).unwrap();
+            stream
+        })
+        .collect();
+    let grown = peak_growth(before, Duration::from_secs(2));
+    let each = grown / clients.len();
+    eprintln!(
+        "200 streams, each parking 16 KB: RSS +{} KiB a stream",
+        each >> 10
+    );
+    // The kernel's part (send and receive buffers, doubled) is not in RSS. A debug
+    // build's frames are larger: there, RSS alone is held to the whole cost.
+    let kernel = if cfg!(debug_assertions) { 0 } else { 24 << 10 };
+    assert!(
+        (each as u64) < STREAM_COST - kernel,
+        "{each} bytes a stream"
+    );
+    drop(clients);
+    assert!(eventually(Duration::from_secs(10), || threads_and_fds().0
+        <= threads + 2));
+}

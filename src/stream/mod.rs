@@ -43,6 +43,11 @@ use crate::watcher::{Socket, Watcher};
 /// little; a small buffer bounds the kernel memory a stalled client pins and how long it
 /// takes to notice one: about 150 samples (~4 minutes at 1.5 s) before writes would block.
 const SEND_BUFFER: usize = 8 * 1024;
+/// Kernel receive buffer per client (Linux doubles it). A client sends only control
+/// frames and small messages, read as they come; what it sends while its thread does not
+/// read (its answers cannot be written, or it floods) waits in this buffer, in kernel
+/// memory that a container's limit counts too.
+const RECEIVE_BUFFER: usize = 4 * 1024;
 /// How long one blocking write may take while the stream opens (welcome and replay).
 const OPENING_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The slowest a client may take a replay: on top of `OPENING_WRITE_TIMEOUT`, one second
@@ -240,8 +245,12 @@ fn run<E: Encoder>(
     options: &Options,
     start: Start,
 ) -> (String, u64) {
-    if let Err(e) = encoder.socket().options().set_send_buffer_size(SEND_BUFFER) {
-        log::debug!("cannot shrink a stream's send buffer: {e}");
+    let socket = encoder.socket().options();
+    if let Err(e) = socket
+        .set_send_buffer_size(SEND_BUFFER)
+        .and_then(|()| socket.set_recv_buffer_size(RECEIVE_BUFFER))
+    {
+        log::debug!("cannot shrink a stream's socket buffers: {e}");
     }
     let mut client = Client {
         streams,
