@@ -104,15 +104,13 @@ impl Budget {
         }
     }
 
-    /// For the start-up log: the figures and where they came from.
+    /// For the start-up log, beside the caps in force: the budget, where it came from,
+    /// and the turns it gives.
     pub fn summary(&self) -> String {
         format!(
-            "memory budget {} MiB ({}): streams up to {}, HTTP connections up to {}, {} long \
-             histories or replays at once",
+            "memory budget {} MiB ({}), {} long histories or replays at once",
             self.memory >> 20,
             self.source,
-            self.streams,
-            self.http,
             self.turns,
         )
     }

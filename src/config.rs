@@ -343,7 +343,7 @@ pub const VARS: [Var; 20] = [
         "MAX_WS_CLIENTS",
         "derived",
         (1, 100_000),
-        "open streams (WebSocket and SSE together) beyond this get 503; derived from the descriptor and thread limits when unset",
+        "open streams (WebSocket and SSE together) beyond this get 503; derived from the descriptor and thread limits and the memory budget when unset",
         |c, n| c.max_ws_clients = Some(n as usize),
     ),
     integer(

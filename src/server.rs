@@ -313,39 +313,37 @@ fn caps(
     .min()
     .unwrap_or(200_000)
     .max(2);
+    // HTTP connections first: a fifth of the budget, or as configured, within their share
+    // of the memory; then streams, within what is left and their share.
     let mut http = config
         .max_http_connections
-        .unwrap_or((budget / 5).clamp(1, memory.http));
-    let mut ws = config
+        .unwrap_or(budget / 5)
+        .min(memory.http);
+    if http >= budget {
+        http = budget / 5;
+    }
+    let http = http.max(1);
+    let ws = config
         .max_ws_clients
-        .unwrap_or_else(|| budget.saturating_sub(http).clamp(1, memory.streams));
-    if http + ws > budget {
-        let (wanted_ws, wanted_http) = (ws, http);
-        http = (budget / 5).max(1).min(http);
-        ws = (budget - http).min(ws);
+        .unwrap_or(usize::MAX)
+        .min(budget - http)
+        .min(memory.streams)
+        .max(1);
+    let lowered = |configured: Option<usize>, used| configured.is_some_and(|c| c > used);
+    if lowered(config.max_ws_clients, ws) || lowered(config.max_http_connections, http) {
         log::warn!(
-            "MAX_WS_CLIENTS={wanted_ws} and MAX_HTTP_CONNECTIONS={wanted_http} need more \
-             descriptors or threads than this process may have; using {ws} and {http}. \
-             Raise the open-file limit (ulimit -n) to allow more."
+            "MAX_WS_CLIENTS and MAX_HTTP_CONNECTIONS as configured need more than this process \
+             may have ({budget} clients by its open-file and thread limits; a memory budget of \
+             {} MiB, {}); using {ws} and {http}. Raise the open-file limit (ulimit -n) or \
+             MEMORY_BUDGET to allow more.",
+            memory.memory >> 20,
+            memory.source,
         );
     } else if budget < 200 {
         log::warn!(
             "the open-file or thread limit allows only {budget} clients; raise it (ulimit -n) \
              to serve more"
         );
-    }
-    if ws > memory.streams || http > memory.http {
-        log::warn!(
-            "MAX_WS_CLIENTS={ws} and MAX_HTTP_CONNECTIONS={http} need more memory than the \
-             budget of {} MiB ({}) holds; using {} and {}. Set MEMORY_BUDGET if the host has \
-             more.",
-            memory.memory >> 20,
-            memory.source,
-            ws.min(memory.streams),
-            http.min(memory.http),
-        );
-        ws = ws.min(memory.streams);
-        http = http.min(memory.http);
     }
     Ok(Caps { streams: ws, http })
 }
@@ -624,5 +622,16 @@ mod tests {
         };
         let c = caps(&wanted, Some(1 << 20), None, &budget).unwrap();
         assert_eq!((c.streams, c.http), (budget.streams, 100));
+        // An HTTP cap past what the memory holds takes nothing from the streams.
+        let wanted = Config {
+            max_http_connections: Some(100_000),
+            ..Config::default()
+        };
+        for limit in [Some(1 << 20), None] {
+            let c = caps(&wanted, limit, None, &budget).unwrap();
+            assert_eq!((c.streams, c.http), (budget.streams, budget.http));
+        }
+        let c = caps(&wanted, Some(12_732), None, &Budget::of(1 << 40, "test")).unwrap();
+        assert_eq!((c.streams, c.http), (10_164, 2_540));
     }
 }
