@@ -270,7 +270,8 @@ fn a_connection_flood_under_a_low_descriptor_limit_is_refused_and_the_server_sta
         ],
         Some(64),
     );
-    let warning = p.wait_for_line("MAX_WS_CLIENTS=1000 and MAX_HTTP_CONNECTIONS=1000 need more");
+    let warning =
+        p.wait_for_line("MAX_WS_CLIENTS and MAX_HTTP_CONNECTIONS as configured need more");
     assert!(warning.contains("ulimit -n"), "{warning}");
     let addr = p.wait_until_listening();
     let flood: Vec<_> = (0..100)
@@ -525,7 +526,12 @@ fn floods_under_a_low_descriptor_limit_degrade_to_refusals_never_to_an_exit() {
             "limit {limit}: /healthz 200 {healthy} times, 503 {full} times"
         );
         assert!(
-            eventually(Duration::from_secs(15), || at_rest() == baseline),
+            // At most where they were: one of tiny_http's pool threads, left from the
+            // connection that ended its accept loop, may end meanwhile.
+            eventually(Duration::from_secs(15), || {
+                let (now, then) = (at_rest(), baseline.unwrap());
+                now.is_some_and(|now| now.0 <= then.0 && now.1 <= then.1)
+            }),
             "limit {limit}: {baseline:?} at rest before, {:?} after",
             threads_and_fds_of(&pid)
         );

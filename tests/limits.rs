@@ -187,14 +187,12 @@ fn connections_over_the_cap_get_503_and_the_server_keeps_answering() {
 /// server look dead: health and readiness probes have places of their own beyond the cap,
 /// where only `GET` or `HEAD` of `/healthz` and `/readyz` is answered, and anything else
 /// (or nothing within the probe's deadline) gets the cap's 503.
-#[test]
-fn health_and_readiness_answer_at_the_connection_cap() {
-    let s = TestServer::with(|c| c.max_http_connections = Some(3));
-    // Keep-alive clients that were served hold their places for IDLE_TIMEOUT_MS. (The
-    // watchdog's probe may hold one for a moment: retried.)
+/// `cap` keep-alive clients that were served, holding every place for IDLE_TIMEOUT_MS.
+/// (The watchdog's probe may hold one for a moment: retried.)
+fn fill_the_cap(addr: std::net::SocketAddr, cap: usize) -> Vec<TcpStream> {
     let mut held = Vec::new();
-    while held.len() < 3 {
-        let conn = TcpStream::connect(s.addr).unwrap();
+    while held.len() < cap {
+        let conn = TcpStream::connect(addr).unwrap();
         conn.set_read_timeout(Some(TIMEOUT)).unwrap();
         write!(&conn, "GET /api/analytics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -202,6 +200,55 @@ fn health_and_readiness_answer_at_the_connection_cap() {
             held.push(conn);
         }
     }
+    held
+}
+
+/// At the cap, two sockets that connect, say nothing and reconnect the moment they are
+/// closed held both probes' places for good: every health check got the cap's 503 (found
+/// from outside, 101 of 101 in 30 s). A new connection now takes the place of one that
+/// has sent nothing, so a probe, which speaks at once, is answered.
+#[cfg(unix)] // the edge can tell a silent socket there (platform::is_silent)
+#[test]
+fn idle_sockets_reconnecting_at_the_cap_do_not_keep_probes_out() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = TestServer::with(|c| c.max_http_connections = Some(2));
+    let held = fill_the_cap(s.addr, 2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let squatters: Vec<_> = (0..2)
+        .map(|_| {
+            let (addr, stop) = (s.addr, Arc::clone(&stop));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(idle) = TcpStream::connect(addr) {
+                        let _ = read_until_closed(&idle, TIMEOUT);
+                    }
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        let probe = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        answers.push(send_raw(s.addr, probe).status);
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for squatter in squatters {
+        squatter.join().unwrap();
+    }
+    assert!(
+        answers.iter().all(|&status| status == 200),
+        "health checks: {answers:?}"
+    );
+    drop(held);
+}
+
+#[test]
+fn health_and_readiness_answer_at_the_connection_cap() {
+    let s = TestServer::with(|c| c.max_http_connections = Some(3));
+    let held = fill_the_cap(s.addr, 3);
     let over = get(s.addr, "/api/analytics");
     assert_eq!(over.status, 503);
     assert_eq!(over.json()["error"], "too_many_connections");

@@ -31,7 +31,7 @@
 mod head;
 mod upstream;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -198,16 +198,25 @@ impl Places {
     }
 
     fn take(self: &Arc<Self>) -> Option<Place> {
-        let held = self
-            .held
+        self.held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < self.limit).then_some(n + 1)
             })
             .ok()?;
+        Some(self.placed())
+    }
+
+    /// A place past the limit, for one whose holder is being closed (see `Edge::evict`).
+    fn take_over(self: &Arc<Self>) -> Place {
+        self.held.fetch_add(1, Ordering::SeqCst);
+        self.placed()
+    }
+
+    fn placed(self: &Arc<Self>) -> Place {
         if let Some(metrics) = &self.gauge {
-            metrics.http_connections(held + 1);
+            metrics.http_connections(self.held.load(Ordering::SeqCst));
         }
-        Some(Place(Arc::clone(self)))
+        Place(Arc::clone(self))
     }
 }
 
@@ -252,6 +261,10 @@ pub struct Edge {
     places: Arc<Places>,
     /// Places for health probes beyond it (see `PROBE_PLACES`).
     probe_places: Arc<Places>,
+    /// The connections on probes' places whose head has not been read, oldest first: a
+    /// new connection at the caps may take the place of one that sent nothing
+    /// ([`Edge::evict`]).
+    waiting_probes: Mutex<VecDeque<(u64, Arc<TcpStream>, SocketAddr)>>,
     stopping: AtomicBool,
 }
 
@@ -330,6 +343,7 @@ impl Edge {
             next_id: AtomicU64::new(1),
             places: Places::new(limits.max_connections, Some(Arc::clone(&metrics))),
             probe_places: Places::new(PROBE_PLACES, None),
+            waiting_probes: Mutex::default(),
             metrics,
             stopping: AtomicBool::new(false),
         })
@@ -408,7 +422,7 @@ impl Edge {
             let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
             let (place, probe) = match self.places.take() {
                 Some(place) => (place, false),
-                None => match self.probe_places.take() {
+                None => match self.probe_places.take().or_else(|| self.evict()) {
                     Some(place) => (place, true),
                     None => {
                         self.over_capacity(&socket, peer);
@@ -436,6 +450,34 @@ impl Edge {
                 );
             }
         }
+    }
+
+    /// Refuses (the cap's 503) the oldest connection on a probe's place that has sent
+    /// nothing yet, and gives its place to the connection just accepted. A health check
+    /// sends its request as soon as it connects, so sockets that connect and say nothing
+    /// cannot keep it out, however fast they reconnect. One that has sent something is
+    /// left to be answered: closing a socket with unread bytes resets it, and its 503
+    /// would be lost.
+    fn evict(&self) -> Option<Place> {
+        let (_, silent, peer) = {
+            let mut waiting = lock(&self.waiting_probes);
+            let oldest = waiting
+                .iter()
+                .position(|(_, s, _)| platform::is_silent(s))?;
+            waiting.remove(oldest)?
+        };
+        // Its thread sees the socket closed, and gives its place back.
+        self.over_capacity(&silent, peer);
+        Some(self.probe_places.take_over())
+    }
+
+    /// Takes a probe's connection off the waiting list once its head is read; false if
+    /// [`Edge::evict`] took it first (and answered it).
+    fn stop_waiting(&self, id: u64) -> bool {
+        let mut waiting = lock(&self.waiting_probes);
+        let before = waiting.len();
+        waiting.retain(|(waiting, ..)| *waiting != id);
+        waiting.len() < before
     }
 
     /// Answers a connection over the caps with 503 and closes it.
@@ -478,9 +520,16 @@ impl Edge {
             true => self.limits.header_timeout.min(PROBE_HEAD_WITHIN),
             false => self.limits.header_timeout,
         };
+        if probe {
+            lock(&self.waiting_probes).push_back((id, Arc::clone(&socket), peer));
+        }
         let end = loop {
-            let len = match self.read_head(&socket, &mut buf, served == 0, accepted, header_timeout)
-            {
+            let read = self.read_head(&socket, &mut buf, served == 0, accepted, header_timeout);
+            if probe && served == 0 && !self.stop_waiting(id) {
+                // Refused by `evict`, which answered it.
+                break End::Quiet(None);
+            }
+            let len = match read {
                 Ok(len) => len,
                 Err(End::Refuse(..)) if probe => break End::OverCapacity,
                 Err(end) => break end,

@@ -86,6 +86,13 @@ pub fn send_now(socket: &TcpStream, bytes: &[u8]) -> usize {
     os::send_now(socket, bytes)
 }
 
+/// Whether the peer of `socket` has sent nothing that is waiting to be read (or has
+/// closed), without blocking and without taking anything. False where the OS cannot
+/// tell cheaply (Windows).
+pub fn is_silent(socket: &TcpStream) -> bool {
+    os::is_silent(socket)
+}
+
 /// Resident memory in bytes and thread count of this process, where the OS tells cheaply.
 pub fn process_stats() -> Option<(u64, u64)> {
     os::process_stats()

@@ -100,6 +100,14 @@ pub fn send_now(socket: &TcpStream, bytes: &[u8]) -> usize {
     sent
 }
 
+pub fn is_silent(socket: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+    match SockRef::from(socket).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok(read) => read == 0,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+    }
+}
+
 #[allow(dead_code)]
 pub fn process_stats() -> Option<(u64, u64)> {
     None

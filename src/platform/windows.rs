@@ -36,6 +36,11 @@ pub fn tune(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Res
     socket.set_tcp_keepalive(&TcpKeepalive::new().with_time(idle).with_interval(interval))
 }
 
+/// Winsock has no per-call non-blocking flag to peek with: never known.
+pub fn is_silent(_socket: &TcpStream) -> bool {
+    false
+}
+
 /// Winsock has no per-call non-blocking flag: the connection's thread writes replies.
 pub fn send_now(_socket: &TcpStream, _bytes: &[u8]) -> usize {
     0
