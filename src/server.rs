@@ -50,7 +50,7 @@ const OWN_DESCRIPTORS: usize = 3 // stdin, stdout, stderr (the log)
     + 3 * edge::INTERNAL_CONNECTIONS // each: the edge's end, tiny_http's, and its copy
     + 1 // the watchdog's next probe
     + 1 // the connection that wakes the accept loop at shutdown
-    + 1; // /proc/self/status, read for /metrics one at a time
+    + 1; // the process status file (Linux), read for /metrics one at a time
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves its threads running.
 pub struct Server {
