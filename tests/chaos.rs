@@ -421,12 +421,14 @@ fn garbage_is_rejected_by_a_strict_client() {
 #[test]
 fn faults_combine_and_bad_grammar_is_refused() {
     let s = server();
-    let target = "/api/analytics?chaos=drop:2s,latency:200ms,gap:0.3&chaos_seed=11&seq=1";
+    // The cut comes after 2-6 s: at least 20 ticks, so that a gap at 0.5 is all but
+    // certain (one chance in a million of none), whichever ticks the run meets.
+    let target = "/api/analytics?chaos=drop:4s,latency:200ms,gap:0.5&chaos_seed=11&seq=1";
     let mut sse = event_stream(s.addr, target);
     let welcome = next_event(&mut sse).unwrap();
     assert_eq!(field(&welcome, "event"), Some("welcome"));
     let data: Value = serde_json::from_str(field(&welcome, "data").unwrap()).unwrap();
-    assert_eq!(data["chaos"]["faults"], "drop:2s,latency:200ms,gap:0.3");
+    assert_eq!(data["chaos"]["faults"], "drop:4s,latency:200ms,gap:0.5");
     assert_eq!(data["chaos"]["seed"], 11);
     let mut ids = Vec::new();
     while let Some(event) = next_event(&mut sse) {
