@@ -28,6 +28,9 @@ pub const STREAM_COST: u64 = 72 << 10;
 pub const HTTP_COST: u64 = 256 << 10;
 /// A history or a long replay holds one piece of its body at a time.
 pub const PIECE: usize = 32 << 10;
+/// The slowest a client may take a long reply or replay: after its write timeout, one
+/// second per this many bytes. Past it the client is dropped (a replay: close 1008).
+pub const MIN_RATE: usize = 64 << 10;
 /// Histories and replays of at most this many samples need no turn: a dashboard's
 /// fill-in or a reconnect after a short cut (a deploy brings every dashboard back at
 /// once) costs little, and must not wait behind long ones.
@@ -139,9 +142,11 @@ impl Budget {
             ],
             [
                 "a REST reply".into(),
-                "at most 48 KiB held while the client reads: `WRITE_TIMEOUT_MS` without \
-                 progress, and at least 64 KiB/s after it"
-                    .into(),
+                format!(
+                    "at most 48 KiB held while the client reads: `WRITE_TIMEOUT_MS` without \
+                     progress, and at least {} KiB/s after it",
+                    MIN_RATE >> 10
+                ),
                 format!("one per HTTP connection ({http})"),
                 "closed".into(),
             ],

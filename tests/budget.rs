@@ -15,12 +15,19 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The seq of the latest sample.
+fn latest(addr: SocketAddr) -> u64 {
+    get(addr, "/api/analytics?seq=1").json()["seq"]
+        .as_u64()
+        .unwrap()
+}
+
 /// The worst resume: every field of the 10 000 samples a replay holds.
 fn worst_resume(addr: SocketAddr) -> String {
-    let latest = get(addr, "/api/analytics?seq=1").json()["seq"]
-        .as_u64()
-        .unwrap();
-    format!("/api/analytics?since={}&fields=all&seq=1", latest - 9999)
+    format!(
+        "/api/analytics?since={}&fields=all&seq=1",
+        latest(addr) - 9999
+    )
 }
 
 /// The worst history: 9600 points of every field (4.4 MB).
@@ -88,9 +95,7 @@ fn long_resumes_never_read_cost_bounded_memory() {
 #[test]
 fn a_long_resume_read_slowly_continues_without_a_gap() {
     let s = TestServer::with(|c| c.interval = Duration::from_millis(100));
-    let latest = get(s.addr, "/api/analytics?seq=1").json()["seq"]
-        .as_u64()
-        .unwrap();
+    let latest = latest(s.addr);
     let since = latest - 9999;
     let (mut ws, _welcome) = ws_connect(
         s.addr,
@@ -196,9 +201,7 @@ fn slow_readers_of_big_histories_get_the_answer_or_a_retry() {
 #[test]
 fn a_resume_that_missed_nothing_stays_open() {
     let s = TestServer::with(|c| c.interval = Duration::from_secs(60));
-    let latest = get(s.addr, "/api/analytics?seq=1").json()["seq"]
-        .as_u64()
-        .unwrap();
+    let latest = latest(s.addr);
     let (mut ws, welcome) = ws_connect(s.addr, &format!("/api/analytics?since={latest}"));
     assert_eq!(welcome["replay"]["from"].as_u64(), Some(latest + 1));
     ws.send(tungstenite::Message::Ping("still there".into()))

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use tiny_http::{HTTPVersion, Request};
 
+use crate::budget::MIN_RATE;
 use crate::config::Cors;
 use crate::http::{self, Pieces, Reply};
 use crate::metrics::Metrics;
@@ -84,9 +85,6 @@ const PROBE_HEAD_WITHIN: Duration = Duration::from_secs(2);
 /// history fits; a fixed size stops the kernel from growing it to megabytes for a client
 /// that does not read, memory no budget of ours would see.
 const SEND_BUFFER: usize = 64 << 10;
-/// The slowest a client may take the rest of a reply: on top of `WRITE_TIMEOUT_MS`, it has
-/// one second per this many bytes.
-const MIN_RATE: usize = 64 << 10;
 
 /// The bounds on HTTP connections.
 #[derive(Debug, Clone, Copy)]

@@ -50,9 +50,6 @@ const SEND_BUFFER: usize = 8 * 1024;
 const RECEIVE_BUFFER: usize = 4 * 1024;
 /// How long one blocking write may take while the stream opens (welcome and replay).
 const OPENING_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The slowest a client may take a replay: on top of `OPENING_WRITE_TIMEOUT`, one second
-/// per this many bytes (the edge's rate for long replies).
-const MIN_RATE: usize = 64 << 10;
 /// On shutdown each client is told to reconnect after a random delay up to this, so that
 /// a deploy does not bring every dashboard back in the same instant.
 const RECONNECT_SPREAD_MS: u64 = 5000;
@@ -344,7 +341,7 @@ impl<E: Encoder> Client<'_, E> {
     /// Sends the samples the client missed, encoded one at a time as it takes them, then
     /// those published meanwhile: the live samples that follow start after the last one
     /// sent, with no gap. A long replay waits for one of the server's turns
-    /// (`budget::Turns`), and must keep up with `MIN_RATE` after `OPENING_WRITE_TIMEOUT`.
+    /// (`budget::Turns`), and must keep up with `budget::MIN_RATE` after `OPENING_WRITE_TIMEOUT`.
     #[inline(never)]
     fn replay(&mut self, ticks: RangeInclusive<u64>) -> Result<(), End> {
         let ctx = &self.streams.ctx;
@@ -363,7 +360,7 @@ impl<E: Encoder> Client<'_, E> {
                 self.encoder.open_sample(seq, json)?;
                 self.counted_sent();
                 let allowed =
-                    OPENING_WRITE_TIMEOUT + Duration::from_secs((bytes / MIN_RATE) as u64);
+                    OPENING_WRITE_TIMEOUT + Duration::from_secs((bytes / budget::MIN_RATE) as u64);
                 if started.elapsed() > allowed {
                     return Err(End::close(1008, "client too slow to take the replay"));
                 }
