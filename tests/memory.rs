@@ -115,6 +115,10 @@ fn stack_depths(pid: u32, size: usize) -> Vec<usize> {
 /// options of its own, `?fields=all&seq=1`, has each sample encoded on its thread, and
 /// that path reaches a third page: 8.8 KiB.)
 #[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "measures the release build's frames: cargo test --release (scripts/test.sh) runs it"
+)]
 fn a_stream_thread_touches_two_pages_of_stack() {
     let p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INTERVAL_MS", "100")]);
     let addr = p.wait_until_listening();

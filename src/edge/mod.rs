@@ -204,10 +204,15 @@ impl Places {
         Some(self.placed())
     }
 
-    /// A place past the limit, for one whose holder is being closed (see `Edge::evict`).
-    fn take_over(self: &Arc<Self>) -> Place {
-        self.held.fetch_add(1, Ordering::SeqCst);
-        self.placed()
+    /// A place past the limit, for one whose holder is being closed (see `Edge::evict`):
+    /// at most `limit` such at once, so closings in flight stay bounded too.
+    fn take_over(self: &Arc<Self>) -> Option<Place> {
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < 2 * self.limit).then_some(n + 1)
+            })
+            .ok()?;
+        Some(self.placed())
     }
 
     fn placed(self: &Arc<Self>) -> Place {
@@ -262,7 +267,7 @@ pub struct Edge {
     /// The connections on probes' places whose head has not been read, oldest first: a
     /// new connection at the caps may take the place of one that sent nothing
     /// ([`Edge::evict`]).
-    waiting_probes: Mutex<VecDeque<(u64, Arc<TcpStream>, SocketAddr)>>,
+    waiting_probes: Mutex<VecDeque<(u64, Arc<TcpStream>)>>,
     stopping: AtomicBool,
 }
 
@@ -450,27 +455,26 @@ impl Edge {
         }
     }
 
-    /// Refuses (the cap's 503) the oldest connection on a probe's place that has sent
-    /// nothing yet, and gives its place to the connection just accepted. A health check
-    /// sends its request as soon as it connects, so sockets that connect and say nothing
-    /// cannot keep it out, however fast they reconnect. One that has sent something is
-    /// left to be answered: closing a socket with unread bytes resets it, and its 503
-    /// would be lost.
+    /// Ends the wait of the oldest connection on a probe's place that has sent nothing
+    /// yet, and gives its place to the connection just accepted. A health check sends its
+    /// request as soon as it connects, so sockets that connect and say nothing cannot
+    /// keep it out, however fast they reconnect. One that has sent something is left to
+    /// be answered: closing a socket with unread bytes resets it, and its 503 would be
+    /// lost. The evicted connection's own thread, woken by the end of its input, writes
+    /// the cap's 503: no other thread writes to a connection's socket.
     fn evict(&self) -> Option<Place> {
-        let (_, silent, peer) = {
+        let place = self.probe_places.take_over()?;
+        let (_, silent) = {
             let mut waiting = lock(&self.waiting_probes);
-            let oldest = waiting
-                .iter()
-                .position(|(_, s, _)| platform::is_silent(s))?;
+            let oldest = waiting.iter().position(|(_, s)| platform::is_silent(s))?;
             waiting.remove(oldest)?
         };
-        // Its thread sees the socket closed, and gives its place back.
-        self.over_capacity(&silent, peer);
-        Some(self.probe_places.take_over())
+        let _ = silent.shutdown(Shutdown::Read);
+        Some(place)
     }
 
     /// Takes a probe's connection off the waiting list once its head is read; false if
-    /// [`Edge::evict`] took it first (and answered it).
+    /// [`Edge::evict`] took it first.
     fn stop_waiting(&self, id: u64) -> bool {
         let mut waiting = lock(&self.waiting_probes);
         let before = waiting.len();
@@ -519,13 +523,12 @@ impl Edge {
             false => self.limits.header_timeout,
         };
         if probe {
-            lock(&self.waiting_probes).push_back((id, Arc::clone(&socket), peer));
+            lock(&self.waiting_probes).push_back((id, Arc::clone(&socket)));
         }
         let end = loop {
             let read = self.read_head(&socket, &mut buf, served == 0, accepted, header_timeout);
             if probe && served == 0 && !self.stop_waiting(id) {
-                // Refused by `evict`, which answered it.
-                break End::Quiet(None);
+                break End::OverCapacity;
             }
             let len = match read {
                 Ok(len) => len,
