@@ -26,16 +26,15 @@ pub const STREAM_COST: u64 = 72 << 10;
 /// 48 KiB, or one [`PIECE`] of a history), and its kernel send buffer (64 KiB, doubled by
 /// Linux) when full.
 pub const HTTP_COST: u64 = 256 << 10;
-/// A history or a long replay holds one piece of its body at a time.
+/// A history holds one piece of its body at a time, encoded under one turn.
 pub const PIECE: usize = 32 << 10;
+/// A replay encodes this many bytes of samples under one turn, then writes them (the
+/// stream's send buffer holds as much): what a replaying stream holds beyond an idle one.
+pub const BATCH: usize = 8 << 10;
 /// The slowest a client may take a long reply or replay: after its write timeout, one
 /// second per this many bytes. Past it the client is dropped (a replay: close 1008).
 pub const MIN_RATE: usize = 64 << 10;
-/// Histories and replays of at most this many samples need no turn: a dashboard's
-/// fill-in or a reconnect after a short cut (a deploy brings every dashboard back at
-/// once) costs little, and must not wait behind long ones.
-pub const SHORT: u64 = 256;
-/// How long a history or a long replay waits for a turn before it is refused (503 with
+/// How long a history or a replay waits for a turn before it is refused (503 with
 /// `Retry-After`, or a close that says when to come back).
 pub const TURN_WAIT: Duration = Duration::from_secs(5);
 /// A rate a client may send at: `burst` at once, refilled at `per_second`.
@@ -78,8 +77,10 @@ pub struct Budget {
     pub streams: usize,
     /// HTTP connections the memory holds: 15 % of it at [`HTTP_COST`] each.
     pub http: usize,
-    /// Histories and long replays written at once: one per 64 MiB, 2 to 8 (each is CPU
-    /// while its client reads fast, and the hosts this serves have a core or less).
+    /// Pieces of histories and batches of replays encoded at once: one per 64 MiB, 2 to
+    /// 8. Encoding is the CPU a client can ask for; the hosts this serves have a core or
+    /// less, so however many clients ask, a few encode while the rest wait, and the
+    /// health probes and live samples keep their share of the CPU.
     pub turns: usize,
 }
 
@@ -111,7 +112,7 @@ impl Budget {
     /// and the turns it gives.
     pub fn summary(&self) -> String {
         format!(
-            "memory budget {} MiB ({}), {} long histories or replays at once",
+            "memory budget {} MiB ({}), {} histories or replays encoding at once",
             self.memory >> 20,
             self.source,
             self.turns,
@@ -153,21 +154,23 @@ impl Budget {
             [
                 "a history".into(),
                 format!(
-                    "10 000 points, produced {} KiB at a time as the client takes them; \
-                     {SHORT} or fewer need no turn",
+                    "10 000 points, encoded {} KiB at a time under a turn, each piece \
+                     written once the client has taken the one before",
                     PIECE >> 10
                 ),
-                format!("{} histories and long replays at once", self.turns),
+                format!("{} pieces or batches encoding at once", self.turns),
                 format!(
-                    "waits up to {} s for a turn, then 503 + `Retry-After`",
+                    "waits up to {} s for a turn, then 503 + `Retry-After` (after the \
+                     first piece: closed)",
                     TURN_WAIT.as_secs()
                 ),
             ],
             [
                 "a replay (`since`, `Last-Event-ID`)".into(),
                 format!(
-                    "10 000 samples, encoded one at a time as the client takes them; \
-                     {SHORT} or fewer need no turn"
+                    "10 000 samples, encoded {} KiB at a time under a turn, each batch \
+                     written once the client has taken the one before",
+                    BATCH >> 10
                 ),
                 format!("shares the {} turns with histories", self.turns),
                 format!(
@@ -213,8 +216,10 @@ impl Budget {
     }
 }
 
-/// Turns for heavy work (histories, long replays): at most [`Budget::turns`] at once over
-/// the server. A turn is held for as long as its body is being written.
+/// Turns for the CPU a client can ask for (encoding histories and replays): at most
+/// [`Budget::turns`] at once over the server. A turn is held while one piece or batch is
+/// encoded and given back before it is written, so a slow reader holds none.
+#[derive(Clone)]
 pub struct Turns {
     free: Receiver<()>,
     back: Sender<()>,
@@ -257,7 +262,7 @@ mod tests {
         let total = BASE
             + budget.streams as u64 * STREAM_COST
             + budget.http as u64 * HTTP_COST
-            + budget.turns as u64 * (PIECE as u64 + (128 << 10));
+            + budget.turns as u64 * (128 << 10);
         assert!(
             total < 512 << 20,
             "{total} bytes in bounds for a 512 MiB budget"

@@ -21,7 +21,7 @@ pub struct Context {
     pub caps: Caps,
     /// `host:port` to advertise when a request has no usable `Host` header.
     pub default_host: String,
-    /// Turns for heavy work: histories and long replays (see `budget`).
+    /// Turns for encoding histories and replays (see `budget`).
     pub turns: Turns,
 }
 

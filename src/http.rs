@@ -16,8 +16,10 @@ use crate::options::Invalid;
 pub type Reply = Response<Cursor<Bytes>>;
 
 /// A body written as the client takes it, piece by piece, never held whole (a long
-/// history). The reply it goes with carries its length ([`json_head`]).
-pub type Pieces = Box<dyn Iterator<Item = Bytes> + Send>;
+/// history). The reply it goes with carries its length ([`json_head`]). A piece that
+/// cannot be produced ends the body short, with the reason (for the metrics): the
+/// connection is then closed, so the client sees the cut.
+pub type Pieces = Box<dyn Iterator<Item = Result<Bytes, &'static str>> + Send>;
 
 /// The head of a JSON response whose `len` bytes of body come as [`Pieces`].
 pub fn json_head(status: u16, len: usize) -> Reply {

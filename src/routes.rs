@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tiny_http::{Method, Request};
 
-use crate::budget::{self, Turn};
+use crate::budget::{self, Turns};
 use crate::chaos::Garbage;
 use crate::context::Context;
 use crate::generator;
@@ -98,8 +98,8 @@ fn samples(url: &str, ctx: &Context) -> Result<Answer, Invalid> {
 
 /// `GET /api/analytics/history`: the samples of a time range, computed (nothing is
 /// stored), at most 10 000 points, written piece by piece as the client takes them
-/// ([`History`]). A history longer than [`budget::SHORT`] points waits for one of the
-/// server's turns first, and is refused with 503 if none frees up in time.
+/// ([`History`]), each piece encoded under one of the server's turns. Refused with 503
+/// if no turn frees up in time for the first.
 fn history(url: &str, ctx: &Context) -> Result<(Answer, Option<Pieces>), Invalid> {
     let latest = ctx.hub.latest();
     let pairs = options::pairs(options::query(url));
@@ -110,27 +110,22 @@ fn history(url: &str, ctx: &Context) -> Result<(Answer, Option<Pieces>), Invalid
         // Replaced by the injected error.
         return Ok((chaotic(http::empty(200), &o, tick), None));
     }
-    let turn = if range.points() > budget::SHORT {
-        match ctx.turns.take(budget::TURN_WAIT) {
-            Some(turn) => Some(turn),
-            None => return Ok(((busy(), Duration::ZERO), None)),
-        }
-    } else {
-        None
-    };
     let garbage = o.chaos.as_ref().and_then(|c| c.garbage(tick));
-    let (len, pieces) = History::new(o.clone(), ctx.model, range, garbage).into_pieces(turn);
+    let history = History::new(o.clone(), ctx.model, range, garbage);
+    let Some((len, pieces)) = history.into_pieces(ctx.turns.clone()) else {
+        return Ok(((busy(), Duration::ZERO), None));
+    };
     let reply = ok(http::json_head(200, len), "no-cache", &o);
     Ok((chaotic(reply, &o, tick), Some(pieces)))
 }
 
-/// 503 when every turn for long histories and replays is taken.
+/// 503 when no turn to encode histories and replays freed up in time.
 fn busy() -> Reply {
     http::error(
         503,
         "busy",
-        "The server is writing as many long histories and replays as its memory budget \
-         allows. Retry in a few seconds, or ask for fewer points (a larger step).",
+        "The server is encoding as many histories and replays as its CPU budget allows. \
+         Retry in a few seconds, or ask for fewer points (a larger step).",
         &[],
     )
 }
@@ -180,7 +175,10 @@ fn with_ignored(reply: Reply, options: &options::Options) -> Reply {
 /// A history's body, `{"interval_ms":…,"samples":[…]}`, never held whole: its length is
 /// computed by encoding every sample once without keeping it, then its bytes are encoded
 /// again, [`budget::PIECE`] at a time, as the client takes them. Twice the encoding, for
-/// memory that stays one piece whatever the history's length or the client's pace.
+/// memory that stays one piece whatever the history's length or the client's pace. Both
+/// passes encode a piece's worth under one of the server's turns ([`budget::Turns`]) and
+/// give it back before the next: a long history interleaves with everyone else's, and
+/// its client's pace holds no turn.
 struct History {
     head: Vec<u8>,
     options: options::Options,
@@ -226,17 +224,29 @@ impl History {
         }
     }
 
-    /// The body's length, and its pieces; `turn` is held until the last piece is taken.
-    fn into_pieces(self, turn: Option<Turn>) -> (usize, Pieces) {
+    /// The body's length, and its pieces; `None` if no turn freed up for the length.
+    fn into_pieces(self, turns: Turns) -> Option<(usize, Pieces)> {
         if self.garbage == Some(Garbage::Null) {
-            return (4, Box::new(std::iter::once(Bytes::from_static(b"null"))));
+            return Some((
+                4,
+                Box::new(std::iter::once(Ok(Bytes::from_static(b"null")))),
+            ));
         }
-        let samples: usize = self
-            .range
-            .ticks()
-            .enumerate()
-            .map(|(i, tick)| self.sample(i, tick).len() + usize::from(i > 0))
-            .sum();
+        let mut turn = Some(turns.take(budget::TURN_WAIT)?);
+        let mut samples = 0;
+        let mut since_turn = 0;
+        for (i, tick) in self.range.ticks().enumerate() {
+            let len = self.sample(i, tick).len() + usize::from(i > 0);
+            samples += len;
+            since_turn += len;
+            if since_turn >= budget::PIECE {
+                // Given back, and queued for again behind whoever waits.
+                drop(turn.take());
+                turn = Some(turns.take(budget::TURN_WAIT)?);
+                since_turn = 0;
+            }
+        }
+        drop(turn);
         let whole = self.head.len() + samples + 2;
         let len = if self.garbage == Some(Garbage::Truncated) {
             whole / 2
@@ -248,11 +258,13 @@ impl History {
         let mut left = len;
         let mut done = false;
         let pieces = std::iter::from_fn(move || {
-            // Held by the iterator, so given back when the edge drops it.
-            let _ = &turn;
             if done || left == 0 {
                 return None;
             }
+            let Some(_turn) = turns.take(budget::TURN_WAIT) else {
+                done = true;
+                return Some(Err("busy"));
+            };
             for (i, tick) in ticks.by_ref() {
                 if i > 0 {
                     piece.push(b',');
@@ -268,9 +280,9 @@ impl History {
             }
             piece.truncate(left);
             left -= piece.len();
-            Some(Bytes::from(std::mem::take(&mut piece)))
+            Some(Ok(Bytes::from(std::mem::take(&mut piece))))
         });
-        (len, Box::new(pieces))
+        Some((len, Box::new(pieces)))
     }
 }
 

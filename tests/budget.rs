@@ -196,6 +196,39 @@ fn slow_readers_of_big_histories_get_the_answer_or_a_retry() {
     assert!(answered >= turns, "only {answered} answered");
 }
 
+/// Clients that take the head of the worst history, then stop reading, hold no turn: a
+/// turn is taken to encode a piece and given back before the piece is written. Turns were
+/// held for the whole body: with 2 turns, the third and fourth such client waited 5 s for
+/// a 503, and so did every other history and long resume.
+#[test]
+fn clients_that_stop_reading_hold_no_turns() {
+    let s = TestServer::with(|c| c.memory_budget = Some(128 << 20));
+    assert_eq!(s.server().budget().turns, 2);
+    let request = format!("GET {WORST_HISTORY} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let asked = Instant::now();
+    let stalled: Vec<_> = (0..4)
+        .map(|_| {
+            let stream = never_reading(s.addr, &request);
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let mut head = [0; 12];
+            (&stream).read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+            stream
+        })
+        .collect();
+    let r = get(s.addr, "/api/analytics/history?last=1h&fields=all");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (mut ws, _) = ws_connect(s.addr, &worst_resume(s.addr));
+    let first = next_json(&mut ws);
+    assert!(first["seq"].is_u64(), "the resume's first sample: {first}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "answered after {:?}: a turn was waited for",
+        asked.elapsed()
+    );
+    drop(stalled);
+}
+
 /// A resume that missed nothing (`since` is the latest sample) replays nothing: the
 /// welcome, then the stream stays open for the next sample.
 #[test]

@@ -729,6 +729,7 @@ impl Edge {
         let started = Instant::now();
         let mut total = 0;
         for piece in pieces {
+            let piece = piece?;
             total += piece.len();
             let deadline = started
                 + self.limits.write_timeout

@@ -161,14 +161,14 @@ impl End {
     }
 }
 
-/// Close 1013 (try again later) when every turn for long replays is taken, with a
+/// Close 1013 (try again later) when no turn to encode a replay freed up in time, with a
 /// random delay for coming back, as [`going_away`].
 fn busy() -> End {
     let delay = rand::random_range(RECONNECT_SPREAD_MS / 5..=RECONNECT_SPREAD_MS);
     End::Close(
         1013,
         json!({
-            "reason": "server busy with other long replays; reconnect with the same since",
+            "reason": "server busy with other histories and replays; reconnect with the same since",
             "reconnect_after_ms": delay,
         }),
     )
@@ -195,7 +195,7 @@ trait Encoder {
     fn socket(&mut self) -> &mut Socket;
     /// Begins the opening with the welcome (SSE: after the response head). The socket is
     /// blocking, with a timeout: none of the opening may be skipped. Bytes may gather in
-    /// the encoder, up to a piece (`budget::PIECE`), until [`Encoder::opened`].
+    /// the encoder, up to a batch (`budget::BATCH`), until [`Encoder::opened`].
     fn open(&mut self, welcome: &Value) -> Result<(), End>;
     /// Adds one opening sample (the latest, or one of a replay), writing blocking.
     fn open_sample(&mut self, seq: u64, json: Bytes) -> Result<(), End>;
@@ -338,27 +338,39 @@ impl<E: Encoder> Client<'_, E> {
         self.encoder.opened()
     }
 
-    /// Sends the samples the client missed, encoded one at a time as it takes them, then
-    /// those published meanwhile: the live samples that follow start after the last one
-    /// sent, with no gap. A long replay waits for one of the server's turns
-    /// (`budget::Turns`), and must keep up with `budget::MIN_RATE` after `OPENING_WRITE_TIMEOUT`.
+    /// Sends the samples the client missed, then those published meanwhile: the live
+    /// samples that follow start after the last one sent, with no gap. Samples are encoded
+    /// a batch at a time (`budget::BATCH`) under one of the server's turns, given back
+    /// before the batch is written; the client must keep up with `budget::MIN_RATE` after
+    /// `OPENING_WRITE_TIMEOUT`. Closes 1013 if no turn frees up in time.
     #[inline(never)]
     fn replay(&mut self, ticks: RangeInclusive<u64>) -> Result<(), End> {
         let ctx = &self.streams.ctx;
-        let long = (ticks.end() + 1).saturating_sub(*ticks.start()) > budget::SHORT;
-        let _turn = match long.then(|| ctx.turns.take(budget::TURN_WAIT)) {
-            Some(None) => return Err(busy()),
-            turn => turn.flatten(),
-        };
         let started = Instant::now();
         let (mut next, mut last) = ticks.into_inner();
         let mut bytes = 0;
+        let mut batch = Vec::new();
         loop {
-            for seq in (next..=last).filter(|seq| seq % self.options.every == 0) {
-                let json = self.options.encode(&ctx.model, seq, None);
-                bytes += json.len();
-                self.encoder.open_sample(seq, json)?;
-                self.counted_sent();
+            let mut seqs = (next..=last)
+                .filter(|seq| seq % self.options.every == 0)
+                .peekable();
+            while seqs.peek().is_some() {
+                let turn = ctx.turns.take(budget::TURN_WAIT).ok_or_else(busy)?;
+                let mut batched = 0;
+                for seq in seqs.by_ref() {
+                    let json = self.options.encode(&ctx.model, seq, None);
+                    batched += json.len();
+                    batch.push((seq, json));
+                    if batched >= budget::BATCH {
+                        break;
+                    }
+                }
+                drop(turn);
+                for (seq, json) in batch.drain(..) {
+                    self.encoder.open_sample(seq, json)?;
+                    self.counted_sent();
+                }
+                bytes += batched;
                 let allowed =
                     OPENING_WRITE_TIMEOUT + Duration::from_secs((bytes / budget::MIN_RATE) as u64);
                 if started.elapsed() > allowed {

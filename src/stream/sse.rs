@@ -117,10 +117,10 @@ impl Encoder for Events {
         Ok(())
     }
 
-    /// Gathers events, written a piece at a time.
+    /// Gathers events, written a replay's batch at a time.
     fn open_sample(&mut self, seq: u64, json: Bytes) -> Result<(), End> {
         self.push(seq, &json);
-        if self.pending.len() >= budget::PIECE {
+        if self.pending.len() >= budget::BATCH {
             self.write_opening()?;
         }
         Ok(())
