@@ -207,7 +207,7 @@ fn fill_the_cap(addr: std::net::SocketAddr, cap: usize) -> Vec<TcpStream> {
 /// closed held both probes' places for good: every health check got the cap's 503 (found
 /// from outside, 101 of 101 in 30 s). A new connection now takes the place of one that
 /// has sent nothing, so a probe, which speaks at once, is answered.
-#[cfg(unix)] // the edge can tell a silent socket there (platform::is_silent)
+#[cfg(unix)] // the edge can see what a socket sent there (platform::waiting)
 #[test]
 fn idle_sockets_reconnecting_at_the_cap_do_not_keep_probes_out() {
     use std::sync::Arc;

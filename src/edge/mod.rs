@@ -81,6 +81,8 @@ pub const PROBE_PLACES: usize = 2;
 /// idle client must not keep the place from the next probe. Two seconds cover one lost
 /// packet's retransmission.
 const PROBE_HEAD_WITHIN: Duration = Duration::from_secs(2);
+/// How much of a request on a probe's place is looked at to tell whether it is a probe's.
+const PROBE_START: usize = 16;
 /// Kernel send buffer of an HTTP connection (Linux doubles it). Every reply but a long
 /// history fits; a fixed size stops the kernel from growing it to megabytes for a client
 /// that does not read, memory no budget of ours would see.
@@ -425,6 +427,11 @@ impl Edge {
             let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
             let (place, probe) = match self.places.take() {
                 Some(place) => (place, false),
+                // Not a probe: no need to look for a place of its own.
+                None if sent_probe(&socket) == Some(false) => {
+                    self.over_capacity(&socket, peer);
+                    continue;
+                }
                 None => match self.probe_places.take().or_else(|| self.evict()) {
                     Some(place) => (place, true),
                     None => {
@@ -455,21 +462,24 @@ impl Edge {
         }
     }
 
-    /// Ends the wait of the oldest connection on a probe's place that has sent nothing
-    /// yet, and gives its place to the connection just accepted. A health check sends its
-    /// request as soon as it connects, so sockets that connect and say nothing cannot
-    /// keep it out, however fast they reconnect. One that has sent something is left to
-    /// be answered: closing a socket with unread bytes resets it, and its 503 would be
-    /// lost. The evicted connection's own thread, woken by the end of its input, writes
-    /// the cap's 503: no other thread writes to a connection's socket.
+    /// Ends the wait of the oldest connection on a probe's place whose request is not
+    /// a probe's (it has sent nothing yet, or the start of another request), and gives
+    /// its place to the connection just accepted. A health check sends its request as
+    /// soon as it connects, so neither sockets that connect and say nothing nor the
+    /// ordinary requests of clients over the cap can keep it out, however fast they
+    /// reconnect. The evicted connection's own thread, woken by the end of its input,
+    /// reads what was sent and writes the cap's 503: no other thread writes to a
+    /// connection's socket.
     fn evict(&self) -> Option<Place> {
         let place = self.probe_places.take_over()?;
-        let (_, silent) = {
+        let (_, evicted) = {
             let mut waiting = lock(&self.waiting_probes);
-            let oldest = waiting.iter().position(|(_, s)| platform::is_silent(s))?;
+            let oldest = waiting
+                .iter()
+                .position(|(_, socket)| sent_probe(socket) != Some(true))?;
             waiting.remove(oldest)?
         };
-        let _ = silent.shutdown(Shutdown::Read);
+        let _ = evicted.shutdown(Shutdown::Read);
         Some(place)
     }
 
@@ -901,6 +911,29 @@ fn canonical(head: &Head, id: u64, secret: &str) -> Vec<u8> {
 
 /// Whether a request is a health or readiness probe: `GET` or `HEAD` of `/healthz` or
 /// `/readyz`.
+/// Whether the peer of `socket` has sent, so far, the start of a probe's request (`GET`
+/// or `HEAD` of `/healthz` or `/readyz`, as health checkers send them): `Some(true)`, or
+/// of another request: `Some(false)`; `None` if it has sent nothing yet. Looked at
+/// without taking it. Where the OS cannot tell (Windows), every request may be a probe's.
+fn sent_probe(socket: &TcpStream) -> Option<bool> {
+    const PROBES: [&[u8]; 4] = [
+        b"GET /healthz ",
+        b"GET /readyz ",
+        b"HEAD /healthz ",
+        b"HEAD /readyz ",
+    ];
+    let mut start = [0; PROBE_START];
+    match platform::waiting(socket, &mut start) {
+        None => Some(true),
+        Some(0) => None,
+        Some(n) => Some(
+            PROBES
+                .iter()
+                .any(|p| p.starts_with(&start[..n]) || start[..n].starts_with(p)),
+        ),
+    }
+}
+
 fn is_probe(head: &Head) -> bool {
     matches!(head.method.as_str(), "GET" | "HEAD")
         && matches!(

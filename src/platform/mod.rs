@@ -86,11 +86,11 @@ pub fn send_now(socket: &TcpStream, bytes: &[u8]) -> usize {
     os::send_now(socket, bytes)
 }
 
-/// Whether the peer of `socket` has sent nothing that is waiting to be read (or has
-/// closed), without blocking and without taking anything. False where the OS cannot
-/// tell cheaply (Windows).
-pub fn is_silent(socket: &TcpStream) -> bool {
-    os::is_silent(socket)
+/// Copies into `buf` the first bytes the peer of `socket` has sent that are waiting to be
+/// read, without blocking and without taking them: how many (0 when none, or the peer
+/// closed). `None` where the OS cannot tell cheaply (Windows), or the socket failed.
+pub fn waiting(socket: &TcpStream, buf: &mut [u8]) -> Option<usize> {
+    os::waiting(socket, buf)
 }
 
 /// Resident memory in bytes and thread count of this process, where the OS tells cheaply.

@@ -100,11 +100,14 @@ pub fn send_now(socket: &TcpStream, bytes: &[u8]) -> usize {
     sent
 }
 
-pub fn is_silent(socket: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
-    match SockRef::from(socket).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-        Ok(read) => read == 0,
-        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+pub fn waiting(socket: &TcpStream, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and recv only writes
+    // initialised bytes into it.
+    let buf = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    match SockRef::from(socket).recv_with_flags(buf, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok(read) => Some(read),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(0),
+        Err(_) => None,
     }
 }
 

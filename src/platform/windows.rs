@@ -37,8 +37,8 @@ pub fn tune(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Res
 }
 
 /// Winsock has no per-call non-blocking flag to peek with: never known.
-pub fn is_silent(_socket: &TcpStream) -> bool {
-    false
+pub fn waiting(_socket: &TcpStream, _buf: &mut [u8]) -> Option<usize> {
+    None
 }
 
 /// Winsock has no per-call non-blocking flag: the connection's thread writes replies.
