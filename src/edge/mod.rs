@@ -81,6 +81,10 @@ pub const PROBE_PLACES: usize = 2;
 /// idle client must not keep the place from the next probe. Two seconds cover one lost
 /// packet's retransmission.
 const PROBE_HEAD_WITHIN: Duration = Duration::from_secs(2);
+/// Connections evicted from probes' places that may still be closing (their threads
+/// answer and exit) when a newcomer takes their place: enough that a host too busy to
+/// run those threads at once still lets probes in.
+const CLOSING: usize = 8;
 /// How much of a request on a probe's place is looked at to tell whether it is a probe's.
 const PROBE_START: usize = 16;
 /// Kernel send buffer of an HTTP connection (Linux doubles it). Every reply but a long
@@ -207,11 +211,11 @@ impl Places {
     }
 
     /// A place past the limit, for one whose holder is being closed (see `Edge::evict`):
-    /// at most `limit` such at once, so closings in flight stay bounded too.
+    /// at most [`CLOSING`] such at once, so closings in flight stay bounded too.
     fn take_over(self: &Arc<Self>) -> Option<Place> {
         self.held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < 2 * self.limit).then_some(n + 1)
+                (n < self.limit + CLOSING).then_some(n + 1)
             })
             .ok()?;
         Some(self.placed())
@@ -442,6 +446,13 @@ impl Edge {
             };
             let edge = Arc::clone(&self);
             let accepted = Instant::now();
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let socket = Arc::new(socket);
+            if probe {
+                // Listed here, not by its thread, which may not run for a while on a
+                // busy host: a newcomer can take its place from the start.
+                lock(&self.waiting_probes).push_back((id, Arc::clone(&socket)));
+            }
             let spawned = thread::Builder::new()
                 .name("conn".into())
                 .stack_size(STACK)
@@ -449,12 +460,13 @@ impl Edge {
                     // A stream runs here, after `serve` has returned: its frames start
                     // at the top of the stack, not below the HTTP phase's.
                     if let Some((run, socket, leftover)) =
-                        edge.serve(socket, peer, accepted, place, probe)
+                        edge.serve(id, socket, peer, accepted, place, probe)
                     {
                         run(socket, leftover);
                     }
                 });
             if let Err(e) = spawned {
+                self.stop_waiting(id);
                 log::error!(
                     "cannot start a connection thread: {e}; connection from {peer} dropped"
                 );
@@ -510,14 +522,13 @@ impl Edge {
     /// answered (see `PROBE_PLACES`).
     fn serve(
         self: Arc<Self>,
-        socket: TcpStream,
+        id: u64,
+        socket: Arc<TcpStream>,
         peer: SocketAddr,
         accepted: Instant,
         place: Place,
         probe: bool,
     ) -> Option<(StreamFn, TcpStream, Vec<u8>)> {
-        let socket = Arc::new(socket);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let decision = Arc::new(Decision::default());
         let client = Arc::new(Client {
             peer,
@@ -532,9 +543,6 @@ impl Edge {
             true => self.limits.header_timeout.min(PROBE_HEAD_WITHIN),
             false => self.limits.header_timeout,
         };
-        if probe {
-            lock(&self.waiting_probes).push_back((id, Arc::clone(&socket)));
-        }
         let end = loop {
             let read = self.read_head(&socket, &mut buf, served == 0, accepted, header_timeout);
             if probe && served == 0 && !self.stop_waiting(id) {
