@@ -34,6 +34,10 @@ pub const BATCH: usize = 8 << 10;
 /// The slowest a client may take a long reply or replay: after its write timeout, one
 /// second per this many bytes. Past it the client is dropped (a replay: close 1008).
 pub const MIN_RATE: usize = 64 << 10;
+/// Turns per CPU: a handful on a tenth of a core, so that a health probe waits behind
+/// few requests there, and more than a load test's connections on a whole core, so that
+/// they do not wait for one.
+pub const TURNS_PER_CPU: usize = 64;
 /// How long a history or a replay waits for a turn before it is refused (503 with
 /// `Retry-After`, or a close that says when to come back).
 pub const TURN_WAIT: Duration = Duration::from_secs(5);
@@ -66,7 +70,7 @@ const DEFAULT_MEMORY: u64 = 1 << 30;
 
 /// The derived bounds. Every figure is a share of `memory`, so that their sum, with the
 /// base, stays under it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Budget {
     /// Bytes the server may use.
     pub memory: u64,
@@ -77,26 +81,34 @@ pub struct Budget {
     pub streams: usize,
     /// HTTP connections the memory holds: 15 % of it at [`HTTP_COST`] each.
     pub http: usize,
-    /// Pieces of histories and batches of replays encoded at once: one per 64 MiB, 2 to
-    /// 8. Encoding is the CPU a client can ask for; the hosts this serves have a core or
-    /// less, so however many clients ask, a few encode while the rest wait, and the
-    /// health probes and live samples keep their share of the CPU.
+    /// The CPUs the process may use: a container's quota (0.1 on a host that gives a
+    /// tenth of a core), else the cores.
+    pub cpus: f64,
+    /// Requests, pieces of histories and batches of replays worked on at once:
+    /// [`TURNS_PER_CPU`] per CPU, 4 to 256. They are the CPU clients can ask for: however
+    /// many clients ask, a few are worked on while the rest wait, and a health probe,
+    /// which needs no turn, waits behind a few, not hundreds.
     pub turns: usize,
 }
 
 impl Budget {
-    /// The budget for `memory` bytes, or, when `None`, what the host gives
-    /// ([`crate::platform::memory_limit`]).
-    pub fn new(configured: Option<u64>) -> Budget {
-        let (memory, source) = match configured {
+    /// The budget for `memory` bytes and `cpus`, or, for each that is `None`, what the
+    /// host gives ([`crate::platform::memory_limit`], [`crate::platform::cpu_limit`], the
+    /// cores).
+    pub fn new(memory: Option<u64>, cpus: Option<f64>) -> Budget {
+        let (memory, source) = match memory {
             Some(bytes) => (bytes, "MEMORY_BUDGET"),
             None => crate::platform::memory_limit().unwrap_or((DEFAULT_MEMORY, "default")),
         };
-        Budget::of(memory, source)
+        let cpus = cpus.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            crate::platform::cpu_limit().map_or(cores, |quota| quota.min(cores))
+        });
+        Budget::of(memory, source, cpus)
     }
 
-    /// The bounds `memory` bytes hold.
-    pub fn of(memory: u64, source: &'static str) -> Budget {
+    /// The bounds `memory` bytes and `cpus` hold.
+    pub fn of(memory: u64, source: &'static str, cpus: f64) -> Budget {
         let spare = memory.saturating_sub(BASE);
         let share = |percent: u64, each: u64| (spare / 100 * percent / each).max(1) as usize;
         Budget {
@@ -104,7 +116,8 @@ impl Budget {
             source,
             streams: share(60, STREAM_COST),
             http: share(15, HTTP_COST),
-            turns: (memory / (64 << 20)).clamp(2, 8) as usize,
+            cpus,
+            turns: ((cpus * TURNS_PER_CPU as f64).round() as usize).clamp(4, 256),
         }
     }
 
@@ -112,9 +125,10 @@ impl Budget {
     /// and the turns it gives.
     pub fn summary(&self) -> String {
         format!(
-            "memory budget {} MiB ({}), {} histories or replays encoding at once",
+            "memory budget {} MiB ({}), {} CPU, {} turns for requests and encoding",
             self.memory >> 20,
             self.source,
+            self.cpus,
             self.turns,
         )
     }
@@ -142,6 +156,21 @@ impl Budget {
                 "431 or 408, closed".into(),
             ],
             [
+                "a request's work (routing, a reply's encoding)".into(),
+                "one at a time per connection, under a turn from its head to its reply \
+                 (not while it is written)"
+                    .into(),
+                format!(
+                    "{} turns, shared with histories' pieces and replays' batches; a \
+                     health probe needs none",
+                    self.turns
+                ),
+                format!(
+                    "waits up to {} s for a turn, then 503 `busy` + `Retry-After`, closed",
+                    TURN_WAIT.as_secs()
+                ),
+            ],
+            [
                 "a REST reply".into(),
                 format!(
                     "at most 48 KiB held while the client reads: `WRITE_TIMEOUT_MS` without \
@@ -154,14 +183,14 @@ impl Budget {
             [
                 "a history".into(),
                 format!(
-                    "10 000 points, encoded {} KiB at a time under a turn, each piece \
-                     written once the client has taken the one before",
+                    "10 000 points: measured under the request's turn, then encoded {} KiB \
+                     at a time under a turn, each piece written once the client has taken \
+                     the one before",
                     PIECE >> 10
                 ),
-                format!("{} pieces or batches encoding at once", self.turns),
+                format!("shares the {} turns", self.turns),
                 format!(
-                    "waits up to {} s for a turn, then 503 + `Retry-After` (after the \
-                     first piece: closed)",
+                    "a piece waits up to {} s for a turn, then the connection is closed",
                     TURN_WAIT.as_secs()
                 ),
             ],
@@ -172,7 +201,7 @@ impl Budget {
                      written once the client has taken the one before",
                     BATCH >> 10
                 ),
-                format!("shares the {} turns with histories", self.turns),
+                format!("shares the {} turns", self.turns),
                 format!(
                     "waits up to {} s for a turn, then close 1013 (SSE: `event: close`) with \
                      `reconnect_after_ms`",
@@ -216,9 +245,10 @@ impl Budget {
     }
 }
 
-/// Turns for the CPU a client can ask for (encoding histories and replays): at most
-/// [`Budget::turns`] at once over the server. A turn is held while one piece or batch is
-/// encoded and given back before it is written, so a slow reader holds none.
+/// Turns for the CPU clients can ask for: at most [`Budget::turns`] at once over the
+/// server. A turn is held while a request is worked on (from its head to its reply), or
+/// while one piece of a history or batch of a replay is encoded, and given back before
+/// the bytes are written, so a slow reader holds none.
 #[derive(Clone)]
 pub struct Turns {
     free: Receiver<()>,
@@ -258,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_512_mib_host_holds_its_bounds_with_room_to_spare() {
-        let budget = Budget::of(512 << 20, "cgroup limit");
+        let budget = Budget::of(512 << 20, "cgroup limit", 0.1);
         let total = BASE
             + budget.streams as u64 * STREAM_COST
             + budget.http as u64 * HTTP_COST
@@ -267,12 +297,13 @@ mod tests {
             total < 512 << 20,
             "{total} bytes in bounds for a 512 MiB budget"
         );
-        assert_eq!(budget.turns, 8);
+        assert_eq!(budget.turns, 6);
+        assert_eq!(Budget::of(512 << 20, "cgroup limit", 2.0).turns, 128);
         assert!(budget.streams > 4000, "{budget:?}");
         assert!(budget.http > 250, "{budget:?}");
         // A tiny budget still allows one of each.
-        let tiny = Budget::of(16 << 20, "MEMORY_BUDGET");
-        assert_eq!((tiny.streams, tiny.http, tiny.turns), (1, 1, 2));
+        let tiny = Budget::of(16 << 20, "MEMORY_BUDGET", 0.01);
+        assert_eq!((tiny.streams, tiny.http, tiny.turns), (1, 1, 4));
     }
 
     #[test]

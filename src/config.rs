@@ -52,6 +52,9 @@ pub struct Config {
     /// `MEMORY_BUDGET`: the memory every server-wide bound is a share of (see `budget`).
     /// `None`: the container's limit, else physical memory.
     pub memory_budget: Option<u64>,
+    /// `CPU_BUDGET`: the CPUs the turns are derived from (see `budget`). `None`: the
+    /// container's quota, else the cores.
+    pub cpu_budget: Option<f64>,
     /// `IDLE_TIMEOUT_MS`: a keep-alive connection with no request for this long is closed.
     pub idle_timeout: Duration,
     /// `HEADER_TIMEOUT_MS`: a request head must arrive within this (408 otherwise).
@@ -95,6 +98,7 @@ impl Default for Config {
             max_ws_clients: None,
             max_http_connections: None,
             memory_budget: None,
+            cpu_budget: None,
             idle_timeout: Duration::from_secs(75),
             header_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -223,7 +227,7 @@ const fn text(
 }
 
 /// Every variable the server reads, in the order people look for them.
-pub const VARS: [Var; 20] = [
+pub const VARS: [Var; 21] = [
     integer(
         "PORT",
         "4000",
@@ -360,6 +364,20 @@ pub const VARS: [Var; 20] = [
         "the memory every server-wide bound is a share of (the start-up log prints them); derived from the container's memory limit (cgroup v1 or v2), else physical memory, when unset",
         |c, s| {
             c.memory_budget = Some(parse_size(s).filter(|n| (16 << 20..=1 << 40).contains(n))?);
+            Some(())
+        },
+    ),
+    text(
+        "CPU_BUDGET",
+        "derived",
+        "a number of CPUs from 0.01 to 1024, such as 0.1 or 2",
+        "the CPU the server's turns are derived from (requests and encodings worked on at once, 64 per CPU); derived from the container's CPU quota (cgroup v1 or v2), else the cores, when unset",
+        |c, s| {
+            let cpus = s
+                .parse::<f64>()
+                .ok()
+                .filter(|n| (0.01..=1024.0).contains(n))?;
+            c.cpu_budget = Some(cpus);
             Some(())
         },
     ),
@@ -558,6 +576,20 @@ mod tests {
         ] {
             let e = from(&[("MEMORY_BUDGET", bad)]).unwrap_err();
             assert_eq!(e.var, "MEMORY_BUDGET", "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_budgets_are_numbers_of_cpus() {
+        for (value, cpus) in [("0.1", 0.1), ("2", 2.0), ("0.01", 0.01)] {
+            assert_eq!(
+                from(&[("CPU_BUDGET", value)]).unwrap().cpu_budget,
+                Some(cpus)
+            );
+        }
+        for bad in ["0", "0.001", "2000", "lots", "-1", "NaN", "inf"] {
+            let e = from(&[("CPU_BUDGET", bad)]).unwrap_err();
+            assert_eq!(e.var, "CPU_BUDGET", "{bad}");
         }
     }
 

@@ -98,8 +98,7 @@ fn samples(url: &str, ctx: &Context) -> Result<Answer, Invalid> {
 
 /// `GET /api/analytics/history`: the samples of a time range, computed (nothing is
 /// stored), at most 10 000 points, written piece by piece as the client takes them
-/// ([`History`]), each piece encoded under one of the server's turns. Refused with 503
-/// if no turn frees up in time for the first.
+/// ([`History`]).
 fn history(url: &str, ctx: &Context) -> Result<(Answer, Option<Pieces>), Invalid> {
     let latest = ctx.hub.latest();
     let pairs = options::pairs(options::query(url));
@@ -111,23 +110,10 @@ fn history(url: &str, ctx: &Context) -> Result<(Answer, Option<Pieces>), Invalid
         return Ok((chaotic(http::empty(200), &o, tick), None));
     }
     let garbage = o.chaos.as_ref().and_then(|c| c.garbage(tick));
-    let history = History::new(o.clone(), ctx.model, range, garbage);
-    let Some((len, pieces)) = history.into_pieces(ctx.turns.clone()) else {
-        return Ok(((busy(), Duration::ZERO), None));
-    };
+    let (len, pieces) =
+        History::new(o.clone(), ctx.model, range, garbage).into_pieces(ctx.turns.clone());
     let reply = ok(http::json_head(200, len), "no-cache", &o);
     Ok((chaotic(reply, &o, tick), Some(pieces)))
-}
-
-/// 503 when no turn to encode histories and replays freed up in time.
-fn busy() -> Reply {
-    http::error(
-        503,
-        "busy",
-        "The server is encoding as many histories and replays as its CPU budget allows. \
-         Retry in a few seconds, or ask for fewer points (a larger step).",
-        &[],
-    )
 }
 
 /// What every 200 of the sample routes carries: its caching, and the parameters it
@@ -175,10 +161,10 @@ fn with_ignored(reply: Reply, options: &options::Options) -> Reply {
 /// A history's body, `{"interval_ms":…,"samples":[…]}`, never held whole: its length is
 /// computed by encoding every sample once without keeping it, then its bytes are encoded
 /// again, [`budget::PIECE`] at a time, as the client takes them. Twice the encoding, for
-/// memory that stays one piece whatever the history's length or the client's pace. Both
-/// passes encode a piece's worth under one of the server's turns ([`budget::Turns`]) and
-/// give it back before the next: a long history interleaves with everyone else's, and
-/// its client's pace holds no turn.
+/// memory that stays one piece whatever the history's length or the client's pace. The
+/// first pass runs under the request's turn ([`budget::Turns`]); each piece is encoded
+/// under a turn of its own, given back before it is written: a long history interleaves
+/// with everyone else's, and its client's pace holds no turn.
 struct History {
     head: Vec<u8>,
     options: options::Options,
@@ -224,29 +210,20 @@ impl History {
         }
     }
 
-    /// The body's length, and its pieces; `None` if no turn freed up for the length.
-    fn into_pieces(self, turns: Turns) -> Option<(usize, Pieces)> {
+    /// The body's length, and its pieces, each encoded under one of `turns`.
+    fn into_pieces(self, turns: Turns) -> (usize, Pieces) {
         if self.garbage == Some(Garbage::Null) {
-            return Some((
+            return (
                 4,
                 Box::new(std::iter::once(Ok(Bytes::from_static(b"null")))),
-            ));
+            );
         }
-        let mut turn = Some(turns.take(budget::TURN_WAIT)?);
-        let mut samples = 0;
-        let mut since_turn = 0;
-        for (i, tick) in self.range.ticks().enumerate() {
-            let len = self.sample(i, tick).len() + usize::from(i > 0);
-            samples += len;
-            since_turn += len;
-            if since_turn >= budget::PIECE {
-                // Given back, and queued for again behind whoever waits.
-                drop(turn.take());
-                turn = Some(turns.take(budget::TURN_WAIT)?);
-                since_turn = 0;
-            }
-        }
-        drop(turn);
+        let samples: usize = self
+            .range
+            .ticks()
+            .enumerate()
+            .map(|(i, tick)| self.sample(i, tick).len() + usize::from(i > 0))
+            .sum();
         let whole = self.head.len() + samples + 2;
         let len = if self.garbage == Some(Garbage::Truncated) {
             whole / 2
@@ -282,7 +259,7 @@ impl History {
             left -= piece.len();
             Some(Ok(Bytes::from(std::mem::take(&mut piece))))
         });
-        Some((len, Box::new(pieces)))
+        (len, Box::new(pieces))
     }
 }
 

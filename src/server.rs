@@ -73,7 +73,7 @@ pub struct Server {
 
 /// Binds, starts tiny_http and its workers, the edge, the generator and the watchdog.
 pub fn start(config: &Config) -> Result<Server, StartError> {
-    let budget = Budget::new(config.memory_budget);
+    let budget = Budget::new(config.memory_budget, config.cpu_budget);
     let caps = caps(
         config,
         platform::raise_fd_limit(),
@@ -156,6 +156,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
             (clients, acked),
             limits,
             config.cors.clone(),
+            ctx.turns.clone(),
             Arc::clone(&metrics),
         )
         .map_err(part("the edge"))?,
@@ -575,7 +576,7 @@ mod tests {
 
     #[test]
     fn derived_caps_fill_the_descriptor_limit_beside_the_servers_own() {
-        let unbounded = Budget::of(1 << 50, "MEMORY_BUDGET");
+        let unbounded = Budget::of(1 << 50, "MEMORY_BUDGET", 2.0);
         let derived = Config::default();
         let wanted = Config {
             max_http_connections: Some(1000),
@@ -612,7 +613,7 @@ mod tests {
 
     #[test]
     fn derived_and_configured_caps_fit_the_memory_budget() {
-        let budget = Budget::of(512 << 20, "cgroup limit");
+        let budget = Budget::of(512 << 20, "cgroup limit", 0.1);
         let c = caps(&Config::default(), Some(1 << 20), None, &budget).unwrap();
         assert_eq!((c.streams, c.http), (budget.streams, budget.http));
         let wanted = Config {
@@ -631,7 +632,13 @@ mod tests {
             let c = caps(&wanted, limit, None, &budget).unwrap();
             assert_eq!((c.streams, c.http), (budget.streams, budget.http));
         }
-        let c = caps(&wanted, Some(12_732), None, &Budget::of(1 << 40, "test")).unwrap();
+        let c = caps(
+            &wanted,
+            Some(12_732),
+            None,
+            &Budget::of(1 << 40, "test", 2.0),
+        )
+        .unwrap();
         assert_eq!((c.streams, c.http), (10_164, 2_540));
     }
 }

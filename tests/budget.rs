@@ -137,12 +137,12 @@ fn big_histories_never_read_cost_bounded_memory() {
     drop(clients);
 }
 
-/// Honest slow readers of the worst history, more than the server writes at once: each
-/// gets the whole answer, or a 503 with `Retry-After`; never a connection closed without
-/// a status (36 of 50 got that when the held bytes ran out).
+/// Honest slow readers of the worst history, on a small host (4 turns): each gets the
+/// whole answer, or a 503 with `Retry-After`; never a connection closed without a status
+/// (36 of 50 got that when the held bytes ran out).
 #[test]
 fn slow_readers_of_big_histories_get_the_answer_or_a_retry() {
-    let s = TestServer::start();
+    let s = TestServer::with(|c| c.cpu_budget = Some(0.05));
     let turns = s.server().budget().turns;
     let addr = s.addr;
     let readers: Vec<_> = (0..50)
@@ -193,7 +193,7 @@ fn slow_readers_of_big_histories_get_the_answer_or_a_retry() {
             assert!(head.contains("Retry-After: "), "{head}");
         }
     }
-    assert!(answered >= turns, "only {answered} answered");
+    assert!(answered >= turns.min(50), "only {answered} answered");
 }
 
 /// Clients that take the head of the worst history, then stop reading, hold no turn: a
@@ -202,8 +202,8 @@ fn slow_readers_of_big_histories_get_the_answer_or_a_retry() {
 /// a 503, and so did every other history and long resume.
 #[test]
 fn clients_that_stop_reading_hold_no_turns() {
-    let s = TestServer::with(|c| c.memory_budget = Some(128 << 20));
-    assert_eq!(s.server().budget().turns, 2);
+    let s = TestServer::with(|c| c.cpu_budget = Some(0.01));
+    assert_eq!(s.server().budget().turns, 4);
     let request = format!("GET {WORST_HISTORY} HTTP/1.1\r\nHost: x\r\n\r\n");
     let asked = Instant::now();
     let stalled: Vec<_> = (0..4)
@@ -287,4 +287,176 @@ fn streams_that_park_unfinished_messages_stay_within_their_cost() {
     drop(clients);
     assert!(eventually(Duration::from_secs(10), || threads_and_fds().0
         <= threads + 2));
+}
+
+/// A cgroup of this test's own whose processes get `quota` of CPU every 100 ms (cgroup v2
+/// `cpu.max`, else v1 `cpu.cfs_quota_us`): a small host's fraction of a core. Needs root,
+/// or a cgroup delegated to the user; removed on drop.
+struct CpuLimit(std::path::PathBuf);
+
+impl CpuLimit {
+    fn new(name: &str, quota: Duration) -> CpuLimit {
+        let quota = quota.as_micros();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        // "... MOUNT_POINT OPTIONS - TYPE SOURCE SUPER_OPTIONS" per mount.
+        let mount = |fs: &str, option: Option<&str>| {
+            mountinfo.lines().find_map(|line| {
+                let (left, right) = line.split_once(" - ")?;
+                let mut right = right.split_whitespace();
+                let (kind, _, options) = (right.next()?, right.next()?, right.next()?);
+                let fits = kind == fs && option.is_none_or(|o| options.split(',').any(|x| x == o));
+                fits.then(|| left.split_whitespace().nth(4).unwrap().to_string())
+            })
+        };
+        // v2 where its hierarchy has the cpu controller (not where v1 holds it).
+        let v2 = mount("cgroup2", None).and_then(|root| {
+            let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+            let parent = std::path::Path::new(&root).join(path.trim_start_matches('/'));
+            let controllers = std::fs::read_to_string(parent.join("cgroup.controllers")).ok()?;
+            controllers
+                .split_whitespace()
+                .any(|c| c == "cpu")
+                .then_some(parent)
+        });
+        let (dir, file, value) = if let Some(parent) = v2 {
+            let control = parent.join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+            if !enabled.split_whitespace().any(|c| c == "cpu") {
+                std::fs::write(&control, "+cpu").unwrap_or_else(|e| {
+                    panic!("cannot enable the cpu controller in {control:?}: {e}; run as root")
+                });
+            }
+            (parent.join(name), "cpu.max", format!("{quota} 100000"))
+        } else {
+            let root = mount("cgroup", Some("cpu")).expect("a cgroup v2 or v1 cpu hierarchy");
+            let path = own
+                .lines()
+                .find_map(|l| {
+                    let mut parts = l.splitn(3, ':');
+                    let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+                    controllers.split(',').any(|c| c == "cpu").then_some(path)
+                })
+                .unwrap();
+            let dir = std::path::Path::new(&root)
+                .join(path.trim_start_matches('/'))
+                .join(name);
+            std::fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("cannot create the cgroup {dir:?}: {e}; run as root"));
+            std::fs::write(dir.join("cpu.cfs_period_us"), "100000").unwrap();
+            (dir, "cpu.cfs_quota_us", quota.to_string())
+        };
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create the cgroup {dir:?}: {e}; run as root"));
+        std::fs::write(dir.join(file), value).unwrap();
+        CpuLimit(dir)
+    }
+
+    fn procs(&self) -> std::path::PathBuf {
+        self.0.join("cgroup.procs")
+    }
+}
+
+impl Drop for CpuLimit {
+    fn drop(&mut self) {
+        // The kernel refuses while a process in it has not been reaped.
+        eventually(TIMEOUT, || std::fs::remove_dir(&self.0).is_ok());
+    }
+}
+
+/// Reads one response and returns its status; `None` if the connection ended first.
+fn status_of(reader: &mut impl std::io::BufRead) -> Option<u16> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let status = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut len = 0;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        let header = header.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(value) = header.strip_prefix("content-length:") {
+            len = value.trim().parse().ok()?;
+        }
+    }
+    reader.read_exact(&mut vec![0; len]).ok()?;
+    Some(status)
+}
+
+/// On a tenth of a core (Render's smallest instances) with 300 connections looping
+/// requests (short histories), health checks are answered within a second: every
+/// request but a probe's is worked on under one of a few turns, so a probe waits
+/// behind a few requests, not behind the flood's hundreds. Before, the probe's request
+/// queued behind them all on the way to the workers: 0.4-0.9 s at the median, up to
+/// 5.3 s, and while clients over the cap held the probes' places, 503s.
+#[test]
+#[ignore = "slow tier: floods a server in a cpu cgroup for 12 s; needs root; scripts/test.sh runs it"]
+fn a_tenth_of_a_core_flooded_with_requests_answers_health_checks() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let limit = CpuLimit::new(
+        &format!("rab-test-{}", std::process::id()),
+        Duration::from_millis(10),
+    );
+    let p = Process::spawn_in(
+        &limit.procs(),
+        &[
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("MEMORY_BUDGET", "512M"),
+        ],
+    );
+    let addr = p.wait_until_listening();
+    let limits = p.wait_for_line("limits:");
+    assert!(limits.contains("0.1 CPU, 6 turns"), "{limits}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood: Vec<_> = (0..300)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let request = b"GET /api/analytics/history?last=6m HTTP/1.1\r\nHost: x\r\n\r\n";
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(stream) = TcpStream::connect(addr) else {
+                        continue;
+                    };
+                    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    while !stop.load(Ordering::Relaxed)
+                        && (&stream).write_all(request).is_ok()
+                        && status_of(&mut reader) == Some(200)
+                    {}
+                    thread::sleep(Duration::from_millis(50));
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    let mut probes = Vec::new();
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        let asked = Instant::now();
+        let status = send_raw(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .status;
+        probes.push((status, asked.elapsed()));
+        thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in flood {
+        client.join().unwrap();
+    }
+    let slowest = probes.iter().map(|&(_, took)| took).max().unwrap();
+    eprintln!("{} health checks, the slowest {slowest:?}", probes.len());
+    assert!(
+        probes.iter().all(|&(status, _)| status == 200),
+        "health checks: {probes:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "health checks: {probes:?}"
+    );
 }

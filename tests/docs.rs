@@ -236,9 +236,9 @@ fn the_readme_configuration_table_is_the_codes() {
 #[test]
 fn the_readme_budget_table_is_the_codes() {
     use realtime_analytics_backend::budget::Budget;
-    let budget = Budget::of(512 << 20, "cgroup limit");
+    let budget = Budget::of(512 << 20, "cgroup limit", 0.1);
     let mut table = String::from(
-        "| work | per client | over the server (512 MiB) | past it |\n|---|---|---|---|\n",
+        "| work | per client | over the server (512 MiB, 0.1 CPU) | past it |\n|---|---|---|---|\n",
     );
     for row in budget.rows((budget.streams, budget.http), 16 * 1024) {
         table += &format!("| {} |\n", row.join(" | "));

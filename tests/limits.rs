@@ -466,7 +466,10 @@ fn concurrent_heavy_histories_leave_health_checks_fast() {
             other => panic!("a history answered {other}"),
         })
         .count();
-    assert!(answered >= s.server().budget().turns, "{answered} answered");
+    assert!(
+        answered >= s.server().budget().turns.min(32),
+        "{answered} answered"
+    );
     assert!(
         slowest < Duration::from_secs(1),
         "/healthz took {slowest:?}"

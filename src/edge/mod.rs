@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use tiny_http::{HTTPVersion, Request};
 
-use crate::budget::MIN_RATE;
+use crate::budget::{self, MIN_RATE, Turns};
 use crate::config::Cors;
 use crate::http::{self, Pieces, Reply};
 use crate::metrics::Metrics;
@@ -262,6 +262,9 @@ pub struct Edge {
     addr: SocketAddr,
     limits: Limits,
     cors: Cors,
+    /// The server's turns (`budget::Turns`): each request but a probe's is worked on
+    /// under one, from its head to its reply.
+    turns: Turns,
     metrics: Arc<Metrics>,
     upstream: Upstream,
     clients: Arc<Clients>,
@@ -338,6 +341,7 @@ impl Edge {
         (clients, acked): (Arc<Clients>, Receiver<Ack>),
         limits: Limits,
         cors: Cors,
+        turns: Turns,
         metrics: Arc<Metrics>,
     ) -> io::Result<Edge> {
         let addr = listener.local_addr()?;
@@ -347,6 +351,7 @@ impl Edge {
             addr,
             limits,
             cors,
+            turns,
             upstream,
             clients,
             next_id: AtomicU64::new(1),
@@ -565,6 +570,16 @@ impl Edge {
                 close: head.close || probe,
                 upgrade: head.upgrade,
             };
+            // Given back once the reply is ready, before it is written (or as a stream
+            // starts): the turns bound the requests being worked on, and a probe's skips
+            // the queue for them.
+            let turn = match is_probe(&head) {
+                true => None,
+                false => match self.turns.take(budget::TURN_WAIT) {
+                    Some(turn) => Some(turn),
+                    None => break End::Refuse(busy(), head.header("Origin").map(str::to_string)),
+                },
+            };
             if let Err(e) = self
                 .upstream
                 .forward(id, &canonical(&head, id, &self.clients.secret))
@@ -594,6 +609,7 @@ impl Edge {
                     break End::Refuse(unavailable(), head.header("Origin").map(str::to_string));
                 }
             };
+            drop(turn);
             if let Some(due) = reply.due {
                 thread::sleep(due.saturating_duration_since(Instant::now()));
             }
@@ -948,6 +964,17 @@ fn is_probe(head: &Head) -> bool {
             paths::route(&paths::normalise(&head.target)),
             Some(Route::Health | Route::Ready)
         )
+}
+
+/// No turn freed up for a request in time: the server is at its CPU budget.
+fn busy() -> Refusal {
+    Refusal {
+        status: 503,
+        error: "busy",
+        message: "The server is working on as many requests as its CPU budget allows. Retry \
+                  in a few seconds."
+            .into(),
+    }
 }
 
 fn unavailable() -> Refusal {

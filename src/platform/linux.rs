@@ -31,8 +31,12 @@ const NO_LIMIT: u64 = 1 << 60;
 /// machine's physical memory.
 pub fn memory_limit() -> Option<(u64, &'static str)> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let limit = cgroup_limits(&cgroups)
+    let limit = cgroup_dirs(&cgroups, "memory")
         .into_iter()
+        .map(|(dir, v2)| match v2 {
+            true => format!("{dir}/memory.max"),
+            false => format!("{dir}/memory.limit_in_bytes"),
+        })
         .filter_map(|file| std::fs::read_to_string(file).ok())
         .filter_map(|value| value.trim().parse::<u64>().ok())
         .filter(|&bytes| bytes > 0 && bytes < NO_LIMIT)
@@ -44,12 +48,44 @@ pub fn memory_limit() -> Option<(u64, &'static str)> {
     }
 }
 
-/// The files that may hold a memory limit for the cgroups named in `/proc/self/cgroup`
-/// (`hierarchy:controllers:path` lines): each cgroup's and every ancestor's, at the
-/// usual mount points of v2 (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid
-/// hosts) and of v1's memory controller.
-fn cgroup_limits(cgroups: &str) -> Vec<String> {
-    let mut files = Vec::new();
+/// The tightest cgroup CPU quota over this process's cgroups and their ancestors, in
+/// CPUs (v2 `cpu.max`, v1 `cpu.cfs_quota_us` over `cpu.cfs_period_us`): 0.1 on a host
+/// that gives a tenth of a core.
+pub fn cpu_limit() -> Option<f64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let read = |file: String| std::fs::read_to_string(file).ok();
+    cgroup_dirs(&cgroups, "cpu")
+        .into_iter()
+        .filter_map(|(dir, v2)| {
+            let (quota, period) = match v2 {
+                true => {
+                    let max = read(format!("{dir}/cpu.max"))?;
+                    let (quota, period) = max.trim().split_once(' ')?;
+                    (quota.parse::<f64>().ok()?, period.parse::<f64>().ok()?)
+                }
+                false => (
+                    read(format!("{dir}/cpu.cfs_quota_us"))?
+                        .trim()
+                        .parse()
+                        .ok()?,
+                    read(format!("{dir}/cpu.cfs_period_us"))?
+                        .trim()
+                        .parse()
+                        .ok()?,
+                ),
+            };
+            (quota > 0.0 && period > 0.0).then(|| quota / period)
+        })
+        .min_by(f64::total_cmp)
+}
+
+/// The directories of the cgroups named in `/proc/self/cgroup` (`hierarchy:controllers:path`
+/// lines) that may hold a limit of `controller`, each cgroup's and every ancestor's, with
+/// whether they are v2: at the usual mount points of v2 (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts) and of v1's controller.
+fn cgroup_dirs(cgroups: &str, controller: &str) -> Vec<(String, bool)> {
+    let v1 = format!("/sys/fs/cgroup/{controller}");
+    let mut dirs = Vec::new();
     for line in cgroups.lines() {
         let mut fields = line.splitn(3, ':');
         let (Some(_), Some(controllers), Some(path)) =
@@ -57,20 +93,17 @@ fn cgroup_limits(cgroups: &str) -> Vec<String> {
         else {
             continue;
         };
-        let places: &[(&str, &str)] = if controllers.is_empty() {
-            &[
-                ("/sys/fs/cgroup", "memory.max"),
-                ("/sys/fs/cgroup/unified", "memory.max"),
-            ]
-        } else if controllers.split(',').any(|c| c == "memory") {
-            &[("/sys/fs/cgroup/memory", "memory.limit_in_bytes")]
+        let places: &[(&str, bool)] = if controllers.is_empty() {
+            &[("/sys/fs/cgroup", true), ("/sys/fs/cgroup/unified", true)]
+        } else if controllers.split(',').any(|c| c == controller) {
+            &[(&v1, false)]
         } else {
             continue;
         };
         let mut dir = path.trim_end_matches('/');
         loop {
-            for (root, file) in places {
-                files.push(format!("{root}{dir}/{file}"));
+            for &(root, v2) in places {
+                dirs.push((format!("{root}{dir}"), v2));
             }
             match dir.rfind('/') {
                 Some(parent) => dir = &dir[..parent],
@@ -78,7 +111,7 @@ fn cgroup_limits(cgroups: &str) -> Vec<String> {
             }
         }
     }
-    files
+    dirs
 }
 
 /// `prctl(PR_FUTEX_HASH, ...)` (Linux 6.16), not yet in the libc crate.
@@ -139,18 +172,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn memory_limits_are_looked_for_in_every_cgroup_and_its_ancestors() {
-        let files = cgroup_limits("4:memory:/a/b\n3:cpu:/a\n0::/c\n");
+    fn limits_are_looked_for_in_every_cgroup_and_its_ancestors() {
+        let dirs = cgroup_dirs("4:memory:/a/b\n3:cpu:/a\n0::/c\n", "memory");
         assert_eq!(
-            files,
+            dirs,
             [
-                "/sys/fs/cgroup/memory/a/b/memory.limit_in_bytes",
-                "/sys/fs/cgroup/memory/a/memory.limit_in_bytes",
-                "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                "/sys/fs/cgroup/c/memory.max",
-                "/sys/fs/cgroup/unified/c/memory.max",
-                "/sys/fs/cgroup/memory.max",
-                "/sys/fs/cgroup/unified/memory.max",
+                ("/sys/fs/cgroup/memory/a/b".to_string(), false),
+                ("/sys/fs/cgroup/memory/a".to_string(), false),
+                ("/sys/fs/cgroup/memory".to_string(), false),
+                ("/sys/fs/cgroup/c".to_string(), true),
+                ("/sys/fs/cgroup/unified/c".to_string(), true),
+                ("/sys/fs/cgroup".to_string(), true),
+                ("/sys/fs/cgroup/unified".to_string(), true),
+            ]
+        );
+        let dirs = cgroup_dirs("4:memory:/a/b\n3:cpu:/a\n", "cpu");
+        assert_eq!(
+            dirs,
+            [
+                ("/sys/fs/cgroup/cpu/a".to_string(), false),
+                ("/sys/fs/cgroup/cpu".to_string(), false),
             ]
         );
         let (bytes, _) = memory_limit().expect("Linux always tells its memory");

@@ -57,6 +57,14 @@ pub fn memory_limit() -> Option<(u64, &'static str)> {
     os::memory_limit()
 }
 
+/// The CPU this process may use, in CPUs, where a container's quota says (Linux cgroups,
+/// v2 `cpu.max` or v1 `cpu.cfs_quota_us`, the tightest over the process's cgroup and its
+/// ancestors): 0.1 on a host that gives a tenth of a core. `None` without a quota, or
+/// where the OS does not say cheaply.
+pub fn cpu_limit() -> Option<f64> {
+    os::cpu_limit()
+}
+
 /// Prepares the process for up to `threads` threads blocked at once (parked stream
 /// threads). Linux from 6.16 gives each process a private futex hash sized by its CPUs,
 /// not its threads: 16 buckets on 2 CPUs, so with 5000 parked threads every wake-up walked

@@ -66,6 +66,11 @@ pub fn thread_limit() -> Option<usize> {
     None
 }
 
+#[allow(dead_code)] // unused when the Linux backend wraps this one
+pub fn cpu_limit() -> Option<f64> {
+    None
+}
+
 /// No futex hash to size (Linux has one; see `platform::expect_threads`).
 #[allow(dead_code)] // unused when the Linux backend wraps this one
 pub fn expect_threads(_threads: usize) -> bool {

@@ -27,6 +27,10 @@ pub fn thread_limit() -> Option<usize> {
     None
 }
 
+pub fn cpu_limit() -> Option<f64> {
+    None
+}
+
 /// No futex hash to size (Linux has one; see `platform::expect_threads`).
 pub fn expect_threads(_threads: usize) -> bool {
     false

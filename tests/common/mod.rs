@@ -385,6 +385,20 @@ impl Process {
                 });
             }
         }
+        Process::run(cmd, env)
+    }
+
+    /// Spawns in the cgroup whose `cgroup.procs` file is `procs`, from its first
+    /// instruction: it sees the cgroup's limits as it starts.
+    pub fn spawn_in(procs: &std::path::Path, env: &[(&str, &str)]) -> Process {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", r#"echo $$ > "$0" && exec "$1""#])
+            .arg(procs)
+            .arg(env!("CARGO_BIN_EXE_realtime-analytics-backend"));
+        Process::run(cmd, env)
+    }
+
+    fn run<V: AsRef<std::ffi::OsStr>>(mut cmd: Command, env: &[(&str, V)]) -> Process {
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .stdin(Stdio::null())
