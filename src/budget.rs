@@ -34,9 +34,9 @@ pub const BATCH: usize = 8 << 10;
 /// The slowest a client may take a long reply or replay: after its write timeout, one
 /// second per this many bytes. Past it the client is dropped (a replay: close 1008).
 pub const MIN_RATE: usize = 64 << 10;
-/// Turns per CPU: a handful on a tenth of a core, so that a health probe waits behind
-/// few requests there, and more than a load test's connections on a whole core, so that
-/// they do not wait for one.
+/// Turns per CPU (4 at least, 256 at most): a handful on a tenth of a core, so that a
+/// health probe waits behind few requests there, and more than a load test's
+/// connections on a whole core, so that they do not wait for one.
 pub const TURNS_PER_CPU: usize = 64;
 /// How long a history or a replay waits for a turn before it is refused (503 with
 /// `Retry-After`, or a close that says when to come back).

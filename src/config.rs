@@ -371,7 +371,7 @@ pub const VARS: [Var; 21] = [
         "CPU_BUDGET",
         "derived",
         "a number of CPUs from 0.01 to 1024, such as 0.1 or 2",
-        "the CPU the server's turns are derived from (requests and encodings worked on at once, 64 per CPU); derived from the container's CPU quota (cgroup v1 or v2), else the cores, when unset",
+        "the CPU the server's turns are derived from (requests and encodings worked on at once, 64 per CPU, 4 to 256); derived from the container's CPU quota (cgroup v1 or v2), else the cores, when unset",
         |c, s| {
             let cpus = s
                 .parse::<f64>()

@@ -85,8 +85,9 @@ const PROBE_HEAD_WITHIN: Duration = Duration::from_secs(2);
 /// answer and exit) when a newcomer takes their place: enough that a host too busy to
 /// run those threads at once still lets probes in.
 const CLOSING: usize = 8;
-/// How much of a request on a probe's place is looked at to tell whether it is a probe's.
-const PROBE_START: usize = 16;
+/// How much of a request at the caps is looked at to tell whether it is a probe's: a
+/// health checker's whole head.
+const PROBE_PEEK: usize = 1024;
 /// Kernel send buffer of an HTTP connection (Linux doubles it). Every reply but a long
 /// history fits; a fixed size stops the kernel from growing it to megabytes for a client
 /// that does not read, memory no budget of ours would see.
@@ -437,7 +438,7 @@ impl Edge {
             let (place, probe) = match self.places.take() {
                 Some(place) => (place, false),
                 // Not a probe: no need to look for a place of its own.
-                None if sent_probe(&socket) == Some(false) => {
+                None if sent(&socket) == Sent::Other => {
                     self.over_capacity(&socket, peer);
                     continue;
                 }
@@ -479,12 +480,12 @@ impl Edge {
         }
     }
 
-    /// Ends the wait of the oldest connection on a probe's place whose request is not
-    /// a probe's (it has sent nothing yet, or the start of another request), and gives
-    /// its place to the connection just accepted. A health check sends its request as
-    /// soon as it connects, so neither sockets that connect and say nothing nor the
-    /// ordinary requests of clients over the cap can keep it out, however fast they
-    /// reconnect. The evicted connection's own thread, woken by the end of its input,
+    /// Ends the wait of the oldest connection on a probe's place that has not sent a
+    /// probe's whole head (it has sent nothing yet, part of a head, or another request),
+    /// and gives its place to the connection just accepted. A health check sends its
+    /// request as soon as it connects, so neither sockets that connect and say nothing
+    /// (or half a probe) nor the ordinary requests of clients over the cap can keep it
+    /// out, however fast they reconnect. The evicted connection's own thread, woken by the end of its input,
     /// reads what was sent and writes the cap's 503: no other thread writes to a
     /// connection's socket.
     fn evict(&self) -> Option<Place> {
@@ -493,7 +494,7 @@ impl Edge {
             let mut waiting = lock(&self.waiting_probes);
             let oldest = waiting
                 .iter()
-                .position(|(_, socket)| sent_probe(socket) != Some(true))?;
+                .position(|(_, socket)| sent(socket) != Sent::Probe)?;
             waiting.remove(oldest)?
         };
         let _ = evicted.shutdown(Shutdown::Read);
@@ -641,7 +642,7 @@ impl Edge {
                 let reason = match refusal.status {
                     408 => "header_timeout",
                     431 => "header_too_large",
-                    503 => "unavailable",
+                    503 => refusal.error,
                     _ => "bad_request",
                 };
                 self.metrics.http_closed(reason);
@@ -933,31 +934,47 @@ fn canonical(head: &Head, id: u64, secret: &str) -> Vec<u8> {
     out
 }
 
-/// Whether a request is a health or readiness probe: `GET` or `HEAD` of `/healthz` or
-/// `/readyz`.
-/// Whether the peer of `socket` has sent, so far, the start of a probe's request (`GET`
-/// or `HEAD` of `/healthz` or `/readyz`, as health checkers send them): `Some(true)`, or
-/// of another request: `Some(false)`; `None` if it has sent nothing yet. Looked at
-/// without taking it. Where the OS cannot tell (Windows), every request may be a probe's.
-fn sent_probe(socket: &TcpStream) -> Option<bool> {
+/// What the peer of a socket at the caps has sent so far, looked at without taking it.
+#[derive(PartialEq)]
+enum Sent {
+    Nothing,
+    /// The start of a probe's request (`GET` or `HEAD` of `/healthz` or `/readyz`, as
+    /// health checkers send them), its head not yet whole.
+    ProbeStart,
+    /// A probe's whole head (or the OS cannot tell: Windows; then every connection is
+    /// taken for a probe, neither refused at once nor evicted).
+    Probe,
+    /// Another request.
+    Other,
+}
+
+fn sent(socket: &TcpStream) -> Sent {
     const PROBES: [&[u8]; 4] = [
         b"GET /healthz ",
         b"GET /readyz ",
         b"HEAD /healthz ",
         b"HEAD /readyz ",
     ];
-    let mut start = [0; PROBE_START];
-    match platform::waiting(socket, &mut start) {
-        None => Some(true),
-        Some(0) => None,
-        Some(n) => Some(
-            PROBES
-                .iter()
-                .any(|p| p.starts_with(&start[..n]) || start[..n].starts_with(p)),
-        ),
+    let mut start = [0; PROBE_PEEK];
+    let start = match platform::waiting(socket, &mut start) {
+        None => return Sent::Probe,
+        Some(0) => return Sent::Nothing,
+        Some(n) => &start[..n],
+    };
+    if !PROBES
+        .iter()
+        .any(|p| p.starts_with(start) || start.starts_with(p))
+    {
+        Sent::Other
+    } else if start.windows(4).any(|w| w == b"\r\n\r\n") {
+        Sent::Probe
+    } else {
+        Sent::ProbeStart
     }
 }
 
+/// Whether a request is a health or readiness probe: `GET` or `HEAD` of `/healthz` or
+/// `/readyz`.
 fn is_probe(head: &Head) -> bool {
     matches!(head.method.as_str(), "GET" | "HEAD")
         && matches!(
