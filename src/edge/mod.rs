@@ -468,6 +468,7 @@ impl Edge {
                     if let Some((run, socket, leftover)) =
                         edge.serve(id, socket, peer, accepted, place, probe)
                     {
+                        platform::lower_priority();
                         run(socket, leftover);
                     }
                 });
@@ -761,6 +762,7 @@ impl Edge {
     /// before is written: the client must keep up with `MIN_RATE` over the whole body,
     /// after `WRITE_TIMEOUT_MS`.
     fn write_pieces(&self, socket: &TcpStream, pieces: Pieces) -> Result<(), &'static str> {
+        platform::lower_priority();
         let started = Instant::now();
         let mut total = 0;
         for piece in pieces {

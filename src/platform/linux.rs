@@ -144,6 +144,22 @@ fn futex_slots() -> Option<libc::c_int> {
     (slots > 0).then_some(slots)
 }
 
+/// The lowest priority: a scheduling weight of 15 against a nice-0 thread's 1024.
+const LOWEST_NICE: libc::c_int = 19;
+
+/// Lowers the calling thread to nice 19. Linux applies `setpriority` to one thread when
+/// given its id (POSIX says the process). A refusal changes nothing and is not an error.
+pub fn lower_priority() {
+    // SAFETY: gettid and setpriority take and return integers only.
+    unsafe {
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            libc::gettid() as libc::id_t,
+            LOWEST_NICE,
+        );
+    }
+}
+
 pub fn tune(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io::Result<()> {
     super::posix::keepalive(socket, idle, interval)?;
     socket.set_tcp_user_timeout(Some(USER_TIMEOUT))

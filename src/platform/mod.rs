@@ -4,7 +4,7 @@
 //!
 //! | backend | where | what it adds |
 //! |---|---|---|
-//! | `linux` | Linux (unless the `portable` feature is on) | `TCP_USER_TIMEOUT`, the cgroup memory limit (v1 and v2), the thread budget from `vm.max_map_count`, a futex hash sized for it, RSS and thread count from `/proc` |
+//! | `linux` | Linux (unless the `portable` feature is on) | `TCP_USER_TIMEOUT`, a lower priority for one thread, the cgroup memory limit (v1 and v2), the thread budget from `vm.max_map_count`, a futex hash sized for it, RSS and thread count from `/proc` |
 //! | `posix` | macOS, the BSDs, and Linux with `--features portable` (what CI runs a second time) | descriptor limits (`getrlimit`), physical memory (`sysconf`), non-blocking sends (`MSG_DONTWAIT`), signals (SIGTERM, SIGINT, SIGHUP) |
 //! | `windows` | Windows | nothing beyond std: no descriptor limit to raise, replies are written by the connection's thread, Ctrl-C through signal-hook's flag |
 //!
@@ -74,6 +74,14 @@ pub fn cpu_limit() -> Option<f64> {
 /// tens of milliseconds: call it once serving.
 pub fn expect_threads(threads: usize) -> bool {
     os::expect_threads(threads)
+}
+
+/// Lowers the calling thread's CPU priority below the server's own threads (the generator,
+/// accept, the watchdog, health probes), so that clients' work, however many threads it
+/// keeps busy, cannot starve them on a host with a fraction of a CPU. It cannot be raised
+/// again. Linux only; elsewhere a no-op.
+pub fn lower_priority() {
+    os::lower_priority()
 }
 
 /// Options for an accepted client socket: no Nagle delay (small frames go out at once),

@@ -71,6 +71,11 @@ pub fn cpu_limit() -> Option<f64> {
     None
 }
 
+/// Threads keep their priority: only Linux sets one thread's (see
+/// `platform::lower_priority`).
+#[allow(dead_code)] // unused when the Linux backend wraps this one
+pub fn lower_priority() {}
+
 /// No futex hash to size (Linux has one; see `platform::expect_threads`).
 #[allow(dead_code)] // unused when the Linux backend wraps this one
 pub fn expect_threads(_threads: usize) -> bool {

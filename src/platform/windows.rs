@@ -31,6 +31,10 @@ pub fn cpu_limit() -> Option<f64> {
     None
 }
 
+/// Threads keep their priority: only Linux sets one thread's (see
+/// `platform::lower_priority`).
+pub fn lower_priority() {}
+
 /// No futex hash to size (Linux has one; see `platform::expect_threads`).
 pub fn expect_threads(_threads: usize) -> bool {
     false
