@@ -512,3 +512,41 @@ fn a_tenth_of_a_core_with_hundreds_of_stalled_resumes_answers_health_checks() {
         "health checks: {probes:?}"
     );
 }
+
+/// On a tenth of a core, 300 sockets connect, say nothing and reconnect the moment they
+/// are closed: they fill `MAX_HTTP_CONNECTIONS` (287) and the probes' places, and the
+/// rest keep evicting each other from those. Health checks are still answered: half the
+/// room for evicted connections that are still closing is kept for newcomers that sent
+/// a probe's whole head. One in twenty may still get the cap's 503: a probe accepted
+/// before its head arrived looks like a squatter (0 or 1 of 45 in six runs). Before, the
+/// squatters' evictions filled that room while their threads waited for the CPU: 13 and
+/// 15 of 45 got the 503.
+#[test]
+#[ignore = "slow tier: floods a server in a cpu cgroup for 12 s; needs root; scripts/test.sh runs it"]
+fn a_tenth_of_a_core_with_silent_sockets_reconnecting_answers_health_checks() {
+    let probes = health_checks_at_a_tenth_of_a_core(
+        "squatters",
+        |_| String::new(),
+        |addr, _, stop| {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(idle) = TcpStream::connect(addr) else {
+                    continue;
+                };
+                idle.set_read_timeout(Some(Duration::from_millis(500)))
+                    .unwrap();
+                while !stop.load(Ordering::Relaxed)
+                    && matches!((&idle).read(&mut [0; 512]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                {}
+            }
+        },
+    );
+    let refused = probes.iter().filter(|(status, ..)| *status != 200).count();
+    assert!(
+        refused <= probes.len() / 20
+            && probes
+                .iter()
+                .all(|(_, took, _)| *took < Duration::from_secs(3)),
+        "health checks: {probes:?}"
+    );
+}

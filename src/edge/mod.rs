@@ -83,7 +83,9 @@ pub const PROBE_PLACES: usize = 2;
 const PROBE_HEAD_WITHIN: Duration = Duration::from_secs(2);
 /// Connections evicted from probes' places that may still be closing (their threads
 /// answer and exit) when a newcomer takes their place: enough that a host too busy to
-/// run those threads at once still lets probes in.
+/// run those threads at once still lets probes in. Half of them only for a newcomer
+/// that has sent a probe's whole head: sockets that connect and say nothing, however
+/// fast they reconnect on a starved host, cannot use them all.
 const CLOSING: usize = 8;
 /// How much of a request at the caps is looked at to tell whether it is a probe's: a
 /// health checker's whole head.
@@ -212,11 +214,11 @@ impl Places {
     }
 
     /// A place past the limit, for one whose holder is being closed (see `Edge::evict`):
-    /// at most [`CLOSING`] such at once, so closings in flight stay bounded too.
-    fn take_over(self: &Arc<Self>) -> Option<Place> {
+    /// at most `closing` such at once, so closings in flight stay bounded too.
+    fn take_over(self: &Arc<Self>, closing: usize) -> Option<Place> {
         self.held
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.limit + CLOSING).then_some(n + 1)
+                (n < self.limit + closing).then_some(n + 1)
             })
             .ok()?;
         Some(self.placed())
@@ -437,16 +439,24 @@ impl Edge {
             let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
             let (place, probe) = match self.places.take() {
                 Some(place) => (place, false),
-                // Not a probe: no need to look for a place of its own.
-                None if sent(&socket) == Sent::Other => {
-                    self.over_capacity(&socket, peer);
-                    continue;
-                }
-                None => match self.probe_places.take().or_else(|| self.evict()) {
-                    Some(place) => (place, true),
-                    None => {
+                None => match sent(&socket) {
+                    // Not a probe: no need to look for a place of its own.
+                    Sent::Other => {
                         self.over_capacity(&socket, peer);
                         continue;
+                    }
+                    newcomer => {
+                        let closing = match newcomer {
+                            Sent::Probe => CLOSING,
+                            _ => CLOSING / 2,
+                        };
+                        match self.probe_places.take().or_else(|| self.evict(closing)) {
+                            Some(place) => (place, true),
+                            None => {
+                                self.over_capacity(&socket, peer);
+                                continue;
+                            }
+                        }
                     }
                 },
             };
@@ -483,14 +493,15 @@ impl Edge {
 
     /// Ends the wait of the oldest connection on a probe's place that has not sent a
     /// probe's whole head (it has sent nothing yet, part of a head, or another request),
-    /// and gives its place to the connection just accepted. A health check sends its
-    /// request as soon as it connects, so neither sockets that connect and say nothing
-    /// (or half a probe) nor the ordinary requests of clients over the cap can keep it
-    /// out, however fast they reconnect. The evicted connection's own thread, woken by the end of its input,
+    /// and gives its place to the connection just accepted, while fewer than `closing`
+    /// evicted ones are still closing. A health check sends its request as soon as it
+    /// connects, so neither sockets that connect and say nothing (or half a probe) nor
+    /// the ordinary requests of clients over the cap can keep it out, however fast they
+    /// reconnect. The evicted connection's own thread, woken by the end of its input,
     /// reads what was sent and writes the cap's 503: no other thread writes to a
     /// connection's socket.
-    fn evict(&self) -> Option<Place> {
-        let place = self.probe_places.take_over()?;
+    fn evict(&self, closing: usize) -> Option<Place> {
+        let place = self.probe_places.take_over(closing)?;
         let (_, evicted) = {
             let mut waiting = lock(&self.waiting_probes);
             let oldest = waiting
