@@ -35,6 +35,9 @@ pub struct Metrics {
     http_rejected: AtomicU64,
     http_closed: Mutex<BTreeMap<&'static str, u64>>,
     http_requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Requests the workers decided on (the edge's own refusals not among them): what
+    /// the watchdog reads as progress.
+    decided: AtomicU64,
 }
 
 /// One metric: what `/metrics` says about it, and how to read its values.
@@ -296,6 +299,16 @@ impl Metrics {
     /// A response to a request for `route` (a route's path, or "other").
     pub fn request(&self, route: &'static str, status: u16) {
         bump(&self.http_requests, (route, status));
+    }
+
+    /// A request the workers decided on: a reply, one computed later, or a stream.
+    pub fn decided(&self) {
+        add(&self.decided, 1);
+    }
+
+    /// Requests the workers have decided on so far.
+    pub fn requests_decided(&self) -> u64 {
+        self.decided.load(Ordering::Relaxed)
     }
 
     pub fn render(&self) -> String {

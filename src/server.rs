@@ -162,6 +162,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         .map_err(part("the edge"))?,
     );
     let (generator, generator_stopped) = bounded::<()>(0);
+    let decided = Arc::clone(&metrics);
     let threads = vec![
         edge.spawn().map_err(part("the accept loop"))?,
         generator::spawn(
@@ -172,9 +173,14 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
             generator_stopped,
         )
         .map_err(part("the generator"))?,
-        watchdog::spawn(edge::loopback(addr), stopped, move |e| {
-            let _ = failed_tx.try_send(Failure::Unresponsive(e));
-        })
+        watchdog::spawn(
+            edge::loopback(addr),
+            stopped,
+            move || decided.requests_decided(),
+            move |e| {
+                let _ = failed_tx.try_send(Failure::Unresponsive(e));
+            },
+        )
         .map_err(part("the watchdog"))?,
     ];
     Ok(Server {
@@ -453,7 +459,9 @@ impl Worker {
         };
         let path = paths::normalise(request.url());
         let route = paths::route(&path);
-        match self.decide(&request, &client, &path, route) {
+        let answer = self.decide(&request, &client, &path, route);
+        self.ctx.metrics.decided();
+        match answer {
             Answer::Reply(reply, delay) => {
                 let reply = self.settle(&request, client.peer, route).reply(reply);
                 client.reply(request, reply, delay);
