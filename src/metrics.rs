@@ -306,6 +306,11 @@ impl Metrics {
         add(&self.decided, 1);
     }
 
+    /// Samples the generator has published so far.
+    pub fn samples_published(&self) -> u64 {
+        self.samples_generated.load(Ordering::Relaxed)
+    }
+
     /// Requests the workers have decided on so far.
     pub fn requests_decided(&self) -> u64 {
         self.decided.load(Ordering::Relaxed)

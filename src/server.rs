@@ -162,7 +162,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         .map_err(part("the edge"))?,
     );
     let (generator, generator_stopped) = bounded::<()>(0);
-    let decided = Arc::clone(&metrics);
+    let progress = Arc::clone(&metrics);
     let threads = vec![
         edge.spawn().map_err(part("the accept loop"))?,
         generator::spawn(
@@ -176,7 +176,10 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         watchdog::spawn(
             edge::loopback(addr),
             stopped,
-            move || decided.requests_decided(),
+            move || watchdog::Progress {
+                decided: progress.requests_decided(),
+                published: progress.samples_published(),
+            },
             move |e| {
                 let _ = failed_tx.try_send(Failure::Unresponsive(e));
             },

@@ -10,8 +10,9 @@
 //!
 //! A busy server is not a wedged one. On a host with a fraction of a CPU, clients can
 //! keep a probe waiting longer than its timeout while the workers still decide on
-//! requests: a probe that times out while they did is not a miss, and a restart would
-//! only drop every stream. A full server is not a wedged one either: at
+//! requests: a probe that times out while they did is not a miss, nor a `stale` answer
+//! while the generator published since the previous probe (late, not stopped); a restart
+//! would only drop every stream. A full server is not a wedged one either: at
 //! `MAX_HTTP_CONNECTIONS` the probe takes one of the places kept for health probes, as a
 //! platform's check does; a 503 because those are taken too is an answer. And running out
 //! of descriptors must not become a restart: the socket of each probe is made ahead of
@@ -31,22 +32,33 @@ const EVERY: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_secs(3);
 const MISSES: u32 = 3;
 
+/// What the server has done so far: the watchdog tells a busy server from a wedged one
+/// by whether these move.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Requests the workers have decided on.
+    pub decided: u64,
+    /// Samples the generator has published.
+    pub published: u64,
+}
+
 /// Starts probing `listener`; after three misses in a row, `failed` gets the last error.
-/// `decided` counts the requests the workers have decided on: a probe that times out
-/// while it moves is not a miss. Stops when `stop` is disconnected.
+/// A probe that times out while the workers decided on requests is not a miss, nor a
+/// `stale` answer while the generator published since the previous probe (it is late,
+/// not stopped). Stops when `stop` is disconnected.
 pub fn spawn(
     listener: SocketAddr,
     stop: Receiver<()>,
-    decided: impl Fn() -> u64 + Send + 'static,
+    progress: impl Fn() -> Progress + Send + 'static,
     failed: impl FnOnce(std::io::Error) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
-    watch(listener, stop, decided, failed, EVERY, TIMEOUT)
+    watch(listener, stop, progress, failed, EVERY, TIMEOUT)
 }
 
 fn watch(
     listener: SocketAddr,
     stop: Receiver<()>,
-    decided: impl Fn() -> u64 + Send + 'static,
+    progress: impl Fn() -> Progress + Send + 'static,
     failed: impl FnOnce(std::io::Error) + Send + 'static,
     every: Duration,
     timeout: Duration,
@@ -59,6 +71,7 @@ fn watch(
             let mut misses = 0;
             let mut skipping = false;
             let mut busy = false;
+            let mut published = progress().published;
             loop {
                 match stop.recv_timeout(every) {
                     Err(RecvTimeoutError::Timeout) => {}
@@ -78,26 +91,40 @@ fn watch(
                     }
                 };
                 skipping = false;
-                let before = decided();
+                let before = progress();
                 let outcome = probe(socket, listener, timeout);
                 next = socket_for(listener).ok();
+                let after = progress();
+                let published_since = std::mem::replace(&mut published, after.published);
+                let late = match &outcome {
+                    Err(Miss::Silent(e)) if after.decided != before.decided => Some(format!(
+                        "no answer to a probe within {timeout:?} ({e}), but the workers \
+                         decided on requests meanwhile"
+                    )),
+                    Err(Miss::Stale) if after.published != published_since => Some(
+                        "/healthz says stale, but the generator published since the last \
+                         probe"
+                            .to_string(),
+                    ),
+                    _ => None,
+                };
+                if let Some(why) = late {
+                    if !busy {
+                        log::warn!(
+                            "watchdog: {why}: the host is short of CPU, not wedged; not \
+                             counted as a miss"
+                        );
+                    }
+                    (misses, busy) = (0, true);
+                    continue;
+                }
                 let e = match outcome {
                     Ok(()) => {
                         (misses, busy) = (0, false);
                         continue;
                     }
-                    Err(Miss::Silent(e)) if decided() != before => {
-                        if !busy {
-                            log::warn!(
-                                "watchdog: no answer to a probe within {timeout:?} ({e}), \
-                                 but the workers decided on requests meanwhile: the host is \
-                                 short of CPU, not wedged; not counted as a miss"
-                            );
-                        }
-                        (misses, busy) = (0, true);
-                        continue;
-                    }
                     Err(Miss::Silent(e)) => e,
+                    Err(Miss::Stale) => std::io::Error::other("/healthz says stale"),
                     Err(Miss::Unhealthy(answer)) => {
                         std::io::Error::other(format!("unexpected answer {answer:?}"))
                     }
@@ -116,8 +143,9 @@ fn watch(
 enum Miss {
     /// No answer within the timeout, or the connection failed.
     Silent(std::io::Error),
-    /// An answer other than 200 or the cap's 503 (the first line): `/healthz` is 503
-    /// `stale` when the generator stopped.
+    /// `/healthz` answered 503 `stale`: no sample for two intervals.
+    Stale,
+    /// An answer other than 200, the cap's 503 or `stale` (its first line).
     Unhealthy(String),
 }
 
@@ -151,6 +179,7 @@ fn probe(socket: Socket, listener: SocketAddr, timeout: Duration) -> Result<(), 
     }
     match asked {
         Err(e) if answer.is_empty() => Err(Miss::Silent(e)),
+        _ if answer.starts_with("HTTP/1.1 503") && answer.contains("\"stale\"") => Err(Miss::Stale),
         _ => Err(Miss::Unhealthy(
             answer.lines().next().unwrap_or("").to_string(),
         )),
@@ -168,16 +197,24 @@ mod tests {
 
     const FAST: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(50));
 
-    /// Watches `listener` with fast timings, `moving` deciding whether the workers'
-    /// count moves between a probe's start and its end. Returns the channel the failure
-    /// arrives on, and the sender whose drop stops the watchdog.
-    fn watched(listener: SocketAddr, moving: bool) -> (Receiver<std::io::Error>, Sender<()>) {
+    /// Watches `listener` with fast timings; `deciding` and `publishing` say whether
+    /// the workers' and the generator's counts move from one reading to the next.
+    /// Returns the channel the failure arrives on, and the sender whose drop stops the
+    /// watchdog.
+    fn watched(
+        listener: SocketAddr,
+        deciding: bool,
+        publishing: bool,
+    ) -> (Receiver<std::io::Error>, Sender<()>) {
         let (failed_tx, failed) = bounded(1);
         let (stop, stopped) = bounded(0);
         let count = Arc::new(AtomicU64::new(0));
-        let decided = move || match moving {
-            true => count.fetch_add(1, Ordering::Relaxed),
-            false => 0,
+        let decided = move || {
+            let n = count.fetch_add(1, Ordering::Relaxed);
+            Progress {
+                decided: if deciding { n } else { 0 },
+                published: if publishing { n } else { 0 },
+            }
         };
         let failed_tx = move |e| {
             let _ = failed_tx.send(e);
@@ -194,31 +231,54 @@ mod tests {
     #[test]
     fn probes_unanswered_while_nothing_is_decided_are_a_failure() {
         let listener = silent();
-        let (failed, _stop) = watched(listener.local_addr().unwrap(), false);
+        let (failed, _stop) = watched(listener.local_addr().unwrap(), false, true);
         assert!(failed.recv_timeout(Duration::from_secs(2)).is_ok());
     }
 
     #[test]
     fn probes_unanswered_while_requests_are_decided_are_not_a_failure() {
         let listener = silent();
-        let (failed, _stop) = watched(listener.local_addr().unwrap(), true);
+        let (failed, _stop) = watched(listener.local_addr().unwrap(), true, false);
         // Ten probes' worth at least.
         assert!(failed.recv_timeout(Duration::from_millis(700)).is_err());
     }
 
-    #[test]
-    fn an_unhealthy_answer_is_a_miss_however_busy() {
+    /// A listener that answers every connection with `answer`.
+    fn answering(answer: &'static [u8]) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         thread::spawn(move || {
             for mut probe in listener.incoming().flatten() {
-                let _ = probe.write_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\nstale");
+                let _ = probe.write_all(answer);
             }
         });
-        let (failed, _stop) = watched(addr, true);
+        addr
+    }
+
+    const STALE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\r\n{\"error\":\"stale\"}";
+
+    #[test]
+    fn an_unhealthy_answer_is_a_miss_however_busy() {
+        let addr = answering(b"HTTP/1.1 500 Internal Server Error\r\n\r\n");
+        let (failed, _stop) = watched(addr, true, true);
         let e = failed
             .recv_timeout(Duration::from_secs(2))
             .expect("no failure");
-        assert!(e.to_string().contains("503"), "{e}");
+        assert!(e.to_string().contains("500"), "{e}");
+    }
+
+    #[test]
+    fn stale_while_nothing_is_published_is_a_failure() {
+        let (failed, _stop) = watched(answering(STALE), true, false);
+        let e = failed
+            .recv_timeout(Duration::from_secs(2))
+            .expect("no failure");
+        assert!(e.to_string().contains("stale"), "{e}");
+    }
+
+    #[test]
+    fn stale_while_samples_are_published_is_not_a_failure() {
+        let (failed, _stop) = watched(answering(STALE), false, true);
+        assert!(failed.recv_timeout(Duration::from_millis(700)).is_err());
     }
 }
