@@ -6,8 +6,7 @@
 //! misses this one. So one stuck client can never delay the
 //! generator or any other client. The hub knows nothing about sockets or framing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 
@@ -20,15 +19,15 @@ const QUEUE: usize = 2;
 
 pub struct Hub {
     /// Lock order: `subscribers`, then `latest`.
-    subscribers: Mutex<Vec<(u64, Sender<Tick>)>>,
+    subscribers: Mutex<Vec<Sender<Tick>>>,
     latest: Mutex<Tick>,
-    next_id: AtomicU64,
 }
 
-/// A live subscription; dropping it unsubscribes.
+/// A live subscription. Dropping it unsubscribes without taking the hub's lock: the
+/// next [`Hub::publish`] finds its channel disconnected and removes it. So a stream's
+/// thread, which runs at a low priority, never holds the lock the generator needs to
+/// publish.
 pub struct Subscription {
-    hub: Arc<Hub>,
-    id: u64,
     pub samples: Receiver<Tick>,
 }
 
@@ -38,7 +37,6 @@ impl Hub {
         Hub {
             subscribers: Mutex::new(Vec::new()),
             latest: Mutex::new(first),
-            next_id: AtomicU64::new(0),
         }
     }
 
@@ -49,19 +47,13 @@ impl Hub {
 
     /// Subscribes, returning the latest sample together with the channel of the following
     /// ones: taken under one lock, so nothing is missed or repeated in between.
-    pub fn subscribe(self: &Arc<Self>) -> (Tick, Subscription) {
+    pub fn subscribe(&self) -> (Tick, Subscription) {
         let (tx, rx) = bounded(QUEUE);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut subscribers = lock(&self.subscribers);
-        subscribers.push((id, tx));
+        subscribers.push(tx);
         let latest = lock(&self.latest).clone();
         drop(subscribers);
-        let subscription = Subscription {
-            hub: Arc::clone(self),
-            id,
-            samples: rx,
-        };
-        (latest, subscription)
+        (latest, Subscription { samples: rx })
     }
 
     /// Makes `tick` the latest sample and offers it to every subscriber without waiting.
@@ -70,7 +62,7 @@ impl Hub {
         let mut subscribers = lock(&self.subscribers);
         *lock(&self.latest) = tick.clone();
         let mut missed = 0;
-        subscribers.retain(|(_, tx)| match tx.try_send(tick.clone()) {
+        subscribers.retain(|tx| match tx.try_send(tick.clone()) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 missed += 1;
@@ -79,12 +71,6 @@ impl Hub {
             Err(TrySendError::Disconnected(_)) => false,
         });
         missed
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        lock(&self.hub.subscribers).retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -102,7 +88,7 @@ mod tests {
 
     #[test]
     fn subscriber_gets_latest_then_every_new_sample() {
-        let hub = Arc::new(Hub::new(tick(1)));
+        let hub = Hub::new(tick(1));
         let (first, sub) = hub.subscribe();
         assert_eq!(first.seq, 1);
         hub.publish(tick(2));
@@ -114,7 +100,7 @@ mod tests {
 
     #[test]
     fn a_full_subscriber_never_blocks_publish() {
-        let hub = Arc::new(Hub::new(tick(0)));
+        let hub = Hub::new(tick(0));
         let (_, stuck) = hub.subscribe();
         let (_, live) = hub.subscribe();
         let mut missed = 0;
@@ -132,21 +118,28 @@ mod tests {
     }
 
     #[test]
-    fn dropping_a_subscription_unsubscribes() {
-        let hub = Arc::new(Hub::new(tick(0)));
+    fn a_dropped_subscription_is_removed_by_the_next_publish() {
+        let hub = Hub::new(tick(0));
         let (_, a) = hub.subscribe();
         let (_, b) = hub.subscribe();
         let count = || lock(&hub.subscribers).len();
-        assert_eq!(count(), 2);
         drop(a);
+        assert_eq!(count(), 2, "dropping takes no lock");
+        assert_eq!(
+            hub.publish(tick(1)),
+            0,
+            "a dropped subscriber is not a miss"
+        );
         assert_eq!(count(), 1);
+        assert_eq!(b.samples.recv().unwrap().seq, 1);
         drop(b);
+        hub.publish(tick(2));
         assert_eq!(count(), 0);
     }
 
     #[test]
     fn every_subscriber_gets_the_same_bytes() {
-        let hub = Arc::new(Hub::new(tick(0)));
+        let hub = Hub::new(tick(0));
         let (_, a) = hub.subscribe();
         let (_, b) = hub.subscribe();
         hub.publish(tick(1));
