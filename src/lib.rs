@@ -21,6 +21,7 @@ mod error;
 mod generator;
 mod http;
 mod hub;
+pub mod logging;
 pub mod metrics;
 mod options;
 mod paths;

@@ -9,8 +9,7 @@
 use std::process::ExitCode;
 
 use crossbeam_channel::select;
-use realtime_analytics_backend::{Config, platform, start};
-use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
+use realtime_analytics_backend::{Config, logging, platform, start};
 
 fn main() -> ExitCode {
     // Configured by the environment alone; the only arguments say how.
@@ -39,23 +38,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_config = ConfigBuilder::new()
-        .set_time_format_custom(simplelog::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        ))
-        .set_target_level(log::LevelFilter::Off)
-        .set_thread_level(log::LevelFilter::Off)
-        // tiny_http's one line above debug is its accept loop ending, which the edge causes
-        // once its internal connections are open.
-        .add_filter_ignore_str("tiny_http")
-        .build();
-    let _ = TermLogger::init(
-        config.log_level,
-        log_config,
-        TerminalMode::Stderr,
-        ColorChoice::Never,
-    );
+    if let Err(e) = logging::init(config.log_level) {
+        eprintln!("realtime-analytics-backend: cannot start logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    let status = serve(&config);
+    // The `log` thread writes the last lines before the process ends.
+    log::logger().flush();
+    status
+}
 
+/// Runs the server until a signal or a failure; returns the exit status.
+fn serve(config: &Config) -> ExitCode {
     // Register for signals before starting, so none is missed in between.
     let signals = match platform::shutdown_signals() {
         Ok(s) => s,
@@ -64,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match start(&config) {
+    let server = match start(config) {
         Ok(s) => s,
         Err(e) => {
             log::error!("{e}");
