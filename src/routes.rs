@@ -406,6 +406,24 @@ fn preflight(request: &Request) -> Reply {
         .with_header(header("Access-Control-Max-Age", "86400"))
 }
 
+/// A request that declares a body, which this API never reads: the route is judged
+/// first (404, then 405 with `Allow`), else 413.
+pub fn body_not_accepted(method: &Method, path: &str) -> Reply {
+    let Some(route) = paths::route(path) else {
+        return not_found(path);
+    };
+    match method {
+        Method::Get | Method::Head | Method::Options => http::error(
+            413,
+            "body_not_accepted",
+            "This API takes no request bodies: send the request without a body, \
+             Content-Length or Transfer-Encoding.",
+            &[],
+        ),
+        other => method_not_allowed(other, route),
+    }
+}
+
 fn method_not_allowed(method: &Method, route: Route) -> Reply {
     let message = format!(
         "{method} is not supported on {}; use GET (or HEAD, OPTIONS).",

@@ -492,6 +492,10 @@ impl Worker {
         route: Option<Route>,
     ) -> Answer {
         let exchange = client.exchange();
+        if exchange.body {
+            let refusal = routes::body_not_accepted(request.method(), path);
+            return Answer::Reply(refusal, Duration::ZERO);
+        }
         let stream = if ws::is_upgrade(request) {
             self.websocket(request, &exchange, path, route, client.peer)
         } else if route.is_some_and(Route::sends_samples) && sse::is_event_stream(request) {

@@ -224,8 +224,8 @@ fn the_server_survives_hostile_input_and_returns_to_baseline() {
     let cases: Vec<(String, u16)> = [
         ("Content-Length: 10\r\n", 413),
         ("Transfer-Encoding: chunked\r\n", 413),
-        ("Transfer-Encoding: gzip\r\n", 413),
-        ("Transfer-Encoding: identity\r\n", 413),
+        ("Transfer-Encoding: gzip\r\n", 501),
+        ("Transfer-Encoding: identity\r\n", 501),
         ("Transfer-Encoding: chunked;ext=1\r\n", 413),
         ("Content-Length: 37, 37\r\n", 400),
         ("Content-Length: +37\r\n", 400),

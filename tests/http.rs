@@ -153,6 +153,35 @@ fn other_methods_get_405_with_allow() {
 }
 
 #[test]
+fn a_body_is_judged_after_the_route_and_closes_the_connection() {
+    let s = TestServer::start();
+    let send = |method: &str, path: &str, framing: &str| {
+        let raw = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n{{}}");
+        send_raw(s.addr, raw.as_bytes())
+    };
+    for framing in ["Content-Length: 2", "Transfer-Encoding: chunked"] {
+        for method in ["POST", "PUT", "DELETE"] {
+            let r = send(method, "/api/analytics", framing);
+            assert_eq!(r.status, 405, "{method} {framing}");
+            assert_eq!(r.header("Allow"), Some("GET, HEAD, OPTIONS"));
+            assert_eq!(
+                r.header("Connection"),
+                Some("close"),
+                "the body is never read"
+            );
+        }
+        assert_eq!(send("POST", "/x", framing).status, 404, "{framing}");
+        let r = send("GET", "/api/analytics", framing);
+        assert_eq!(r.status, 413, "{framing}");
+        assert_eq!(r.json()["error"], "body_not_accepted");
+        assert_eq!(r.header("Connection"), Some("close"));
+    }
+    let r = send("POST", "/api", "Transfer-Encoding: gzip");
+    assert_eq!(r.status, 501, "RFC 9112 §6.1: an unknown coding");
+    assert_eq!(r.json()["error"], "transfer_coding_not_implemented");
+}
+
+#[test]
 fn cors_allows_any_origin_by_default() {
     let s = TestServer::start();
     let r = request(

@@ -12,7 +12,12 @@
 //! | HTTP/1.1 without exactly one valid `Host`; two `Host` headers in any version | 400 |
 //! | `Content-Length` that is not one run of digits in range, or given twice | 400 |
 //! | `Content-Length` together with `Transfer-Encoding` | 400 |
-//! | any `Transfer-Encoding`, or a `Content-Length` above 0: this API takes no bodies | 413 |
+//! | a `Transfer-Encoding` whose codings are not all `chunked` (RFC 9112 §6.1) | 501 |
+//!
+//! A head that declares a body (`Transfer-Encoding: chunked`, or a `Content-Length`
+//! above 0) passes with [`Head::body`] set: this API takes no bodies, but the route is
+//! judged first (404, then 405 with `Allow`, then 413), and the connection closes after
+//! the answer, as the body is never read.
 //! | more than 100 header lines | 431 |
 //!
 //! Header values may carry obs-text (bytes above 0x7f) as RFC 9110 allows; such headers
@@ -34,6 +39,8 @@ pub struct Head {
     pub close: bool,
     /// `Connection` names the `upgrade` option.
     pub upgrade: bool,
+    /// A body is declared; it is never read.
+    pub body: bool,
 }
 
 /// Why a head is refused: an HTTP status, a stable code and what to do instead.
@@ -107,8 +114,9 @@ pub fn parse(raw: &[u8]) -> Result<Head, Refusal> {
         headers: Vec::new(),
         close: false,
         upgrade: false,
+        body: false,
     };
-    let (mut hosts, mut lengths, mut coded) = (0, Vec::new(), false);
+    let (mut hosts, mut lengths, mut codings) = (0, Vec::new(), Vec::new());
     let (mut close, mut keep_alive) = (false, false);
     for (count, line) in lines.enumerate() {
         if count == MAX_HEADERS {
@@ -154,7 +162,7 @@ pub fn parse(raw: &[u8]) -> Result<Head, Refusal> {
                 }
             }
             "content-length" => lengths.push(value.to_vec()),
-            "transfer-encoding" => coded = true,
+            "transfer-encoding" => codings.push(value.to_vec()),
             "connection" => {
                 for option in value.split(|&b| b == b',').map(trim) {
                     if option.eq_ignore_ascii_case(b"close") {
@@ -177,7 +185,8 @@ pub fn parse(raw: &[u8]) -> Result<Head, Refusal> {
     if hosts > 1 || (minor == 1 && hosts == 0) {
         return Err(bad("HTTP/1.1 requests need exactly one Host header."));
     }
-    framing(&lengths, coded)?;
+    head.body = framing(&lengths, &codings)?;
+    head.close |= head.body;
     Ok(head)
 }
 
@@ -232,8 +241,10 @@ fn request_line(line: &[u8]) -> Result<(String, String, u8), Refusal> {
     Ok((text(method), text(target), minor))
 }
 
-/// The body rules: none is accepted, and the framing must be unambiguous.
-fn framing(lengths: &[Vec<u8>], coded: bool) -> Result<(), Refusal> {
+/// The body rules: the framing must be unambiguous and its codings known. Returns
+/// whether a body is declared.
+fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, Refusal> {
+    let coded = !codings.is_empty();
     if lengths.len() > 1 || (coded && !lengths.is_empty()) {
         return Err(Refusal {
             status: 400,
@@ -256,16 +267,27 @@ fn framing(lengths: &[Vec<u8>], coded: bool) -> Result<(), Refusal> {
         }
         None => Some(0),
     };
-    if coded || declared != Some(0) {
+    let mut names = codings
+        .iter()
+        .flat_map(|value| value.split(|&b| b == b','))
+        .map(|coding| trim(coding.split(|&b| b == b';').next().unwrap_or_default()))
+        .filter(|name| !name.is_empty())
+        .peekable();
+    if coded && names.peek().is_none() {
+        return Err(bad("Transfer-Encoding is empty."));
+    }
+    if let Some(unknown) = names.find(|name| !name.eq_ignore_ascii_case(b"chunked")) {
         return Err(Refusal {
-            status: 413,
-            error: "body_not_accepted",
-            message: "This API takes no request bodies: send the request without a body, \
-                      Content-Length or Transfer-Encoding."
-                .into(),
+            status: 501,
+            error: "transfer_coding_not_implemented",
+            message: format!(
+                "The transfer coding {:?} is not implemented; this API takes no request \
+                 bodies: send the request without one.",
+                String::from_utf8_lossy(&unknown[..unknown.len().min(40)])
+            ),
         });
     }
-    Ok(())
+    Ok(coded || declared != Some(0))
 }
 
 fn bad(message: &str) -> Refusal {
@@ -399,7 +421,7 @@ mod tests {
     }
 
     #[test]
-    fn framing_is_unambiguous_and_bodies_are_refused() {
+    fn framing_is_unambiguous_and_codings_known() {
         let with = |headers: &str| status(&format!("GET / HTTP/1.1\r\nHost: x\r\n{headers}\r\n"));
         assert_eq!(with("Content-Length: 0\r\n"), 200);
         for cl in [
@@ -424,10 +446,32 @@ mod tests {
             with("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n"),
             400
         );
-        for te in ["chunked", "gzip", "identity", "chunked;ext=1", ""] {
-            assert_eq!(with(&format!("Transfer-Encoding: {te}\r\n")), 413, "{te:?}");
+        for te in [
+            "chunked",
+            "Chunked",
+            "chunked;ext=1",
+            "chunked, chunked",
+            "chunked, ",
+        ] {
+            assert_eq!(with(&format!("Transfer-Encoding: {te}\r\n")), 200, "{te:?}");
+            let head = parse(
+                format!("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n").as_bytes(),
+            )
+            .unwrap();
+            assert!(
+                head.body && head.close,
+                "{te:?}: a body, never read, closes"
+            );
         }
-        assert_eq!(with("Content-Length: 37\r\n"), 413);
+        for te in ["gzip", "identity", "gzip, chunked", "x-custom"] {
+            assert_eq!(with(&format!("Transfer-Encoding: {te}\r\n")), 501, "{te:?}");
+        }
+        assert_eq!(with("Transfer-Encoding: \r\n"), 400);
+        assert_eq!(with("Transfer-Encoding: ,\r\n"), 400);
+        let head = parse(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 37\r\n\r\n").unwrap();
+        assert!(head.body && head.close);
+        let head = parse(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
+        assert!(!head.body && !head.close);
         let r =
             parse(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
                 .unwrap_err();

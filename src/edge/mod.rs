@@ -166,6 +166,8 @@ pub struct Exchange {
     pub close: bool,
     /// `Connection: upgrade` was sent.
     pub upgrade: bool,
+    /// A body is declared (never read): the answer is a refusal.
+    pub body: bool,
 }
 
 /// A client connection, as the workers see it.
@@ -582,6 +584,7 @@ impl Edge {
                 minor: head.minor,
                 close: head.close || probe,
                 upgrade: head.upgrade,
+                body: head.body,
             };
             // Given back once the reply is ready, before it is written (or as a stream
             // starts): the turns bound the requests being worked on, and a probe's skips
