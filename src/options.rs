@@ -875,7 +875,7 @@ mod tests {
     }
 
     /// The step the "too many points" error suggests works, and no smaller one does
-    /// (`last=1d&step=3s` once suggested 18000 ms where 9000 works).
+    /// (`last=1d&step=3s` needs 9000 ms, not twice that).
     #[test]
     fn the_suggested_step_is_the_smallest_that_fits() {
         let suggested = |q: &str| -> u64 {

@@ -28,23 +28,23 @@ use crate::simulator::Model;
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 
-/// An answer: the reply and how long to hold it (the request's chaos `latency`; zero
+/// A reply and how long to hold it (the request's chaos `latency`; zero
 /// otherwise).
-pub type Answer = (Reply, Duration);
+pub type DelayedReply = (Reply, Duration);
 
 /// An answer to compute on the connection's own thread, not on one of the four workers:
 /// a long history takes milliseconds (a second in a debug build), and the workers must
 /// stay free for everyone else's requests, `/healthz` among them. Its body may come as
 /// [`Pieces`], produced as the client takes them.
-pub type Later = Box<dyn FnOnce() -> (Answer, Option<Pieces>) + Send>;
+pub type DeferredReply = Box<dyn FnOnce() -> (DelayedReply, Option<Pieces>) + Send>;
 
 /// When a request is answered.
 pub enum Routed {
-    Now(Answer),
-    Later(Later),
+    Now(DelayedReply),
+    Later(DeferredReply),
 }
 
-/// Answers one request whose target normalised to `path`: now, or [`Later`] for a
+/// Answers one request whose target normalised to `path`: now, or [`DeferredReply`] for a
 /// history.
 pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Routed {
     let Some(route) = paths::route(path) else {
@@ -78,13 +78,13 @@ pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Routed {
     Routed::Now((reply, Duration::ZERO))
 }
 
-fn samples_or_error(url: &str, ctx: &Context) -> Answer {
+fn samples_or_error(url: &str, ctx: &Context) -> DelayedReply {
     samples(url, ctx).unwrap_or_else(|e| (http::bad_query(&e), Duration::ZERO))
 }
 
 /// `GET /api/analytics`: the latest sample, the same bytes the streams got for that tick
 /// unless the query asks for other options (`no-store`, as it changes every tick).
-fn samples(url: &str, ctx: &Context) -> Result<Answer, Invalid> {
+fn samples(url: &str, ctx: &Context) -> Result<DelayedReply, Invalid> {
     let latest = ctx.hub.latest();
     let pairs = options::pairs(options::query(url));
     let o = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq)?;
@@ -99,7 +99,7 @@ fn samples(url: &str, ctx: &Context) -> Result<Answer, Invalid> {
 /// `GET /api/analytics/history`: the samples of a time range, computed (nothing is
 /// stored), at most 10 000 points, written piece by piece as the client takes them
 /// ([`History`]).
-fn history(url: &str, ctx: &Context) -> Result<(Answer, Option<Pieces>), Invalid> {
+fn history(url: &str, ctx: &Context) -> Result<(DelayedReply, Option<Pieces>), Invalid> {
     let latest = ctx.hub.latest();
     let pairs = options::pairs(options::query(url));
     let o = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq)?;
@@ -125,7 +125,7 @@ fn ok(reply: Reply, cache: &str, o: &options::Options) -> Reply {
 /// The request's chaos (garbage is the caller's, as it changes the body): an injected
 /// error instead of `reply` when the tick draws one, the `X-Chaos` headers, and how long
 /// to hold the answer.
-fn chaotic(reply: Reply, o: &options::Options, tick: u64) -> Answer {
+fn chaotic(reply: Reply, o: &options::Options, tick: u64) -> DelayedReply {
     let Some(chaos) = &o.chaos else {
         return (reply, Duration::ZERO);
     };

@@ -20,7 +20,7 @@ use tiny_http::{Method, Request};
 use crate::budget::{Budget, Turns};
 use crate::config::{Config, Cors};
 use crate::context::{Caps, Context};
-use crate::edge::{self, Client, Clients, Edge, Exchange, Limits, StreamFn};
+use crate::edge::{self, Connection, Connections, Edge, Exchange, Limits, StreamFn};
 use crate::error::{Failure, Refusal, StartError};
 use crate::generator;
 use crate::http::{self, Reply, request_header};
@@ -122,7 +122,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
             source,
         })?,
     );
-    let (clients, acked) = Clients::new();
+    let (clients, acked) = Connections::new();
     let stopping = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::with_capacity(WORKERS);
     for i in 0..WORKERS {
@@ -369,7 +369,7 @@ fn default_host(addr: SocketAddr) -> String {
 
 struct Worker {
     http: Arc<tiny_http::Server>,
-    clients: Arc<Clients>,
+    clients: Arc<Connections>,
     ctx: Arc<Context>,
     streams: Arc<Streams>,
     cors: Cors,
@@ -379,8 +379,8 @@ struct Worker {
 
 /// What every reply gets on its way out: counted, logged unless it succeeded, and
 /// given its CORS headers. Borrows what it needs of the request; a reply computed later
-/// outlives the request and takes an owned copy ([`Settle::into_owned`]).
-struct Settle<'r> {
+/// outlives the request and takes an owned copy ([`Settlement::into_owned`]).
+struct Settlement<'r> {
     metrics: Arc<Metrics>,
     cors: Cow<'r, Cors>,
     origin: Option<Cow<'r, str>>,
@@ -392,7 +392,7 @@ struct Settle<'r> {
     label: &'static str,
 }
 
-impl Settle<'_> {
+impl Settlement<'_> {
     fn reply(self, reply: Reply) -> Reply {
         let status = reply.status_code().0;
         self.metrics.request(self.label, status);
@@ -413,8 +413,8 @@ impl Settle<'_> {
         http::with_cors(reply, &self.cors, self.origin.as_deref())
     }
 
-    fn into_owned(self) -> Settle<'static> {
-        Settle {
+    fn into_owned(self) -> Settlement<'static> {
+        Settlement {
             metrics: self.metrics,
             cors: Cow::Owned(self.cors.into_owned()),
             origin: self.origin.map(|o| Cow::Owned(o.into_owned())),
@@ -431,7 +431,7 @@ enum Answer {
     /// A reply, held this long first (chaos `latency`).
     Reply(Reply, Duration),
     /// A reply the connection's own thread computes.
-    Later(routes::Later),
+    Later(routes::DeferredReply),
     Stream(StreamFn),
 }
 
@@ -479,7 +479,7 @@ impl Worker {
                     }),
                 );
             }
-            Answer::Stream(run) => client.stream(request, run),
+            Answer::Stream(run) => client.hand_back(request, run),
         }
     }
 
@@ -487,7 +487,7 @@ impl Worker {
     fn decide(
         &self,
         request: &Request,
-        client: &Client,
+        client: &Connection,
         path: &str,
         route: Option<Route>,
     ) -> Answer {
@@ -527,7 +527,7 @@ impl Worker {
         // A refusal takes a slot too: its connection is a WebSocket until it closes.
         let slot = self.streams.reserve().map_err(refused)?;
         Ok(match options {
-            Ok(options) => ws::stream(accept, slot, route, options, peer),
+            Ok(options) => ws::session(accept, slot, route, options, peer),
             Err(invalid) => ws::refusal(accept, slot, invalid, peer),
         })
     }
@@ -538,7 +538,7 @@ impl Worker {
             .map_err(|e| http::bad_query(&e))?;
         let slot = self.streams.reserve().map_err(|r| r.reply())?;
         let cors = http::cors_headers(&self.cors, request_header(request, "Origin"));
-        Ok(sse::stream(slot, options, cors, peer))
+        Ok(sse::session(slot, options, cors, peer))
     }
 
     /// With a `CORS_ORIGINS` allowlist, a browser's upgrade from another origin is refused
@@ -566,14 +566,14 @@ impl Worker {
         Ok(options)
     }
 
-    /// How this request's reply will be settled (see [`Settle`]).
+    /// How this request's reply will be settled (see [`Settlement`]).
     fn settle<'r>(
         &'r self,
         request: &'r Request,
         peer: SocketAddr,
         route: Option<Route>,
-    ) -> Settle<'r> {
-        Settle {
+    ) -> Settlement<'r> {
+        Settlement {
             metrics: Arc::clone(&self.ctx.metrics),
             cors: Cow::Borrowed(&self.cors),
             origin: request_header(request, "Origin").map(Cow::Borrowed),

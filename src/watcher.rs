@@ -111,12 +111,12 @@ impl Shared {
 
 /// A stream client's socket: blocking (with the timeouts std offers) while the stream
 /// opens and sends its first burst, then non-blocking and watched.
-pub struct Socket {
+pub struct WatchedSocket {
     io: Io,
     watched: Option<(Arc<Shared>, Token)>,
     /// The last write would have blocked: the socket is watched for writability too.
     write_blocked: bool,
-    /// Bytes reads may still return (see [`Socket::allow_reads`]).
+    /// Bytes reads may still return (see [`WatchedSocket::allow_reads`]).
     allowance: usize,
 }
 
@@ -126,9 +126,9 @@ enum Io {
     Gone,
 }
 
-impl Socket {
-    pub fn new(stream: TcpStream) -> Socket {
-        Socket {
+impl WatchedSocket {
+    pub fn new(stream: TcpStream) -> WatchedSocket {
+        WatchedSocket {
             io: Io::Blocking(stream),
             watched: None,
             write_blocked: false,
@@ -168,7 +168,7 @@ impl Socket {
     }
 }
 
-impl Socket {
+impl WatchedSocket {
     /// Bounds what reads return from now on to `bytes` in all: past it they say
     /// `WouldBlock`, whatever the client sent. A parser reading the socket (tungstenite)
     /// then stops within the bound even while its client never stops sending.
@@ -202,7 +202,7 @@ impl Socket {
     }
 }
 
-impl Read for Socket {
+impl Read for WatchedSocket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let len = buf.len().min(self.allowance);
         if len == 0 && !buf.is_empty() {
@@ -218,7 +218,7 @@ impl Read for Socket {
     }
 }
 
-impl Write for Socket {
+impl Write for WatchedSocket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = match &mut self.io {
             Io::Blocking(s) => return s.write(buf),
@@ -234,7 +234,7 @@ impl Write for Socket {
     }
 }
 
-impl Drop for Socket {
+impl Drop for WatchedSocket {
     fn drop(&mut self) {
         if let (Some((shared, token)), Io::Watched(stream)) = (self.watched.take(), &mut self.io) {
             let _ = shared.registry.deregister(stream);

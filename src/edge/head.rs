@@ -43,9 +43,10 @@ pub struct Head {
     pub body: bool,
 }
 
-/// Why a head is refused: an HTTP status, a stable code and what to do instead.
+/// An error the edge answers itself (a refused head, the caps, no turn in time): an HTTP
+/// status, a stable code and what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub struct EdgeError {
     pub status: u16,
     pub error: &'static str,
     pub message: String,
@@ -74,7 +75,7 @@ impl Scanner {
     /// is incomplete. `buf` must only have grown since the last call. Refuses as soon as a
     /// bare LF or a NUL arrives, so that a client cannot hide a head behind a line ending
     /// we would not see.
-    pub fn end(&mut self, buf: &[u8]) -> Result<Option<usize>, Refusal> {
+    pub fn end(&mut self, buf: &[u8]) -> Result<Option<usize>, EdgeError> {
         while self.pos < buf.len() {
             let (i, b) = (self.pos, buf[self.pos]);
             self.pos += 1;
@@ -100,7 +101,7 @@ impl Scanner {
 }
 
 /// Parses a complete head (as delimited by [`end`]).
-pub fn parse(raw: &[u8]) -> Result<Head, Refusal> {
+pub fn parse(raw: &[u8]) -> Result<Head, EdgeError> {
     let text = raw.strip_suffix(b"\r\n\r\n").unwrap_or(raw);
     let mut lines = text
         .split(|&b| b == b'\n')
@@ -120,7 +121,7 @@ pub fn parse(raw: &[u8]) -> Result<Head, Refusal> {
     let (mut close, mut keep_alive) = (false, false);
     for (count, line) in lines.enumerate() {
         if count == MAX_HEADERS {
-            return Err(Refusal {
+            return Err(EdgeError {
                 status: 431,
                 error: "headers_too_large",
                 message: format!("More than {MAX_HEADERS} header lines. Send fewer headers."),
@@ -202,7 +203,7 @@ pub fn origin(raw: &[u8]) -> Option<String> {
 }
 
 /// `METHOD SP request-target SP HTTP-version`, single spaces, nothing else.
-fn request_line(line: &[u8]) -> Result<(String, String, u8), Refusal> {
+fn request_line(line: &[u8]) -> Result<(String, String, u8), EdgeError> {
     let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -224,7 +225,7 @@ fn request_line(line: &[u8]) -> Result<(String, String, u8), Refusal> {
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
             if *major != b'1' {
-                return Err(Refusal {
+                return Err(EdgeError {
                     status: 505,
                     error: "http_version_not_supported",
                     message: format!(
@@ -243,10 +244,10 @@ fn request_line(line: &[u8]) -> Result<(String, String, u8), Refusal> {
 
 /// The body rules: the framing must be unambiguous and its codings known. Returns
 /// whether a body is declared.
-fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, Refusal> {
+fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, EdgeError> {
     let coded = !codings.is_empty();
     if lengths.len() > 1 || (coded && !lengths.is_empty()) {
-        return Err(Refusal {
+        return Err(EdgeError {
             status: 400,
             error: "ambiguous_framing",
             message: "Send at most one Content-Length and no Transfer-Encoding.".into(),
@@ -259,7 +260,7 @@ fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, Refusal> {
                 .and_then(|s| s.parse::<u64>().ok())
         }
         Some(_) => {
-            return Err(Refusal {
+            return Err(EdgeError {
                 status: 400,
                 error: "bad_content_length",
                 message: "Content-Length must be one decimal number.".into(),
@@ -277,7 +278,7 @@ fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, Refusal> {
         return Err(bad("Transfer-Encoding is empty."));
     }
     if let Some(unknown) = names.find(|name| !name.eq_ignore_ascii_case(b"chunked")) {
-        return Err(Refusal {
+        return Err(EdgeError {
             status: 501,
             error: "transfer_coding_not_implemented",
             message: format!(
@@ -290,8 +291,8 @@ fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, Refusal> {
     Ok(coded || declared != Some(0))
 }
 
-fn bad(message: &str) -> Refusal {
-    Refusal {
+fn bad(message: &str) -> EdgeError {
+    EdgeError {
         status: 400,
         error: "bad_request",
         message: message.into(),
@@ -317,11 +318,11 @@ fn is_tchar(b: u8) -> bool {
 mod tests {
     use super::*;
 
-    fn end(buf: &[u8]) -> Result<Option<usize>, Refusal> {
+    fn end(buf: &[u8]) -> Result<Option<usize>, EdgeError> {
         Scanner::default().end(buf)
     }
 
-    fn head(raw: &str) -> Result<Head, Refusal> {
+    fn head(raw: &str) -> Result<Head, EdgeError> {
         let end = end(raw.as_bytes())?.expect("complete head");
         assert_eq!(end, raw.len(), "{raw:?}");
         parse(raw.as_bytes())

@@ -6,8 +6,8 @@
 //! deadline and a size bound, checks them strictly ([`head`]), refuses what it must, and
 //! writes the rest, canonical, to tiny_http over an internal connection ([`upstream`]).
 //! tiny_http parses it and hands it to a worker; the worker decides and sends the reply
-//! straight to the client's socket ([`Client::reply`]), or hands the connection back to
-//! its thread to become a stream ([`Client::stream`]). tiny_http never sees a client's
+//! straight to the client's socket ([`Connection::reply`]), or hands the connection back to
+//! its thread to become a stream ([`Connection::hand_back`]). tiny_http never sees a client's
 //! bytes, and its own listener is closed once those connections are open, so none of its
 //! limitations can be reached from the network, nor from another process on the host:
 //!
@@ -24,9 +24,7 @@
 //! | an upgrade pins a pool thread and two descriptors per stream | a stream runs on the connection's own thread with its only descriptor; tiny_http's request is finished at once | upgrades that release the connection |
 //! | no connection cap | `MAX_HTTP_CONNECTIONS`, enforced at accept with a 503; places beyond it for health probes only | a cap in tiny_http |
 //!
-//! Measured on the 2-core machine (`wrk -t2 -c64`): serving through the edge answers
-//! 80-100k requests/s where tiny_http serving the sockets itself gives 12-80k (its lost
-//! wake-up strands connections), and a full relay through tiny_http gives 45k.
+//! What this costs and gains in requests per second is measured in BENCHMARKS.md.
 
 mod head;
 mod upstream;
@@ -48,12 +46,12 @@ use crate::http::{self, Pieces, Reply};
 use crate::metrics::Metrics;
 use crate::paths::{self, Route};
 use crate::platform;
-use crate::routes::Later;
+use crate::routes::DeferredReply;
 use crate::sync::lock;
 
 pub use head::Head;
-use head::{Refusal, Scanner};
-pub use upstream::LINES as INTERNAL_CONNECTIONS;
+use head::{EdgeError, Scanner};
+pub use upstream::LINKS as INTERNAL_CONNECTIONS;
 use upstream::Upstream;
 
 /// The first read of a connection's head: enough for curl's, websocat's and most
@@ -65,7 +63,7 @@ const FIRST_READ: usize = 1024;
 /// Stack for connection threads: they parse heads, and run a stream (tungstenite's
 /// framing) when the connection becomes one. Only touched pages count towards RSS: two
 /// per thread, as `tests/memory.rs` checks (glibc's thread block and TLS take the top
-/// 4.6 KiB, which leaves a stream about 3.5 KiB of frames; see `stream::Client::stream`).
+/// 4.6 KiB, which leaves a stream about 3.5 KiB of frames; see `stream::Client::run`).
 /// The deepest path measured, a stream client with options of its own, reaches 8.8 KiB.
 pub const STACK: usize = 128 * 1024;
 /// How long a connection waits for a worker's answer before giving up with a 503.
@@ -93,7 +91,7 @@ const PROBE_PEEK: usize = 1024;
 /// Kernel send buffer of an HTTP connection (Linux doubles it). Every reply but a long
 /// history fits; a fixed size stops the kernel from growing it to megabytes for a client
 /// that does not read, memory no budget of ours would see.
-const SEND_BUFFER: usize = 64 << 10;
+const HTTP_SEND_BUFFER: usize = 64 << 10;
 
 /// The bounds on HTTP connections.
 #[derive(Debug, Clone, Copy)]
@@ -112,15 +110,14 @@ pub type StreamFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
 /// What a worker decided for a request.
 enum Outcome {
     Reply(Rendered),
-    /// A reply for the connection's thread to compute first (see `routes::Later`).
-    Later(Later),
+    /// A reply for the connection's thread to compute first (see `routes::DeferredReply`).
+    Later(DeferredReply),
     Stream(StreamFn),
 }
 
 /// Where a worker leaves its decision for the connection's thread, which sleeps until it
 /// is there. Not a channel: crossbeam's blocking receive spins and yields before it
-/// sleeps, and with 64 connections on 2 cores that spinning was 12 % of the server's CPU
-/// samples, time the workers it waited for could have used (`perf`, `wrk -c64`).
+/// sleeps, taking CPU from the workers it waits for.
 #[derive(Default)]
 struct Decision {
     slot: Mutex<Option<Outcome>>,
@@ -171,7 +168,7 @@ pub struct Exchange {
 }
 
 /// A client connection, as the workers see it.
-pub struct Client {
+pub struct Connection {
     /// The client's address.
     pub peer: SocketAddr,
     socket: Arc<TcpStream>,
@@ -246,9 +243,9 @@ impl Drop for Place {
 /// The open client connections, by the number the edge gave each, for the workers to
 /// find the client behind a request. Requests carry that number and a secret of this
 /// process, so nothing but the edge can speak for a client.
-pub struct Clients {
+pub struct Connections {
     secret: String,
-    map: Mutex<HashMap<u64, Arc<Client>>>,
+    map: Mutex<HashMap<u64, Arc<Connection>>>,
     /// Tells the edge, while it opens its internal connections, what the workers saw.
     acks: Sender<Ack>,
 }
@@ -257,7 +254,7 @@ pub struct Clients {
 #[derive(Debug)]
 pub enum Ack {
     /// The probe on this internal connection reached a worker.
-    Line(usize),
+    Link(usize),
     /// tiny_http's accept loop ended: its listener takes no more connections.
     Closed,
 }
@@ -272,7 +269,7 @@ pub struct Edge {
     turns: Turns,
     metrics: Arc<Metrics>,
     upstream: Upstream,
-    clients: Arc<Clients>,
+    clients: Arc<Connections>,
     next_id: AtomicU64,
     /// Places under `MAX_HTTP_CONNECTIONS`.
     places: Arc<Places>,
@@ -286,20 +283,20 @@ pub struct Edge {
 }
 
 /// Why a connection's request loop ended.
-enum End {
+enum ConnectionEnd {
     /// The client left, or stayed idle too long: close without a word.
     Quiet(Option<&'static str>),
     /// Answer this refusal, then close.
-    Refuse(Refusal, Option<String>),
+    Refuse(EdgeError, Option<String>),
     /// On a probe's place, anything but a probe: the cap's 503.
     OverCapacity,
 }
 
-impl Clients {
+impl Connections {
     /// The registry, and the channel on which the edge hears from the workers.
-    pub fn new() -> (Arc<Clients>, Receiver<Ack>) {
+    pub fn new() -> (Arc<Connections>, Receiver<Ack>) {
         let (acks, acked) = bounded(8);
-        let clients = Clients {
+        let clients = Connections {
             secret: format!("{:032x}", rand::random::<u128>()),
             map: Mutex::default(),
             acks,
@@ -309,7 +306,7 @@ impl Clients {
 
     /// The client connection behind a request tiny_http parsed, or `None` for one the edge
     /// did not send (its probes are acknowledged here).
-    pub fn find(&self, request: &Request) -> Option<Arc<Client>> {
+    pub fn find(&self, request: &Request) -> Option<Arc<Connection>> {
         let internal = |name| {
             let value = request
                 .headers()
@@ -321,8 +318,8 @@ impl Clients {
             let (n, secret) = value.split_once(' ')?;
             (secret == self.secret).then(|| n.parse::<u64>().ok())?
         };
-        if let Some(line) = internal("X-Edge-Probe") {
-            let _ = self.acks.try_send(Ack::Line(line as usize));
+        if let Some(link) = internal("X-Edge-Probe") {
+            let _ = self.acks.try_send(Ack::Link(link as usize));
             return None;
         }
         let id = internal("X-Edge-Conn")?;
@@ -343,7 +340,7 @@ impl Edge {
     pub fn new(
         listener: TcpListener,
         tiny_http: TcpListener,
-        (clients, acked): (Arc<Clients>, Receiver<Ack>),
+        (clients, acked): (Arc<Connections>, Receiver<Ack>),
         limits: Limits,
         cors: Cors,
         turns: Turns,
@@ -438,7 +435,7 @@ impl Edge {
                 continue;
             }
             let _ = platform::tune(&socket);
-            let _ = socket2::SockRef::from(&socket).set_send_buffer_size(SEND_BUFFER);
+            let _ = socket2::SockRef::from(&socket).set_send_buffer_size(HTTP_SEND_BUFFER);
             let (place, probe) = match self.places.take() {
                 Some(place) => (place, false),
                 None => match sent(&socket) {
@@ -527,7 +524,7 @@ impl Edge {
     /// Answers a connection over the caps with 503 and closes it.
     fn over_capacity(&self, socket: &TcpStream, peer: SocketAddr) {
         self.metrics.http_rejected();
-        let refusal = Refusal {
+        let refusal = EdgeError {
             status: 503,
             error: "too_many_connections",
             message: "The server is at its connection limit. Retry in a few seconds.".into(),
@@ -550,7 +547,7 @@ impl Edge {
         probe: bool,
     ) -> Option<(StreamFn, TcpStream, Vec<u8>)> {
         let decision = Arc::new(Decision::default());
-        let client = Arc::new(Client {
+        let client = Arc::new(Connection {
             peer,
             socket: Arc::clone(&socket),
             exchange: Mutex::default(),
@@ -566,19 +563,19 @@ impl Edge {
         let end = loop {
             let read = self.read_head(&socket, &mut buf, served == 0, accepted, header_timeout);
             if probe && served == 0 && !self.stop_waiting(id) {
-                break End::OverCapacity;
+                break ConnectionEnd::OverCapacity;
             }
             let len = match read {
                 Ok(len) => len,
-                Err(End::Refuse(..)) if probe => break End::OverCapacity,
+                Err(ConnectionEnd::Refuse(..)) if probe => break ConnectionEnd::OverCapacity,
                 Err(end) => break end,
             };
             let head = match head::parse(&buf[..len]) {
                 Ok(head) if !probe || is_probe(&head) => head,
                 Err(refusal) if !probe => {
-                    break End::Refuse(refusal, head::origin(&buf[..len]));
+                    break ConnectionEnd::Refuse(refusal, head::origin(&buf[..len]));
                 }
-                _ => break End::OverCapacity,
+                _ => break ConnectionEnd::OverCapacity,
             };
             *lock(&client.exchange) = Exchange {
                 minor: head.minor,
@@ -593,7 +590,12 @@ impl Edge {
                 true => None,
                 false => match self.turns.take(budget::TURN_WAIT) {
                     Some(turn) => Some(turn),
-                    None => break End::Refuse(busy(), head.header("Origin").map(str::to_string)),
+                    None => {
+                        break ConnectionEnd::Refuse(
+                            busy(),
+                            head.header("Origin").map(str::to_string),
+                        );
+                    }
                 },
             };
             if let Err(e) = self
@@ -601,7 +603,10 @@ impl Edge {
                 .forward(id, &canonical(&head, id, &self.clients.secret))
             {
                 log::error!("cannot hand a request to tiny_http: {e}");
-                break End::Refuse(unavailable(), head.header("Origin").map(str::to_string));
+                break ConnectionEnd::Refuse(
+                    unavailable(),
+                    head.header("Origin").map(str::to_string),
+                );
             }
             let reply = match decision.take_within(ANSWER_WITHIN) {
                 Some(Outcome::Reply(reply)) => reply,
@@ -622,7 +627,10 @@ impl Edge {
                 }
                 None => {
                     log::error!("{peer}: no answer from the workers within {ANSWER_WITHIN:?}");
-                    break End::Refuse(unavailable(), head.header("Origin").map(str::to_string));
+                    break ConnectionEnd::Refuse(
+                        unavailable(),
+                        head.header("Origin").map(str::to_string),
+                    );
                 }
             };
             drop(turn);
@@ -638,22 +646,22 @@ impl Edge {
                 });
             if let Err(reason) = written {
                 self.metrics.http_closed(reason);
-                break End::Quiet(None);
+                break ConnectionEnd::Quiet(None);
             }
             if reply.close {
-                break End::Quiet(None);
+                break ConnectionEnd::Quiet(None);
             }
             served += 1;
             buf.drain(..len);
         };
         lock(&self.clients.map).remove(&id);
         match end {
-            End::Quiet(reason) => {
+            ConnectionEnd::Quiet(reason) => {
                 if let Some(reason) = reason {
                     self.metrics.http_closed(reason);
                 }
             }
-            End::Refuse(refusal, origin) => {
+            ConnectionEnd::Refuse(refusal, origin) => {
                 let reason = match refusal.status {
                     408 => "header_timeout",
                     431 => "header_too_large",
@@ -669,7 +677,7 @@ impl Edge {
                 );
                 self.write_refusal(&socket, &refusal, origin.as_deref());
             }
-            End::OverCapacity => self.over_capacity(&socket, peer),
+            ConnectionEnd::OverCapacity => self.over_capacity(&socket, peer),
         }
         let _ = socket.shutdown(Shutdown::Both);
         // The place is given back once the socket is closed, not before its last bytes
@@ -691,19 +699,22 @@ impl Edge {
         first: bool,
         accepted: Instant,
         header_timeout: Duration,
-    ) -> Result<usize, End> {
+    ) -> Result<usize, ConnectionEnd> {
         let limits = &self.limits;
         let mut scanner = Scanner::default();
         let idle_until = Instant::now() + limits.idle_timeout;
         let mut started =
             (first || !buf.is_empty()).then(|| if first { accepted } else { Instant::now() });
         loop {
-            if let Some(len) = scanner.end(buf).map_err(|r| End::Refuse(r, None))? {
+            if let Some(len) = scanner
+                .end(buf)
+                .map_err(|r| ConnectionEnd::Refuse(r, None))?
+            {
                 return Ok(len);
             }
             if buf.len() > limits.max_header_bytes {
-                return Err(End::Refuse(
-                    Refusal {
+                return Err(ConnectionEnd::Refuse(
+                    EdgeError {
                         status: 431,
                         error: "headers_too_large",
                         message: format!(
@@ -718,8 +729,8 @@ impl Edge {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(match started {
-                    Some(_) => End::Refuse(
-                        Refusal {
+                    Some(_) => ConnectionEnd::Refuse(
+                        EdgeError {
                             status: 408,
                             error: "request_timeout",
                             message: format!(
@@ -729,7 +740,7 @@ impl Edge {
                         },
                         None,
                     ),
-                    None => End::Quiet(Some("idle")),
+                    None => ConnectionEnd::Quiet(Some("idle")),
                 });
             }
             let _ = socket.set_read_timeout(Some(left));
@@ -744,7 +755,7 @@ impl Edge {
             let read = (&*socket).read(&mut buf[len..]);
             buf.truncate(len + *read.as_ref().unwrap_or(&0));
             match read {
-                Ok(0) => return Err(End::Quiet(None)),
+                Ok(0) => return Err(ConnectionEnd::Quiet(None)),
                 Ok(_) => {
                     started.get_or_insert_with(Instant::now);
                 }
@@ -755,7 +766,7 @@ impl Edge {
                             | io::ErrorKind::TimedOut
                             | io::ErrorKind::Interrupted
                     ) => {}
-                Err(_) => return Err(End::Quiet(None)),
+                Err(_) => return Err(ConnectionEnd::Quiet(None)),
             }
         }
     }
@@ -822,7 +833,7 @@ impl Edge {
     }
 
     /// Answers a refusal (best effort: the client may be why we refuse) and closes.
-    fn write_refusal(&self, socket: &TcpStream, refusal: &Refusal, origin: Option<&str>) {
+    fn write_refusal(&self, socket: &TcpStream, refusal: &EdgeError, origin: Option<&str>) {
         let reply = http::error(refusal.status, refusal.error, &refusal.message, &[]);
         let reply = http::with_cors(reply, &self.cors, origin);
         let bytes = render(reply, 1, false, true);
@@ -832,10 +843,10 @@ impl Edge {
     }
 }
 
-impl Client {
-    /// Computes a [`Later`] reply on the connection's thread, into what a worker's reply
+impl Connection {
+    /// Computes a [`DeferredReply`] on the connection's thread, into what a worker's reply
     /// would have been.
-    fn computed(&self, answer: Later, head: &Head) -> Rendered {
+    fn computed(&self, answer: DeferredReply, head: &Head) -> Rendered {
         let ((reply, delay), pieces) = answer();
         let close = head.close || head.upgrade;
         let head_only = head.method == "HEAD";
@@ -881,9 +892,9 @@ impl Client {
     }
 
     /// Finishes tiny_http's request and has the connection's thread compute the reply,
-    /// then send it as [`Client::reply`] would: heavy work holds that thread, not a
+    /// then send it as [`Connection::reply`] would: heavy work holds that thread, not a
     /// worker.
-    pub fn later(self: Arc<Self>, request: Request, answer: Later) {
+    pub fn later(self: Arc<Self>, request: Request, answer: DeferredReply) {
         finish(request);
         let decision = Arc::clone(&self.decision);
         drop(self);
@@ -891,7 +902,7 @@ impl Client {
     }
 
     /// Hands the connection back to its thread, which runs `run` on it.
-    pub fn stream(self: Arc<Self>, request: Request, run: StreamFn) {
+    pub fn hand_back(self: Arc<Self>, request: Request, run: StreamFn) {
         finish(request);
         let decision = Arc::clone(&self.decision);
         // The connection's thread takes the socket over: ours must be gone first.
@@ -1000,8 +1011,8 @@ fn is_probe(head: &Head) -> bool {
 }
 
 /// No turn freed up for a request in time: the server is at its CPU budget.
-fn busy() -> Refusal {
-    Refusal {
+fn busy() -> EdgeError {
+    EdgeError {
         status: 503,
         error: "busy",
         message: "The server is working on as many requests as its CPU budget allows. Retry \
@@ -1010,8 +1021,8 @@ fn busy() -> Refusal {
     }
 }
 
-fn unavailable() -> Refusal {
-    Refusal {
+fn unavailable() -> EdgeError {
+    EdgeError {
         status: 503,
         error: "unavailable",
         message: "The server could not answer in time. Retry in a few seconds.".into(),

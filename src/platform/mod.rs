@@ -68,10 +68,9 @@ pub fn cpu_limit() -> Option<f64> {
 /// Prepares the process for up to `threads` threads blocked at once (parked stream
 /// threads). Linux from 6.16 gives each process a private futex hash sized by its CPUs,
 /// not its threads: 16 buckets on 2 CPUs, so with 5000 parked threads every wake-up walked
-/// a chain of about 300 waiters. Sized here to one bucket per expected thread (measured at
-/// 5000 clients: 25-35 % less CPU, spread p99 130-140 -> 77-91 ms). A no-op where the OS
-/// has no such table or refuses; returns whether it was applied. It can take the kernel
-/// tens of milliseconds: call it once serving.
+/// a chain of about 300 waiters. Sized here to one bucket per expected thread. A no-op
+/// where the OS has no such table or refuses; returns whether it was applied. It can take
+/// the kernel tens of milliseconds: call it once serving.
 pub fn expect_threads(threads: usize) -> bool {
     os::expect_threads(threads)
 }

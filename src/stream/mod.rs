@@ -37,12 +37,12 @@ use crate::metrics::Stream;
 use crate::options::Options;
 use crate::paths::Route;
 use crate::sample::Tick;
-use crate::watcher::{Socket, Watcher};
+use crate::watcher::{WatchedSocket, Watcher};
 
 /// Kernel send buffer per client (Linux doubles it). A stream of ~100-byte samples needs
 /// little; a small buffer bounds the kernel memory a stalled client pins and how long it
 /// takes to notice one: about 150 samples (~4 minutes at 1.5 s) before writes would block.
-const SEND_BUFFER: usize = 8 * 1024;
+const STREAM_SEND_BUFFER: usize = 8 * 1024;
 /// Kernel receive buffer per client (Linux doubles it). A client sends only control
 /// frames and small messages, read as they come; what it sends while its thread does not
 /// read (its answers cannot be written, or it floods) waits in this buffer, in kernel
@@ -192,7 +192,7 @@ trait Encoder {
     /// The welcome's `resume` hint.
     const RESUME: &'static str;
 
-    fn socket(&mut self) -> &mut Socket;
+    fn socket(&mut self) -> &mut WatchedSocket;
     /// Begins the opening with the welcome (SSE: after the response head). The socket is
     /// blocking, with a timeout: none of the opening may be skipped. Bytes may gather in
     /// the encoder, up to a batch (`budget::BATCH`), until [`Encoder::opened`].
@@ -244,7 +244,7 @@ fn run<E: Encoder>(
 ) -> (String, u64) {
     let socket = encoder.socket().options();
     if let Err(e) = socket
-        .set_send_buffer_size(SEND_BUFFER)
+        .set_send_buffer_size(STREAM_SEND_BUFFER)
         .and_then(|()| socket.set_recv_buffer_size(RECEIVE_BUFFER))
     {
         log::debug!("cannot shrink a stream's socket buffers: {e}");
@@ -261,7 +261,7 @@ fn run<E: Encoder>(
         chaos: None,
     };
     let mut readable = None;
-    let end = client.stream(start, &mut readable);
+    let end = client.run(start, &mut readable);
     let detail = match end {
         End::Dropped => {
             // A zero linger makes the close a reset: what a dead peer or a NAT timeout
@@ -282,7 +282,7 @@ impl<E: Encoder> Client<'_, E> {
     /// Returns only when the stream ends, with why. Its steps are out of line, each
     /// called from here: a thread's stack holds the deepest of them, not their sum (a
     /// stream thread touches two pages of stack, not three; see `edge::STACK`).
-    fn stream(&mut self, start: Start, readable: &mut Option<Receiver<()>>) -> End {
+    fn run(&mut self, start: Start, readable: &mut Option<Receiver<()>>) -> End {
         let Start {
             latest,
             subscription,

@@ -30,7 +30,7 @@ use crate::http::{self, request_header};
 use crate::metrics::Stream;
 use crate::options::Options;
 use crate::paths::Route;
-use crate::watcher::Socket;
+use crate::watcher::WatchedSocket;
 
 /// How long `EventSource` waits before reconnecting after the stream drops.
 const RETRY_MS: u64 = 2000;
@@ -52,7 +52,7 @@ pub fn last_event_id(request: &Request) -> Option<&str> {
 
 /// The event stream for a request, run on the connection's own thread. `cors` goes into
 /// the head; `leftover` is what the client sent after the request.
-pub fn stream(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr) -> StreamFn {
+pub fn session(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr) -> StreamFn {
     let start = Start::new(&slot.0, Route::Analytics);
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
         let streams = &slot.0;
@@ -65,7 +65,7 @@ pub fn stream(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr)
             super::chaos_note(&options, Route::Analytics)
         );
         let encoder = Events {
-            socket: Socket::new(socket),
+            socket: WatchedSocket::new(socket),
             pending: Vec::new(),
             cors,
             quiet: leftover.is_empty(),
@@ -81,7 +81,7 @@ pub fn stream(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr)
 
 /// The SSE encoder: each sample an event.
 struct Events {
-    socket: Socket,
+    socket: WatchedSocket,
     /// Bytes accepted for this client but not yet taken by the kernel.
     pending: Vec<u8>,
     /// CORS headers for the head.
@@ -96,7 +96,7 @@ impl Encoder for Events {
         sample it got as Last-Event-ID, and receives every sample it missed, then the stream. \
         Other clients can send that header, or ?since=SEQ.";
 
-    fn socket(&mut self) -> &mut Socket {
+    fn socket(&mut self) -> &mut WatchedSocket {
         &mut self.socket
     }
 

@@ -24,7 +24,7 @@ use crate::http::request_header;
 use crate::metrics::Stream;
 use crate::options::{Invalid, Options};
 use crate::paths::Route;
-use crate::watcher::Socket;
+use crate::watcher::WatchedSocket;
 
 /// Clients send only control frames and perhaps a small text message; anything larger is
 /// refused with 1009 rather than buffered.
@@ -92,7 +92,7 @@ fn is_valid_key(key: &str) -> bool {
 
 /// The stream of an accepted upgrade, run on the connection's own thread: the 101, then
 /// the stream until it ends.
-pub fn stream(
+pub fn session(
     accept: String,
     slot: Slot,
     route: Route,
@@ -131,8 +131,8 @@ pub fn stream(
 /// one more copy in the stream closure's frame, which every stream thread's stack holds
 /// for its lifetime (see `edge::STACK`).
 #[inline(never)]
-fn websocket(socket: TcpStream, leftover: Vec<u8>) -> Box<WebSocket<Socket>> {
-    let socket = Socket::new(socket);
+fn websocket(socket: TcpStream, leftover: Vec<u8>) -> Box<WebSocket<WatchedSocket>> {
+    let socket = WatchedSocket::new(socket);
     Box::new(WebSocket::from_partially_read(
         socket,
         leftover,
@@ -158,7 +158,7 @@ pub fn refusal(accept: String, slot: Slot, invalid: Invalid, peer: SocketAddr) -
         {
             return;
         }
-        let mut socket = Socket::new(socket);
+        let mut socket = WatchedSocket::new(socket);
         socket.allow_reads(INBOUND_BYTES.burst as usize);
         let mut ws = WebSocket::from_partially_read(socket, leftover, Role::Server, Some(config()));
         let error = json!({
@@ -190,8 +190,7 @@ pub fn refusal(accept: String, slot: Slot, invalid: Invalid, peer: SocketAddr) -
 
 /// Writes the 101 that switches the connection to WebSocket. Written out here rather than
 /// by tiny_http's `raw_print`, whose `io::copy` puts an 8 KiB buffer on the stream
-/// thread's stack: those pages would stay resident for the connection's lifetime
-/// (measured: 8 KiB more RSS per WebSocket client).
+/// thread's stack: those pages would stay resident for the connection's lifetime.
 fn switch(socket: &TcpStream, accept: &str) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -213,7 +212,7 @@ fn config() -> WebSocketConfig {
 
 /// The WebSocket encoder: each sample a text message.
 struct Frames {
-    ws: Box<WebSocket<Socket>>,
+    ws: Box<WebSocket<WatchedSocket>>,
     /// Messages the client may still send ([`INBOUND_MESSAGES`]).
     messages: Bucket,
     /// Bytes the client may still send ([`INBOUND_BYTES`]).
@@ -221,7 +220,7 @@ struct Frames {
 }
 
 impl Frames {
-    fn new(ws: Box<WebSocket<Socket>>) -> Frames {
+    fn new(ws: Box<WebSocket<WatchedSocket>>) -> Frames {
         let now = Instant::now();
         Frames {
             ws,
@@ -236,7 +235,7 @@ impl Encoder for Frames {
     const RESUME: &'static str = "Reconnect with ?since=SEQ (the seq of the last sample you got; \
         add seq=1 to receive it in each sample) to get every sample you missed, then the stream.";
 
-    fn socket(&mut self) -> &mut Socket {
+    fn socket(&mut self) -> &mut WatchedSocket {
         self.ws.get_mut()
     }
 
