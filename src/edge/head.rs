@@ -100,7 +100,7 @@ impl Scanner {
     }
 }
 
-/// Parses a complete head (as delimited by [`end`]).
+/// Parses a complete head (as delimited by [`Scanner::end`]).
 pub fn parse(raw: &[u8]) -> Result<Head, EdgeError> {
     let text = raw.strip_suffix(b"\r\n\r\n").unwrap_or(raw);
     let mut lines = text

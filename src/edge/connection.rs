@@ -1,0 +1,433 @@
+//! One connection's HTTP loop, on the connection's own thread: it reads each request
+//! head under its deadlines and bounds, refuses what it must, takes a turn, hands the
+//! canonical head to tiny_http and waits for the worker's decision, then writes the
+//! reply (or returns the stream to run). Every byte written to a client's socket before
+//! a stream takes it over is written here.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::budget::{self, MIN_RATE};
+use crate::http::{self, Pieces};
+use crate::platform;
+use crate::sync::lock;
+
+use super::accept::{Place, is_probe};
+use super::handoff::{Connection, Decision, Exchange, Outcome};
+use super::head::{self, EdgeError, Head, Scanner};
+use super::render::render;
+use super::{Edge, StreamFn};
+
+/// The first read of a connection's head: enough for curl's, websocat's and most
+/// browsers' requests (nginx's `client_header_buffer_size` is the same 1 KiB). Larger
+/// heads grow the buffer 4 KiB at a time. Every connection of a burst holds this buffer
+/// at once, and freed heap stays resident: at 4 KiB it cost each of 1000 WebSocket
+/// clients connecting within a second 3 KiB more than this for their lifetime.
+const FIRST_READ: usize = 1024;
+
+/// How long a connection waits for a worker's answer before giving up with a 503.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long a refusal or a 503 at the cap may take to write: best effort.
+const REFUSAL_WRITE: Duration = Duration::from_millis(500);
+
+/// How soon the head must arrive on a probe's place: a probe sends it at once, and an
+/// idle client must not keep the place from the next probe. Two seconds cover one lost
+/// packet's retransmission.
+const PROBE_HEAD_WITHIN: Duration = Duration::from_secs(2);
+
+/// Why a connection's request loop ended.
+enum ConnectionEnd {
+    /// The client left, or stayed idle too long: close without a word.
+    Quiet(Option<&'static str>),
+    /// Answer this refusal, then close.
+    Refuse(EdgeError, Option<String>),
+    /// On a probe's place, anything but a probe: the cap's 503.
+    OverCapacity,
+}
+
+impl Edge {
+    /// One connection's thread: requests until the client leaves or a limit is hit.
+    /// When the connection becomes a stream, returns what to run on it, with the socket
+    /// and what the client sent after the request. On a `probe` place, only a probe is
+    /// answered (see `PROBE_PLACES`).
+    pub(super) fn serve(
+        self: Arc<Self>,
+        id: u64,
+        socket: Arc<TcpStream>,
+        peer: SocketAddr,
+        accepted: Instant,
+        place: Place,
+        probe: bool,
+    ) -> Option<(StreamFn, TcpStream, Vec<u8>)> {
+        let decision = Arc::new(Decision::default());
+        let client = Arc::new(Connection {
+            peer,
+            socket: Arc::clone(&socket),
+            exchange: Mutex::default(),
+            decision: Arc::clone(&decision),
+        });
+        lock(&self.clients.map).insert(id, Arc::clone(&client));
+        let mut buf = Vec::new();
+        let mut served = 0u64;
+        let header_timeout = match probe {
+            true => self.limits.header_timeout.min(PROBE_HEAD_WITHIN),
+            false => self.limits.header_timeout,
+        };
+        let end = loop {
+            let read = self.read_head(&socket, &mut buf, served == 0, accepted, header_timeout);
+            if probe && served == 0 && !self.stop_waiting(id) {
+                break ConnectionEnd::OverCapacity;
+            }
+            let len = match read {
+                Ok(len) => len,
+                Err(ConnectionEnd::Refuse(..)) if probe => break ConnectionEnd::OverCapacity,
+                Err(end) => break end,
+            };
+            let head = match head::parse(&buf[..len]) {
+                Ok(head) if !probe || is_probe(&head) => head,
+                Err(refusal) if !probe => {
+                    break ConnectionEnd::Refuse(refusal, head::origin(&buf[..len]));
+                }
+                _ => break ConnectionEnd::OverCapacity,
+            };
+            *lock(&client.exchange) = Exchange {
+                minor: head.minor,
+                close: head.close || probe,
+                upgrade: head.upgrade,
+                body: head.body,
+            };
+            // Given back once the reply is ready, before it is written (or as a stream
+            // starts): the turns bound the requests being worked on, and a probe's skips
+            // the queue for them.
+            let turn = match is_probe(&head) {
+                true => None,
+                false => match self.turns.take(budget::TURN_WAIT) {
+                    Some(turn) => Some(turn),
+                    None => {
+                        break ConnectionEnd::Refuse(
+                            busy(),
+                            head.header("Origin").map(str::to_string),
+                        );
+                    }
+                },
+            };
+            if let Err(e) = self
+                .upstream
+                .forward(id, &canonical(&head, id, &self.clients.secret))
+            {
+                log::error!("cannot hand a request to tiny_http: {e}");
+                break ConnectionEnd::Refuse(
+                    unavailable(),
+                    head.header("Origin").map(str::to_string),
+                );
+            }
+            let reply = match decision.take_within(ANSWER_WITHIN) {
+                Some(Outcome::Reply(reply)) => reply,
+                Some(Outcome::Later(answer)) => client.computed(answer, &head),
+                Some(Outcome::Stream(run)) => {
+                    // The stream's slot holds the connection from here: the place is
+                    // given back as this returns.
+                    lock(&self.clients.map).remove(&id);
+                    drop(client);
+                    let socket = Arc::try_unwrap(socket)
+                        .or_else(|shared| shared.try_clone())
+                        .map_err(|e| log::error!("{peer}: cannot take over the socket: {e}"));
+                    // The head buffer is not kept for the stream's lifetime: only what
+                    // followed the head goes on.
+                    let leftover = buf[len..].to_vec();
+                    drop(std::mem::take(&mut buf));
+                    return socket.ok().map(|socket| (run, socket, leftover));
+                }
+                None => {
+                    log::error!("{peer}: no answer from the workers within {ANSWER_WITHIN:?}");
+                    break ConnectionEnd::Refuse(
+                        unavailable(),
+                        head.header("Origin").map(str::to_string),
+                    );
+                }
+            };
+            drop(turn);
+            if let Some(due) = reply.due {
+                thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            let written = self
+                .write(&socket, &reply.bytes[reply.sent..])
+                .and_then(|()| {
+                    reply
+                        .pieces
+                        .map_or(Ok(()), |p| self.write_pieces(&socket, p))
+                });
+            if let Err(reason) = written {
+                self.metrics.http_closed(reason);
+                break ConnectionEnd::Quiet(None);
+            }
+            if reply.close {
+                break ConnectionEnd::Quiet(None);
+            }
+            served += 1;
+            buf.drain(..len);
+        };
+        lock(&self.clients.map).remove(&id);
+        match end {
+            ConnectionEnd::Quiet(reason) => {
+                if let Some(reason) = reason {
+                    self.metrics.http_closed(reason);
+                }
+            }
+            ConnectionEnd::Refuse(refusal, origin) => {
+                let reason = match refusal.status {
+                    408 => "header_timeout",
+                    431 => "header_too_large",
+                    503 => refusal.error,
+                    _ => "bad_request",
+                };
+                self.metrics.http_closed(reason);
+                self.metrics.request("other", refusal.status);
+                log::info!(
+                    "{peer} -> {} ({}), connection closed",
+                    refusal.status,
+                    refusal.error
+                );
+                self.write_refusal(&socket, &refusal, origin.as_deref());
+            }
+            ConnectionEnd::OverCapacity => self.over_capacity(&socket, peer),
+        }
+        let _ = socket.shutdown(Shutdown::Both);
+        // The place is given back once the socket is closed, not before its last bytes
+        // are written: every connection counts under a cap until it is gone.
+        drop(client);
+        drop(socket);
+        drop(place);
+        None
+    }
+
+    /// Reads until `buf` holds a whole head and returns its length. The first request
+    /// must arrive within `HEADER_TIMEOUT_MS` of connecting; later ones may be preceded
+    /// by `IDLE_TIMEOUT_MS` of silence, then must arrive within `HEADER_TIMEOUT_MS` of
+    /// their first byte.
+    fn read_head(
+        &self,
+        socket: &TcpStream,
+        buf: &mut Vec<u8>,
+        first: bool,
+        accepted: Instant,
+        header_timeout: Duration,
+    ) -> Result<usize, ConnectionEnd> {
+        let limits = &self.limits;
+        let mut scanner = Scanner::default();
+        let idle_until = Instant::now() + limits.idle_timeout;
+        let mut started =
+            (first || !buf.is_empty()).then(|| if first { accepted } else { Instant::now() });
+        loop {
+            if let Some(len) = scanner
+                .end(buf)
+                .map_err(|r| ConnectionEnd::Refuse(r, None))?
+            {
+                return Ok(len);
+            }
+            if buf.len() > limits.max_header_bytes {
+                return Err(ConnectionEnd::Refuse(
+                    EdgeError {
+                        status: 431,
+                        error: "headers_too_large",
+                        message: format!(
+                            "Request head over {} bytes. Send fewer or smaller headers.",
+                            limits.max_header_bytes
+                        ),
+                    },
+                    None,
+                ));
+            }
+            let deadline = started.map_or(idle_until, |t| t + header_timeout);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(match started {
+                    Some(_) => ConnectionEnd::Refuse(
+                        EdgeError {
+                            status: 408,
+                            error: "request_timeout",
+                            message: format!(
+                                "No complete request within {} s. Send the whole request head at once.",
+                                header_timeout.as_secs_f64()
+                            ),
+                        },
+                        None,
+                    ),
+                    None => ConnectionEnd::Quiet(Some("idle")),
+                });
+            }
+            let _ = socket.set_read_timeout(Some(left));
+            let len = buf.len();
+            let step = if buf.capacity() == 0 {
+                FIRST_READ
+            } else {
+                4096
+            };
+            let room = (limits.max_header_bytes + 1 - len).clamp(1, step);
+            buf.resize(len + room, 0);
+            let read = (&*socket).read(&mut buf[len..]);
+            buf.truncate(len + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => return Err(ConnectionEnd::Quiet(None)),
+                Ok(_) => {
+                    started.get_or_insert_with(Instant::now);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => return Err(ConnectionEnd::Quiet(None)),
+            }
+        }
+    }
+
+    /// Writes the rest of a reply. Fails (with the reason, for the metrics) if the client
+    /// took nothing for `WRITE_TIMEOUT_MS`, took longer than its size allows at
+    /// `MIN_RATE`, or is gone. What a slow client holds is its own reply (at most the
+    /// OpenAPI document, 48 KiB) or one piece of a long one: counted in each HTTP
+    /// connection's share of the memory budget (`budget::HTTP_COST`).
+    fn write(&self, socket: &TcpStream, rest: &[u8]) -> Result<(), &'static str> {
+        let deadline = Instant::now()
+            + self.limits.write_timeout
+            + Duration::from_secs((rest.len() / MIN_RATE) as u64);
+        self.write_by(socket, rest, deadline)
+    }
+
+    /// Writes a body's pieces as the client takes them, each produced only once the one
+    /// before is written: the client must keep up with `MIN_RATE` over the whole body,
+    /// after `WRITE_TIMEOUT_MS`.
+    fn write_pieces(&self, socket: &TcpStream, pieces: Pieces) -> Result<(), &'static str> {
+        platform::lower_priority();
+        let started = Instant::now();
+        let mut total = 0;
+        for piece in pieces {
+            let piece = piece?;
+            total += piece.len();
+            let deadline = started
+                + self.limits.write_timeout
+                + Duration::from_secs((total / MIN_RATE) as u64);
+            self.write_by(socket, &piece, deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `rest` by `deadline`.
+    fn write_by(
+        &self,
+        socket: &TcpStream,
+        mut rest: &[u8],
+        deadline: Instant,
+    ) -> Result<(), &'static str> {
+        while !rest.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err("write_timeout");
+            }
+            let _ = socket.set_write_timeout(Some(left.min(self.limits.write_timeout)));
+            match (&*socket).write(rest) {
+                Ok(0) => return Err("write_failed"),
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err("write_timeout");
+                }
+                Err(_) => return Err("write_failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a refusal (best effort: the client may be why we refuse) and closes.
+    pub(super) fn write_refusal(
+        &self,
+        socket: &TcpStream,
+        refusal: &EdgeError,
+        origin: Option<&str>,
+    ) {
+        let reply = http::error(refusal.status, refusal.error, &refusal.message, &[]);
+        let reply = http::with_cors(reply, &self.cors, origin);
+        let bytes = render(reply, 1, false, true);
+        let _ = socket.set_write_timeout(Some(REFUSAL_WRITE));
+        let _ = (&*socket).write_all(&bytes);
+        let _ = socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// The head tiny_http reads: the client's request line and end-to-end headers, as
+/// HTTP/1.1 on a connection that stays open, and which client it came from.
+fn canonical(head: &Head, id: u64, secret: &str) -> Vec<u8> {
+    /// Headers about this hop or a body: the edge has dealt with them.
+    const HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "content-length",
+        "expect",
+        "trailer",
+    ];
+    let mut out = Vec::with_capacity(256);
+    let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, head.target);
+    for (name, value) in &head.headers {
+        let lower = name.to_ascii_lowercase();
+        if HOP.contains(&lower.as_str()) || lower.starts_with("x-edge-") {
+            continue;
+        }
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    let _ = write!(out, "X-Edge-Conn: {id} {secret}\r\n\r\n");
+    out
+}
+
+/// No turn freed up for a request in time: the server is at its CPU budget.
+fn busy() -> EdgeError {
+    EdgeError {
+        status: 503,
+        error: "busy",
+        message: "The server is working on as many requests as its CPU budget allows. Retry \
+                  in a few seconds."
+            .into(),
+    }
+}
+
+fn unavailable() -> EdgeError {
+    EdgeError {
+        status: 503,
+        error: "unavailable",
+        message: "The server could not answer in time. Retry in a few seconds.".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_heads_drop_hop_by_hop_and_forged_headers() {
+        let head = head::parse(
+            b"GET /api?x=1 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n\
+              Upgrade: websocket\r\nX-Edge-Conn: 1 forged\r\nTE: chunked\r\nContent-Length: 0\r\n\
+              Origin: http://o\r\n\r\n",
+        )
+        .unwrap();
+        let text = String::from_utf8(canonical(&head, 7, "s3cret")).unwrap();
+        assert_eq!(
+            text,
+            "GET /api?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nOrigin: http://o\r\n\
+             X-Edge-Conn: 7 s3cret\r\n\r\n"
+        );
+    }
+}
