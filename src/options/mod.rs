@@ -16,19 +16,22 @@
 //! Unknown parameters are ignored (cache-busters such as `_=1700000000` are common); a
 //! known parameter with a bad value is an error that lists what is allowed.
 
-use std::time::Duration;
+mod encode;
+mod faults;
+mod history;
+mod query;
 
-use bytes::Bytes;
-
-use crate::chaos::{self, Chaos, Faults, Stall};
+use crate::chaos::{self, Chaos};
 use crate::http::printable;
-use crate::sample::{FIELDS, Fields, Sample, Tick, encode};
+use crate::sample::{FIELDS, Fields};
 use crate::simulator::{self, Model, Profile, Scenario};
+
+pub use faults::faults;
+pub use history::{Range, range};
+pub use query::{pairs, query};
 
 /// At most this many samples are replayed on resume or returned by one history request.
 pub const MAX_POINTS: u64 = 10_000;
-/// `step` at most, in milliseconds: a day.
-const MAX_STEP_MS: u64 = 86_400_000;
 /// `every` at most: one sample in a thousand ticks.
 const MAX_EVERY: u64 = 1000;
 
@@ -58,33 +61,6 @@ pub struct Options {
 }
 
 impl Options {
-    /// Whether samples are the shared stream's bytes (no per-client encoding needed).
-    pub fn is_shared(&self, model: &Model) -> bool {
-        self.profile == model.profile
-            && self.scenario == model.scenario
-            && self.fields == Fields::ORIGINAL
-            && !self.seq
-    }
-
-    /// The bytes of sample `seq` for these options: `shared` (the stream's, encoded once
-    /// for everyone) when it is that tick and the options ask for nothing else, otherwise
-    /// this client's own encoding.
-    pub fn encode(&self, model: &Model, seq: u64, shared: Option<&Tick>) -> Bytes {
-        match shared {
-            Some(tick) if tick.seq == seq && self.is_shared(model) => tick.json.clone(),
-            _ => encode(&self.sample(model, seq), self.fields, self.seq),
-        }
-    }
-
-    /// Sample `tick` under these options' profile and scenario.
-    pub fn sample(&self, model: &Model, tick: u64) -> Sample {
-        let model = Model {
-            profile: self.profile,
-            ..*model
-        };
-        model.sample(tick, self.scenario, self.fields.needs_details())
-    }
-
     /// Resumes from `id`, an `EventSource`'s `Last-Event-ID`, when the query has no
     /// `since`. EventSource sends it back by itself on every reconnect and gives up for
     /// good on an error, so an id that cannot be resumed from (not a seq, or ahead of
@@ -117,58 +93,6 @@ impl Options {
         self.since
             .map(|since| (since + 1).max((latest + 1).saturating_sub(MAX_POINTS))..=latest)
     }
-}
-
-/// A history request: ticks `first..=last` every `step` ticks.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Range {
-    pub first: u64,
-    pub last: u64,
-    pub step: u64,
-}
-
-impl Range {
-    /// The ticks of `from_ms..=to_ms` that sit on the grid of `step` ticks, so that charts
-    /// from different requests line up.
-    fn on_grid(from_ms: u64, to_ms: u64, interval: u64, step: u64) -> Range {
-        Range {
-            first: from_ms.div_ceil(interval).div_ceil(step) * step,
-            last: to_ms / interval / step * step,
-            step,
-        }
-    }
-
-    /// How many ticks the range holds.
-    pub fn points(&self) -> u64 {
-        if self.last >= self.first {
-            (self.last - self.first) / self.step + 1
-        } else {
-            0
-        }
-    }
-
-    pub fn ticks(&self) -> impl Iterator<Item = u64> + use<> {
-        (self.first..=self.last).step_by(self.step as usize)
-    }
-}
-
-/// The decoded `key=value` pairs of a query string.
-pub fn pairs(query: Option<&str>) -> Vec<(String, String)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-/// The query string of a request target, without the `?`.
-pub fn query(target: &str) -> Option<&str> {
-    let q = target.split_once('?')?.1;
-    Some(q.split_once('#').map_or(q, |(q, _)| q))
 }
 
 /// Parses the sample options. `latest` is the newest published tick; `defaults` is the
@@ -308,214 +232,6 @@ pub fn parse(
     Ok(options)
 }
 
-/// Parses a `chaos=` value (or `CHAOS`): `None` for `off` or faults that are all zero.
-/// The error says what is wrong with it; the caller adds the grammar.
-pub fn faults(spec: &str) -> Result<Option<Faults>, String> {
-    if spec == "off" {
-        return Ok(None);
-    }
-    let mut f = Faults::default();
-    let mut seen: Vec<&str> = Vec::new();
-    for part in spec.split(',') {
-        let (name, args) = part
-            .split_once(':')
-            .ok_or_else(|| format!("Fault \"{}\" has no value", printable(part)))?;
-        if seen.contains(&name) {
-            return Err(format!("{} is given twice", printable(name)));
-        }
-        seen.push(name);
-        let bad = |allowed: &str| format!("\"{}\": {allowed}", printable(part));
-        let between = |v: &str, lo: Duration, hi: Duration| {
-            with_unit(v)
-                .map(Duration::from_millis)
-                .filter(|d| (lo..=hi).contains(d))
-        };
-        let chance = |v: &str| {
-            v.parse::<f64>()
-                .ok()
-                .filter(|p| (0.0..=1.0).contains(p))
-                .ok_or_else(|| bad("use a chance from 0 to 1, such as 0.1"))
-        };
-        match name {
-            "drop" | "close" => {
-                let d = between(
-                    args,
-                    Duration::from_millis(100),
-                    Duration::from_secs(86_400),
-                )
-                .ok_or_else(|| bad("use a duration from 100ms to 24h, such as 30s"))?;
-                *(if name == "drop" {
-                    &mut f.drop
-                } else {
-                    &mut f.close
-                }) = Some(d);
-            }
-            "latency" => {
-                let (lo, hi) = args.split_once("..").unwrap_or((args, args));
-                let max = Duration::from_secs(30);
-                let range = between(lo, Duration::ZERO, max)
-                    .zip(between(hi, Duration::ZERO, max))
-                    .filter(|(lo, hi)| lo <= hi);
-                f.latency = Some(range.ok_or_else(|| {
-                    bad("use a delay up to 30s, such as 400ms, or a range such as 200ms..1s")
-                })?);
-            }
-            "stall" => {
-                let (pause, rest) = args.split_once('/').unwrap_or((args, ""));
-                let (period, mode) = rest.split_once(':').unwrap_or((rest, ""));
-                let hour = Duration::from_secs(3600);
-                let stall = between(pause, Duration::from_millis(1), hour)
-                    .zip(between(period, Duration::from_millis(1), hour))
-                    .filter(|(pause, period)| pause < period)
-                    .zip(match mode {
-                        "" => Some(false),
-                        "latest" => Some(true),
-                        _ => None,
-                    })
-                    .map(|((pause, period), latest)| Stall {
-                        pause,
-                        period,
-                        latest,
-                    });
-                f.stall = Some(stall.ok_or_else(|| {
-                    bad(
-                        "use PAUSE/PERIOD with the pause shorter, up to 1h, such as 10s/60s, \
-                         or 10s/60s:latest",
-                    )
-                })?);
-            }
-            "gap" => f.gap = chance(args)?,
-            "dup" => f.dup = chance(args)?,
-            "reorder" => f.reorder = chance(args)?,
-            "garbage" => f.garbage = chance(args)?,
-            "error" => {
-                let (p, status) = args.split_once(':').unwrap_or((args, "503"));
-                let status = status
-                    .parse()
-                    .ok()
-                    .filter(|s| [500, 502, 503, 504].contains(s))
-                    .ok_or_else(|| bad("the status is one of 500, 502, 503, 504"))?;
-                f.error = Some((chance(p)?, status));
-            }
-            _ => return Err(format!("Unknown fault \"{}\"", printable(name))),
-        }
-    }
-    Ok((!f.is_off()).then_some(f))
-}
-
-/// Parses a history range. Any two of `from`, `to` and `last` define it, and all three
-/// must agree (so a Postman import that sends every parameter's example works); `to`
-/// defaults to the latest sample, `last` to 15 minutes.
-pub fn range(pairs: &[(String, String)], model: &Model, latest: u64) -> Result<Range, Invalid> {
-    let get = |name| get(pairs, name);
-    let interval = model.interval_ms();
-    let latest_ms = latest * interval;
-    let time = |name: &'static str| {
-        get(name)
-            .map(|v| time(v).ok_or_else(|| invalid(name, TIME_FORMATS)))
-            .transpose()
-    };
-    let (from, to) = (time("from")?, time("to")?);
-    let last = get("last")
-        .map(|v| {
-            with_unit(v).ok_or_else(|| {
-                invalid(
-                    "last",
-                    "Use a duration with a unit, such as 90s, 15m, 6h or 1d.",
-                )
-            })
-        })
-        .transpose()?;
-    if let Some(from) = from.filter(|&ms| ms > latest_ms) {
-        return Err(invalid(
-            "from",
-            &format!(
-                "from ({}) is in the future; the latest sample is at {}.",
-                crate::sample::timestamp(from as i64),
-                crate::sample::timestamp(latest_ms as i64)
-            ),
-        ));
-    }
-    // Any two of from, to and last define the range; all three must agree.
-    let (from_ms, to_ms, end) = match (from, to, last) {
-        (Some(from), Some(to), Some(last)) if to.checked_sub(from) != Some(last) => {
-            return Err(invalid(
-                "last",
-                &format!(
-                    "from, to and last disagree: to is {} ms after from, last is {last} ms. \
-                     Send any two of them.",
-                    to as i128 - from as i128
-                ),
-            ));
-        }
-        (Some(from), Some(to), _) => (from, to, "to"),
-        (Some(from), None, Some(last)) => (from, from.saturating_add(last), "last"),
-        (Some(from), None, None) => (from, latest_ms, "to"),
-        (None, to, last) => {
-            let to = to.unwrap_or(latest_ms);
-            (to.saturating_sub(last.unwrap_or(15 * 60 * 1000)), to, "to")
-        }
-    };
-    if to_ms > latest_ms + interval {
-        return Err(invalid(
-            end,
-            &format!(
-                "The range ends in the future; the latest sample is at {}.",
-                crate::sample::timestamp(latest_ms as i64)
-            ),
-        ));
-    }
-    let to_ms = to_ms.min(latest_ms);
-    if from_ms > to_ms {
-        return Err(invalid("from", "from is after to."));
-    }
-    // At most a day: a longer step puts the grid's first point beyond the range (in the
-    // year 68241, once), and a day covers 27 years in 10 000 points.
-    let step = match get("step") {
-        Some(v) => duration_ms(v)
-            .filter(|ms| *ms > 0 && ms % interval == 0 && *ms <= MAX_STEP_MS)
-            .map(|ms| ms / interval)
-            .ok_or_else(|| {
-                invalid(
-                    "step",
-                    &format!(
-                        "Use a multiple of the interval, {interval} ms, up to 1d (e.g. \
-                         step={}ms).",
-                        interval * 10
-                    ),
-                )
-            })?,
-        None => 1,
-    };
-    let range = Range::on_grid(from_ms, to_ms, interval, step);
-    let points = range.points();
-    if points > MAX_POINTS {
-        // The smallest step that fits: none below `span / MAX_POINTS` can, and the grid
-        // shifts with the step, so the first that fits is found by trying.
-        let span = (to_ms / interval).saturating_sub(from_ms.div_ceil(interval));
-        let fits = (span / MAX_POINTS).max(step + 1)..;
-        let smallest = fits
-            .into_iter()
-            .find(|&s| Range::on_grid(from_ms, to_ms, interval, s).points() <= MAX_POINTS)
-            .unwrap_or(span.max(1));
-        let advice = if smallest * interval <= MAX_STEP_MS {
-            format!(
-                "Narrow it, or raise step to at least {} ms.",
-                smallest * interval
-            )
-        } else {
-            "Narrow it: even a step of 1d gives more.".to_string()
-        };
-        return Err(invalid(
-            "step",
-            &format!(
-                "This range holds {points} points; at most {MAX_POINTS} are returned. {advice}"
-            ),
-        ));
-    }
-    Ok(range)
-}
-
 /// Every parameter some request understands. Others are ignored, and named back to the
 /// client (`X-Ignored-Parameters`, or the welcome's `ignored`): harmless for cache-busters,
 /// a hint for a typo such as `scenaro`.
@@ -555,22 +271,11 @@ fn get<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-const TIME_FORMATS: &str = "Use an RFC 3339 time (2025-04-12T12:00:00Z) or Unix milliseconds.";
-
 fn invalid(parameter: &'static str, message: &str) -> Invalid {
     Invalid {
         parameter,
         message: message.to_string(),
     }
-}
-
-/// An RFC 3339 time or Unix milliseconds.
-fn time(v: &str) -> Option<u64> {
-    if let Ok(ms) = v.parse::<u64>() {
-        return Some(ms);
-    }
-    let t = chrono::DateTime::parse_from_rfc3339(v).ok()?;
-    u64::try_from(t.timestamp_millis()).ok()
 }
 
 /// `90s`, `15m`, `6h`, `1d`, `500ms`, or plain milliseconds.
@@ -593,31 +298,6 @@ fn duration_ms(v: &str) -> Option<u64> {
 /// would be a silent mistake.
 fn with_unit(v: &str) -> Option<u64> {
     duration_ms(v).filter(|_| v.ends_with(|c: char| c.is_ascii_alphabetic()))
-}
-
-/// Percent-decoding (and `+` as space), invalid escapes kept as they are.
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
