@@ -257,11 +257,11 @@ fn the_metrics_table_is_the_codes() {
     check_generated("ARCHITECTURE.md", "metrics", &table);
 }
 
-/// The README's reconnect loop is `examples/follow.js`, which the browser test runs under
-/// every stream fault (`tests/web/dashboard.mjs`).
+/// The chaos cookbook's reconnect loop (docs/chaos.md) is `examples/follow.js`, which the
+/// browser test runs under every stream fault (`tests/web/dashboard.mjs`).
 #[test]
-fn the_readme_reconnect_loop_is_the_tested_example() {
+fn the_reconnect_loop_is_the_tested_example() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/follow.js");
     let code = std::fs::read_to_string(path).unwrap();
-    check_generated("README.md", "follow", &format!("```js\n{code}```\n"));
+    check_generated("docs/chaos.md", "follow", &format!("```js\n{code}```\n"));
 }
