@@ -232,9 +232,10 @@ fn the_readme_configuration_table_is_the_codes() {
     check_generated("README.md", "config", &table);
 }
 
-/// The README's budget table is the code's (`budget::Budget::rows`), for a 512 MiB host.
+/// The budget table (docs/limits.md) is the code's (`budget::Budget::rows`), for a
+/// 512 MiB host.
 #[test]
-fn the_readme_budget_table_is_the_codes() {
+fn the_budget_table_is_the_codes() {
     use realtime_analytics_backend::budget::Budget;
     let budget = Budget::of(512 << 20, "cgroup limit", 0.1);
     let mut table = String::from(
@@ -243,7 +244,7 @@ fn the_readme_budget_table_is_the_codes() {
     for row in budget.rows((budget.streams, budget.http), 16 * 1024) {
         table += &format!("| {} |\n", row.join(" | "));
     }
-    check_generated("README.md", "budget", &table);
+    check_generated("docs/limits.md", "budget", &table);
 }
 
 /// ARCHITECTURE.md's metrics table is the code's (`metrics::METRICS`).
