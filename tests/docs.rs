@@ -1,8 +1,9 @@
 //! The API documents, the dashboard and the README, as clients and readers meet them:
 //! every documented path answers with a documented status and content type, the documents
 //! point at the server they came from, browsers asking `/` for HTML go to the dashboard,
-//! the dashboard needs nothing from outside the binary, and the README's ranges, log
-//! excerpt and configuration error come from the code.
+//! the dashboard needs nothing from outside the binary, and the generated parts of the
+//! docs (the ranges and log excerpt in ARCHITECTURE.md, the README's configuration, the
+//! budgets in docs/limits.md, the reconnect loop in docs/chaos.md) come from the code.
 
 mod common;
 
@@ -118,10 +119,11 @@ fn the_dashboard_is_one_self_contained_page() {
     assert!(!page.contains("<script src") && !page.contains("<link rel=\"stylesheet\""));
 }
 
-/// The README's per-profile ranges come from the model: its bounds, and what four
-/// simulated weeks from Monday 2025-04-14 (default seed, UTC) actually span.
+/// The per-profile ranges (ARCHITECTURE.md, linked from the README's data format) come
+/// from the model: its bounds, and what four simulated weeks from Monday 2025-04-14
+/// (default seed, UTC) actually span.
 #[test]
-fn the_readme_ranges_are_the_models() {
+fn the_ranges_are_the_models() {
     use realtime_analytics_backend::config::DEFAULT_SEED;
     use realtime_analytics_backend::simulator::{Model, Profile, Scenario};
     let mut table = String::from(
@@ -158,13 +160,14 @@ fn the_readme_ranges_are_the_models() {
             cell(span(|s| s.avg_session_duration), b.avg_session_duration),
         );
     }
-    check_generated("README.md", "ranges", &table);
+    check_generated("ARCHITECTURE.md", "ranges", &table);
 }
 
-/// The README's log excerpt is what the binary logs, started as `cargo run --release` starts
-/// it (numbers aside): startup, a WebSocket, an SSE stream and a wrong path.
+/// The log excerpt (ARCHITECTURE.md, linked from the README's logs) is what the binary
+/// logs, started as `cargo run --release` starts it (numbers aside): startup, a WebSocket,
+/// an SSE stream and a wrong path.
 #[test]
-fn the_readme_log_is_the_servers() {
+fn the_log_excerpt_is_the_servers() {
     let server = Process::spawn(&[("PORT", "0"), ("MEMORY_BUDGET", "512M")]);
     let startup = server.wait_for_line("listening on http://");
     let listening: SocketAddr = startup
@@ -199,7 +202,7 @@ fn the_readme_log_is_the_servers() {
     let text = lines
         .join("\n")
         .replace(&format!(":{}", addr.port()), ":4000");
-    check_shape("README.md", "log", &format!("```text\n{text}\n```\n"));
+    check_shape("ARCHITECTURE.md", "log", &format!("```text\n{text}\n```\n"));
 }
 
 /// The README's example of a bad configuration value is what the binary prints.
@@ -232,9 +235,10 @@ fn the_readme_configuration_table_is_the_codes() {
     check_generated("README.md", "config", &table);
 }
 
-/// The README's budget table is the code's (`budget::Budget::rows`), for a 512 MiB host.
+/// The budget table (docs/limits.md) is the code's (`budget::Budget::rows`), for a
+/// 512 MiB host.
 #[test]
-fn the_readme_budget_table_is_the_codes() {
+fn the_budget_table_is_the_codes() {
     use realtime_analytics_backend::budget::Budget;
     let budget = Budget::of(512 << 20, "cgroup limit", 0.1);
     let mut table = String::from(
@@ -243,7 +247,7 @@ fn the_readme_budget_table_is_the_codes() {
     for row in budget.rows((budget.streams, budget.http), 16 * 1024) {
         table += &format!("| {} |\n", row.join(" | "));
     }
-    check_generated("README.md", "budget", &table);
+    check_generated("docs/limits.md", "budget", &table);
 }
 
 /// ARCHITECTURE.md's metrics table is the code's (`metrics::METRICS`).
@@ -257,11 +261,11 @@ fn the_metrics_table_is_the_codes() {
     check_generated("ARCHITECTURE.md", "metrics", &table);
 }
 
-/// The README's reconnect loop is `examples/follow.js`, which the browser test runs under
-/// every stream fault (`tests/web/dashboard.mjs`).
+/// The chaos cookbook's reconnect loop (docs/chaos.md) is `examples/follow.js`, which the
+/// browser test runs under every stream fault (`tests/web/dashboard.mjs`).
 #[test]
-fn the_readme_reconnect_loop_is_the_tested_example() {
+fn the_reconnect_loop_is_the_tested_example() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/follow.js");
     let code = std::fs::read_to_string(path).unwrap();
-    check_generated("README.md", "follow", &format!("```js\n{code}```\n"));
+    check_generated("docs/chaos.md", "follow", &format!("```js\n{code}```\n"));
 }

@@ -9,7 +9,7 @@
 // ?chaos=drop:5s,gap:0.1,latency:300ms it resumes and ends with a gap-free chart. Then serves
 // examples/browser.html (the README's browser example) from another origin and checks that
 // its WebSocket and EventSource both receive samples across origins, and that
-// examples/follow.js (the README's reconnect loop) survives every stream fault at once.
+// examples/follow.js (the chaos cookbook's reconnect loop) survives every stream fault at once.
 //
 // Usage: node dashboard.mjs PATH_TO_BINARY [OUT_DIR]
 import { spawn } from "node:child_process";
@@ -227,7 +227,7 @@ try {
   // another origin.
   const block = await readFile(new URL("../../examples/browser.html", import.meta.url), "utf8");
   const html = block.replaceAll("localhost:4000", `127.0.0.1:${port}`);
-  // And examples/follow.js, the README's reconnect loop, under every stream fault at once.
+  // And examples/follow.js, the chaos cookbook's reconnect loop, under every stream fault at once.
   const followJs = await readFile(new URL("../../examples/follow.js", import.meta.url), "utf8");
   const chaos = "drop:3s,stall:1s/4s,gap:0.2,dup:0.2,reorder:0.2,garbage:0.2,latency:100ms..300ms";
   const followPage = `<!doctype html><script>
