@@ -1,6 +1,7 @@
 //! After every client (WebSocket, event stream, HTTP) leaves, the server's thread and descriptor counts return to what
 //! they were before (read from /proc/self: this binary runs only this test, so the counts
 //! are the server's and this test's own).
+#![cfg(target_os = "linux")] // threads and descriptors are counted in /proc
 
 mod common;
 

@@ -5,6 +5,7 @@ mod common;
 use std::net::TcpListener;
 
 use common::*;
+#[cfg(unix)] // read by the tests that signal the server
 use tungstenite::protocol::frame::coding::CloseCode;
 
 #[test]
@@ -115,6 +116,7 @@ fn a_port_in_use_is_reported_and_exits_1() {
     );
 }
 
+#[cfg(unix)] // signals the server with kill(2), which Windows lacks
 #[test]
 fn sigterm_closes_websocket_clients_with_1001_and_logs_each_disconnect() {
     let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INTERVAL_MS", "200")]);
@@ -134,6 +136,7 @@ fn sigterm_closes_websocket_clients_with_1001_and_logs_each_disconnect() {
 
 /// What a client sends is cut in the log: a 4000-character method, target or option
 /// value makes no long line.
+#[cfg(unix)] // signals the server with kill(2), which Windows lacks
 #[test]
 fn client_text_is_cut_in_log_lines() {
     let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0")]);
@@ -188,6 +191,7 @@ fn p_addr(line: &str) -> &str {
 
 /// SIGHUP (a terminal that closes, a run without `nohup`) stops the server as SIGTERM
 /// does, instead of ending it at once with no close frames and nothing logged.
+#[cfg(unix)] // signals the server with kill(2), which Windows lacks
 #[test]
 fn sighup_stops_gracefully_as_sigterm_does() {
     let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INTERVAL_MS", "200")]);
@@ -205,6 +209,7 @@ fn sighup_stops_gracefully_as_sigterm_does() {
     assert!(log.contains("close=1001"), "{log}");
 }
 
+#[cfg(unix)] // signals the server with kill(2), which Windows lacks
 #[test]
 fn sigint_also_stops_gracefully() {
     let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0")]);
@@ -213,6 +218,7 @@ fn sigint_also_stops_gracefully() {
     assert_eq!(p.wait_exit(), Some(0));
 }
 
+#[cfg(unix)] // signals the server with kill(2), which Windows lacks
 #[test]
 fn sigterm_drains_readiness_refuses_upgrades_and_spreads_reconnects() {
     let mut p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INTERVAL_MS", "200")]);
@@ -258,6 +264,7 @@ fn sigterm_drains_readiness_refuses_upgrades_and_spreads_reconnects() {
 /// Caps configured far above what 64 descriptors allow are lowered with a warning, and a
 /// flood of connections is refused with 503 while the server keeps answering: the accept
 /// loop never dies, and the watchdog does not mistake a full house for a dead server.
+#[cfg(unix)] // a descriptor limit (setrlimit), then a signal; Windows has neither
 #[test]
 #[ignore = "slow tier: holds a flood past three watchdog probes (9 s); scripts/test.sh runs it"]
 fn a_connection_flood_under_a_low_descriptor_limit_is_refused_and_the_server_stays_up() {
@@ -297,6 +304,7 @@ fn a_connection_flood_under_a_low_descriptor_limit_is_refused_and_the_server_sta
     assert_eq!(p.wait_exit(), Some(0));
 }
 
+#[cfg(unix)] // for the descriptor-limit tests
 fn send_raw_ok(addr: std::net::SocketAddr) -> bool {
     std::net::TcpStream::connect(addr).is_ok_and(|s| {
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -313,6 +321,7 @@ fn send_raw_ok(addr: std::net::SocketAddr) -> bool {
 /// Caps derived from a low descriptor limit fit in it with the server's own descriptors
 /// and the places kept for health probes: at the lowest limit that can serve one client of
 /// each kind, exactly that. Clients past the caps are refused, never crash the server.
+#[cfg(unix)] // a descriptor limit (setrlimit), then a signal; Windows has neither
 #[test]
 fn caps_derived_from_a_low_descriptor_limit_refuse_instead_of_crashing() {
     for (limit, caps) in [
@@ -366,6 +375,7 @@ fn caps_derived_from_a_low_descriptor_limit_refuse_instead_of_crashing() {
 /// A descriptor limit too low for the server's own descriptors, the probes' places and
 /// one client of each kind stops the server before it serves, with exit status 2 and a
 /// line naming the limit, the minimum and the command that raises it.
+#[cfg(unix)] // a descriptor limit set with setrlimit; Windows has none
 #[test]
 fn a_descriptor_limit_too_low_to_serve_exits_2_naming_the_minimum() {
     for limit in [29, 12] {
@@ -384,11 +394,13 @@ fn a_descriptor_limit_too_low_to_serve_exits_2_naming_the_minimum() {
 
 /// The request line and headers of an upgrade whose option is refused: the connection
 /// gets a 101, an error frame and close 1008.
+#[cfg(unix)] // for the descriptor-limit tests
 fn refused_upgrade(addr: std::net::SocketAddr) -> String {
     upgrade_request(addr, "/api/analytics?every=0", HANDSHAKE)
 }
 
 /// Opens a connection and sends `raw`, without reading.
+#[cfg(unix)] // for the descriptor-limit tests
 fn sent(addr: std::net::SocketAddr, raw: &str) -> Option<std::net::TcpStream> {
     let stream = std::net::TcpStream::connect(addr).ok()?;
     std::io::Write::write_all(&mut &stream, raw.as_bytes()).ok()?;
@@ -396,6 +408,7 @@ fn sent(addr: std::net::SocketAddr, raw: &str) -> Option<std::net::TcpStream> {
 }
 
 /// The highest thread count of process `pid` seen until `stop` is set.
+#[cfg(target_os = "linux")] // counted from /proc
 fn peak_threads(
     pid: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -457,8 +470,8 @@ fn refused_upgrades_held_open_count_under_the_caps() {
 /// Under a low descriptor limit, 250 connections a second (streams that never read and
 /// refused upgrades held open) meet 503s and refusals: the server never runs out of
 /// descriptors, the watchdog never fires, `/healthz` answers throughout, and threads and
-/// descriptors return to where they were.
-#[cfg(target_os = "linux")] // descriptors and threads counted from /proc
+/// descriptors return to where they were (on Linux, where they are counted).
+#[cfg(unix)] // a descriptor limit (setrlimit), then a signal; Windows has neither
 #[test]
 #[ignore = "slow tier: floods two servers past four watchdog probes (about 25 s); scripts/test.sh runs it"]
 fn floods_under_a_low_descriptor_limit_degrade_to_refusals_never_to_an_exit() {
@@ -471,17 +484,16 @@ fn floods_under_a_low_descriptor_limit_degrade_to_refusals_never_to_an_exit() {
             Some(limit),
         );
         let addr = p.wait_until_listening();
-        let pid = p.child.id().to_string();
-        let at_rest = || {
-            let before = threads_and_fds_of(&pid);
-            std::thread::sleep(Duration::from_millis(100));
-            (before == threads_and_fds_of(&pid)).then_some(before)
+        #[cfg(target_os = "linux")] // descriptors and threads counted from /proc
+        let (pid, baseline) = {
+            let pid = p.child.id().to_string();
+            let mut baseline = None;
+            assert!(eventually(TIMEOUT, || {
+                baseline = at_rest(&pid);
+                baseline.is_some()
+            }));
+            (pid, baseline.unwrap())
         };
-        let mut baseline = None;
-        assert!(eventually(TIMEOUT, || {
-            baseline = at_rest();
-            baseline.is_some()
-        }));
         let stop = Arc::new(AtomicBool::new(false));
         let floods: Vec<_> = [
             upgrade_request(addr, "/api/analytics", HANDSHAKE),
@@ -526,12 +538,12 @@ fn floods_under_a_low_descriptor_limit_degrade_to_refusals_never_to_an_exit() {
             healthy > 2 * full,
             "limit {limit}: /healthz 200 {healthy} times, 503 {full} times"
         );
+        #[cfg(target_os = "linux")] // descriptors and threads counted from /proc
         assert!(
             // At most where they were: one of tiny_http's pool threads, left from the
             // connection that ended its accept loop, may end meanwhile.
             eventually(Duration::from_secs(15), || {
-                let (now, then) = (at_rest(), baseline.unwrap());
-                now.is_some_and(|now| now.0 <= then.0 && now.1 <= then.1)
+                at_rest(&pid).is_some_and(|now| now.0 <= baseline.0 && now.1 <= baseline.1)
             }),
             "limit {limit}: {baseline:?} at rest before, {:?} after",
             threads_and_fds_of(&pid)
@@ -542,7 +554,16 @@ fn floods_under_a_low_descriptor_limit_degrade_to_refusals_never_to_an_exit() {
     }
 }
 
+/// Thread and descriptor counts of process `pid` if they stay the same over 100 ms.
+#[cfg(target_os = "linux")] // counted from /proc
+fn at_rest(pid: &str) -> Option<(usize, usize)> {
+    let before = threads_and_fds_of(pid);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    (before == threads_and_fds_of(pid)).then_some(before)
+}
+
 /// Stops the server with SIGTERM: it exits 0, and no line of its log contained `needle`.
+#[cfg(unix)] // signals the server with kill(2), which Windows lacks
 fn stop_logging_nothing_of(p: &mut Process, needle: &str) {
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(), Some(0));
@@ -616,6 +637,7 @@ fn out_of_descriptors_connections_are_refused_and_the_watchdog_does_not_restart(
 /// As Render runs it: no HOST (all interfaces), PORT from the environment; the health
 /// check path answers well within Render's 5 s, and SIGTERM (a deploy) ends an SSE stream
 /// with its close event and the process with 0.
+#[cfg(unix)] // signals the server with kill(2), which Windows lacks
 #[test]
 fn starts_as_render_runs_it_and_deploys_end_streams_cleanly() {
     let port = TcpListener::bind("127.0.0.1:0")

@@ -1,10 +1,7 @@
 //! Budgets over real sockets: long resumes and big histories, the heaviest requests a
 //! client can make legitimately, cost memory in pieces whatever the clients do, and a
 //! client that reads slowly gets its answer or a 503 that says when to retry.
-//!
-//! Linux only: resident memory is read from `/proc/self/status` (the server runs in this
-//! process).
-#![cfg(target_os = "linux")]
+#![cfg(target_os = "linux")] // RSS is read from /proc/self/status: the server runs in this process
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! on the built binary, RSS read from /proc. Prints the figures quoted in the README;
 //! asserts only a generous bound (the default tungstenite read buffer alone would be
 //! 128 KiB per client).
+#![cfg(target_os = "linux")] // RSS, threads and thread stacks are read from /proc
 
 mod common;
 
@@ -107,19 +108,21 @@ fn stack_depths(pid: u32, size: usize) -> Vec<usize> {
     depths
 }
 
-/// A stream's thread, after its opening, ten samples and a ping answered, has written
-/// within the top two pages of its stack: the third page that every client paid for
-/// before (the steps of a stream are out of line, the channels are made on the workers'
-/// threads; see `edge::STACK`) stays untouched. The glibc thread block and static TLS
-/// take the first 4.6 KiB, so the stream's frames have about 3.5 KiB. (A client with
-/// options of its own, `?fields=all&seq=1`, has each sample encoded on its thread, and
-/// that path reaches a third page: 8.8 KiB.)
+/// How deep stream threads write into their stacks, after their opening, ten samples and
+/// a ping answered. Printed, not asserted: every page of stack a thread touches stays
+/// resident for its client's life, so the deepest thread tells how many pages each client
+/// pays for (two, 8 KiB, in ARCHITECTURE.md's figures: glibc's thread block and static TLS
+/// take the first 4.6 KiB, a stream's frames about 3.5 KiB; see `edge::STACK`), but the
+/// depth follows the compiler's frame layout, which changes with its version and inlining.
+/// It is a guide for whoever changes a stream's code; what users pay, RSS per idle client,
+/// is asserted above. A client with options of its own (`?fields=all&seq=1`) encodes each
+/// sample on its thread and reaches a third page (8.8 KiB).
 #[test]
 #[cfg_attr(
     debug_assertions,
     ignore = "measures the release build's frames: cargo test --release (scripts/test.sh) runs it"
 )]
-fn a_stream_thread_touches_two_pages_of_stack() {
+fn prints_how_deep_stream_threads_write_into_their_stacks() {
     let p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INTERVAL_MS", "100")]);
     let addr = p.wait_until_listening();
     let mut clients: Vec<TcpStream> = (0..10).map(|_| open_websocket(addr)).collect();
@@ -142,15 +145,16 @@ fn a_stream_thread_touches_two_pages_of_stack() {
             && sent("analytics_sse_events_sent_total ") >= 10 * 11),
         "every stream sends ten samples"
     );
+    // Connection threads of the /metrics requests may be among them, or their stacks
+    // cached by glibc for the next thread.
     let depths = stack_depths(p.child.id(), STACK);
-    println!("stack depth of {} stream threads: {depths:?}", depths.len());
-    // Connection threads of the /metrics requests may still be there, or their stacks
-    // cached by glibc for the next thread: they are held to the same bound.
-    assert!(depths.len() >= clients.len(), "one thread per stream");
-    let deepest = depths.into_iter().max().unwrap();
-    assert!(
-        deepest <= 8192,
-        "a stream thread wrote {deepest} bytes deep into its stack: a third page for every client"
+    let deepest = depths.iter().max().copied().unwrap_or(0);
+    println!(
+        "stack depth of {} connection threads ({} streams): deepest {deepest} bytes, {} pages \
+         of 4 KiB; all: {depths:?}",
+        depths.len(),
+        clients.len(),
+        deepest.div_ceil(4096)
     );
     drop(clients);
 }

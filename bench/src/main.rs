@@ -303,7 +303,7 @@ fn run(args: &Args) -> serde_json::Value {
             "p99": ms(percentile(&mut stats.jitter_us, 0.99)),
         },
         "closes": stats.closes,
-        "loadgen_cpu_pct": 100.0 * own_cpu_seconds() / wall,
+        "loadgen_cpu_pct": own_cpu_seconds().map(|cpu| 100.0 * cpu / wall),
     })
 }
 
@@ -487,7 +487,9 @@ fn percentile(values: &mut [u64], p: f64) -> u64 {
     values[((values.len() - 1) as f64 * p).round() as usize]
 }
 
-fn own_cpu_seconds() -> f64 {
+/// CPU time this process has used, user and system.
+#[cfg(unix)] // getrusage
+fn own_cpu_seconds() -> Option<f64> {
     // SAFETY: getrusage writes one rusage.
     let usage = unsafe {
         let mut u: libc::rusage = std::mem::zeroed();
@@ -495,7 +497,13 @@ fn own_cpu_seconds() -> f64 {
         u
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
+/// Not measured without getrusage (Windows): `loadgen_cpu_pct` is null.
+#[cfg(not(unix))] // no getrusage
+fn own_cpu_seconds() -> Option<f64> {
+    None
 }
 
 #[cfg(test)]

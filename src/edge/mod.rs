@@ -62,7 +62,7 @@ use upstream::Upstream;
 
 /// Stack for connection threads: they parse heads, and run a stream (tungstenite's
 /// framing) when the connection becomes one. Only touched pages count towards RSS: two
-/// per thread, as `tests/memory.rs` checks (glibc's thread block and TLS take the top
+/// per thread, as `tests/memory.rs` measures (glibc's thread block and TLS take the top
 /// 4.6 KiB, which leaves a stream about 3.5 KiB of frames; see `stream::Client::run`).
 /// The deepest path measured, a stream client with options of its own, reaches 8.8 KiB.
 pub const STACK: usize = 128 * 1024;

@@ -301,6 +301,7 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Resident bytes of this process.
+#[cfg(target_os = "linux")] // read from /proc
 pub fn rss() -> usize {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let kb: usize = status
@@ -312,11 +313,13 @@ pub fn rss() -> usize {
 }
 
 /// Thread and open-descriptor counts of this process.
+#[cfg(target_os = "linux")] // read from /proc
 pub fn threads_and_fds() -> (usize, usize) {
     threads_and_fds_of("self")
 }
 
 /// Thread and open-descriptor counts of the process `pid` (a number, or `self`).
+#[cfg(target_os = "linux")] // read from /proc
 pub fn threads_and_fds_of(pid: &str) -> (usize, usize) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let threads = status
@@ -340,14 +343,18 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(env: &[(&str, &str)]) -> Process {
-        Process::spawn_limited(env, None)
+        Process::run(
+            Command::new(env!("CARGO_BIN_EXE_realtime-analytics-backend")),
+            env,
+        )
     }
 
     /// Spawns with the open-file limit (soft and hard) set to `nofile`, if given. Values
     /// need not be UTF-8.
+    #[cfg(unix)] // the limit is set with setrlimit in the child, before exec
     pub fn spawn_limited<V: AsRef<std::ffi::OsStr>>(
         env: &[(&str, V)],
-        nofile: Option<u64>,
+        nofile: Option<libc::rlim_t>,
     ) -> Process {
         Process::spawn_crowded(env, nofile, 0)
     }
@@ -355,9 +362,10 @@ impl Process {
     /// Like [`Process::spawn_limited`], with `inherited` descriptors the server did not
     /// open (copies of stderr, left open across exec, numbered from 3) taking part of the
     /// limit.
+    #[cfg(unix)] // the limit is set with setrlimit and the copies made with dup2 before exec
     pub fn spawn_crowded<V: AsRef<std::ffi::OsStr>>(
         env: &[(&str, V)],
-        nofile: Option<u64>,
+        nofile: Option<libc::rlim_t>,
         inherited: usize,
     ) -> Process {
         use std::os::unix::process::CommandExt;
@@ -390,6 +398,7 @@ impl Process {
 
     /// Spawns in the cgroup whose `cgroup.procs` file is `procs`, from its first
     /// instruction: it sees the cgroup's limits as it starts.
+    #[cfg(target_os = "linux")] // cgroups are Linux's
     pub fn spawn_in(procs: &std::path::Path, env: &[(&str, &str)]) -> Process {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", r#"echo $$ > "$0" && exec "$1""#])
@@ -454,6 +463,7 @@ impl Process {
         }
     }
 
+    #[cfg(unix)] // sent with kill(2); Windows has no signals to send to another process
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill with a pid we spawned.
         unsafe {
