@@ -3,6 +3,8 @@
 
 use std::fmt::Write;
 use std::io::Cursor;
+use std::net::TcpStream;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -20,6 +22,29 @@ pub type Reply = Response<Cursor<Bytes>>;
 /// cannot be produced ends the body short, with the reason (for the metrics): the
 /// connection is then closed, so the client sees the cut.
 pub type Pieces = Box<dyn Iterator<Item = Result<Bytes, &'static str>> + Send>;
+
+/// What a worker decides for a request, and all it hands back: the connection's thread
+/// carries it out. Defined here, below the edge and the routes, so that the edge knows no
+/// route and the routes no socket.
+pub enum Decision {
+    /// A reply, held this long first (chaos `latency`).
+    Reply(Reply, Duration),
+    /// A reply the connection's thread computes first.
+    Later(DeferredReply),
+    /// The connection becomes a stream.
+    Stream(StreamFn),
+}
+
+/// A reply to compute on the connection's own thread, not on one of the four workers:
+/// a long history takes milliseconds (a second in a debug build), and the workers must
+/// stay free for everyone else's requests, `/healthz` among them. Gives the reply, how
+/// long to hold it, and its body's [`Pieces`] when the body is produced as the client
+/// takes it.
+pub type DeferredReply = Box<dyn FnOnce() -> ((Reply, Duration), Option<Pieces>) + Send>;
+
+/// Runs a stream on the connection's thread: given the socket and any bytes the client
+/// sent after the request head.
+pub type StreamFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
 
 /// The head of a JSON response whose `len` bytes of body come as [`Pieces`].
 pub fn json_head(status: u16, len: usize) -> Reply {

@@ -19,7 +19,7 @@ use crate::budget::{self, Turns};
 use crate::chaos::Garbage;
 use crate::context::Context;
 use crate::generator;
-use crate::http::{self, Pieces, Reply, header, request_header};
+use crate::http::{self, Decision, Pieces, Reply, header, request_header};
 use crate::metrics::Metrics;
 use crate::options::{self, Invalid};
 use crate::paths::{self, Route};
@@ -32,30 +32,21 @@ const ALLOW: &str = "GET, HEAD, OPTIONS";
 /// otherwise).
 pub type DelayedReply = (Reply, Duration);
 
-/// An answer to compute on the connection's own thread, not on one of the four workers:
-/// a long history takes milliseconds (a second in a debug build), and the workers must
-/// stay free for everyone else's requests, `/healthz` among them. Its body may come as
-/// [`Pieces`], produced as the client takes them.
-pub type DeferredReply = Box<dyn FnOnce() -> (DelayedReply, Option<Pieces>) + Send>;
-
-/// When a request is answered.
-pub enum Routed {
-    Now(DelayedReply),
-    Later(DeferredReply),
-}
-
-/// Answers one request whose target normalised to `path`: now, or [`DeferredReply`] for a
-/// history.
-pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Routed {
+/// Answers one request whose target normalised to `path`: a reply, or one the
+/// connection's thread computes for a history.
+pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Decision {
     let Some(route) = paths::route(path) else {
-        return Routed::Now((not_found(path), Duration::ZERO));
+        return Decision::Reply(not_found(path), Duration::ZERO);
     };
     let reply = match request.method() {
         Method::Get | Method::Head => match route {
-            Route::Analytics => return Routed::Now(samples_or_error(request.url(), ctx)),
+            Route::Analytics => {
+                let (reply, delay) = samples_or_error(request.url(), ctx);
+                return Decision::Reply(reply, delay);
+            }
             Route::History => {
                 let (url, ctx) = (request.url().to_string(), Arc::clone(ctx));
-                return Routed::Later(Box::new(move || {
+                return Decision::Later(Box::new(move || {
                     history(&url, &ctx)
                         .unwrap_or_else(|e| ((http::bad_query(&e), Duration::ZERO), None))
                 }));
@@ -75,7 +66,7 @@ pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Routed {
         Method::Options => preflight(request),
         other => method_not_allowed(other, route),
     };
-    Routed::Now((reply, Duration::ZERO))
+    Decision::Reply(reply, Duration::ZERO)
 }
 
 fn samples_or_error(url: &str, ctx: &Context) -> DelayedReply {

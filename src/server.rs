@@ -20,10 +20,10 @@ use tiny_http::{Method, Request};
 use crate::budget::{Budget, Turns};
 use crate::config::{Config, Cors};
 use crate::context::{Caps, Context};
-use crate::edge::{self, Connection, Connections, Edge, Exchange, Limits, StreamFn};
+use crate::edge::{self, Connection, Connections, Edge, Exchange, Limits};
 use crate::error::{Failure, Refusal, StartError};
 use crate::generator;
-use crate::http::{self, Reply, request_header};
+use crate::http::{self, Decision, Reply, StreamFn, request_header};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::options;
@@ -426,15 +426,6 @@ impl Settlement<'_> {
     }
 }
 
-/// What answers a request.
-enum Answer {
-    /// A reply, held this long first (chaos `latency`).
-    Reply(Reply, Duration),
-    /// A reply the connection's own thread computes.
-    Later(routes::DeferredReply),
-    Stream(StreamFn),
-}
-
 impl Worker {
     fn run(self) {
         loop {
@@ -462,25 +453,22 @@ impl Worker {
         };
         let path = paths::normalise(request.url());
         let route = paths::route(&path);
-        let answer = self.decide(&request, &client, &path, route);
-        self.ctx.metrics.decided();
-        match answer {
-            Answer::Reply(reply, delay) => {
+        let decision = match self.decide(&request, &client, &path, route) {
+            Decision::Reply(reply, delay) => {
                 let reply = self.settle(&request, client.peer, route).reply(reply);
-                client.reply(request, reply, delay);
+                Decision::Reply(reply, delay)
             }
-            Answer::Later(answer) => {
+            Decision::Later(answer) => {
                 let settle = self.settle(&request, client.peer, route).into_owned();
-                client.later(
-                    request,
-                    Box::new(move || {
-                        let ((reply, delay), pieces) = answer();
-                        ((settle.reply(reply), delay), pieces)
-                    }),
-                );
+                Decision::Later(Box::new(move || {
+                    let ((reply, delay), pieces) = answer();
+                    ((settle.reply(reply), delay), pieces)
+                }))
             }
-            Answer::Stream(run) => client.hand_back(request, run),
-        }
+            stream => stream,
+        };
+        self.ctx.metrics.decided();
+        client.decide(request, decision);
     }
 
     /// The one decision: a WebSocket upgrade, an event stream, or REST.
@@ -490,23 +478,23 @@ impl Worker {
         client: &Connection,
         path: &str,
         route: Option<Route>,
-    ) -> Answer {
+    ) -> Decision {
         let exchange = client.exchange();
         if exchange.body {
             let refusal = routes::body_not_accepted(request.method(), path);
-            return Answer::Reply(refusal, Duration::ZERO);
+            return Decision::Reply(refusal, Duration::ZERO);
         }
         let stream = if ws::is_upgrade(request) {
             self.websocket(request, &exchange, path, route, client.peer)
         } else if route.is_some_and(Route::sends_samples) && sse::is_event_stream(request) {
             self.event_stream(request, client.peer)
         } else {
-            return match routes::handle(request, path, &self.ctx) {
-                routes::Routed::Now((reply, delay)) => Answer::Reply(reply, delay),
-                routes::Routed::Later(answer) => Answer::Later(answer),
-            };
+            return routes::handle(request, path, &self.ctx);
         };
-        stream.map_or_else(|reply| Answer::Reply(reply, Duration::ZERO), Answer::Stream)
+        stream.map_or_else(
+            |reply| Decision::Reply(reply, Duration::ZERO),
+            Decision::Stream,
+        )
     }
 
     fn websocket(

@@ -446,9 +446,7 @@ fn health_checks_at_a_tenth_of_a_core(
 /// On a tenth of a core (Render's smallest instances) with 300 connections looping
 /// requests (short histories), health checks are answered within a second: every
 /// request but a probe's is worked on under one of a few turns, so a probe waits
-/// behind a few requests, not behind the flood's hundreds. Before, the probe's request
-/// queued behind them all on the way to the workers: 0.4-0.9 s at the median, up to
-/// 5.3 s, and while clients over the cap held the probes' places, 503s.
+/// behind a few requests, not behind the flood's hundreds.
 #[test]
 #[ignore = "slow tier: floods a server in a cpu cgroup for 12 s; needs root; scripts/test.sh runs it"]
 fn a_tenth_of_a_core_flooded_with_requests_answers_health_checks() {
@@ -482,9 +480,7 @@ fn a_tenth_of_a_core_flooded_with_requests_answers_health_checks() {
 /// read its first 256 KiB and stop reading: hundreds of stream threads are runnable at
 /// once, encoding and writing. Health checks are still answered within the watchdog's
 /// 3 s, and none says `stale`: stream threads run below the generator, accept and the
-/// probes (nice 19 on Linux). Before, two runs in three failed (a probe got 503; the
-/// slowest took 3.3 s), and with the outsider's Python clients the slowest took 4-8.5 s
-/// and the generator fell 4.4 s behind.
+/// probes (nice 19 on Linux).
 #[test]
 #[ignore = "slow tier: floods a server in a cpu cgroup for 12 s; needs root; scripts/test.sh runs it"]
 fn a_tenth_of_a_core_with_hundreds_of_stalled_resumes_answers_health_checks() {
@@ -515,9 +511,7 @@ fn a_tenth_of_a_core_with_hundreds_of_stalled_resumes_answers_health_checks() {
 /// rest keep evicting each other from those. Health checks are still answered: half the
 /// room for evicted connections that are still closing is kept for newcomers that sent
 /// a probe's whole head. One in twenty may still get the cap's 503: a probe accepted
-/// before its head arrived looks like a squatter (0 or 1 of 45 in six runs). Before, the
-/// squatters' evictions filled that room while their threads waited for the CPU: 13 and
-/// 15 of 45 got the 503.
+/// before its head arrived looks like a squatter (0 or 1 of 45 in six runs).
 #[test]
 #[ignore = "slow tier: floods a server in a cpu cgroup for 12 s; needs root; scripts/test.sh runs it"]
 fn a_tenth_of_a_core_with_silent_sockets_reconnecting_answers_health_checks() {

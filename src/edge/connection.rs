@@ -11,15 +11,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::budget::{self, MIN_RATE};
-use crate::http::{self, Pieces};
+use crate::http::{self, Decision, Pieces, Reply, StreamFn};
 use crate::platform;
 use crate::sync::lock;
 
+use super::Edge;
 use super::accept::{Place, is_probe};
-use super::handoff::{Connection, Decision, Exchange, Outcome};
+use super::handoff::{Connection, DecisionSlot, Exchange};
 use super::head::{self, EdgeError, Head, Scanner};
 use super::render::render;
-use super::{Edge, StreamFn};
 
 /// The first read of a connection's head: enough for curl's, websocat's and most
 /// browsers' requests (nginx's `client_header_buffer_size` is the same 1 KiB). Larger
@@ -63,7 +63,7 @@ impl Edge {
         place: Place,
         probe: bool,
     ) -> Option<(StreamFn, TcpStream, Vec<u8>)> {
-        let decision = Arc::new(Decision::default());
+        let decision = Arc::new(DecisionSlot::default());
         let client = Arc::new(Connection {
             peer,
             socket: Arc::clone(&socket),
@@ -96,7 +96,6 @@ impl Edge {
             };
             *lock(&client.exchange) = Exchange {
                 minor: head.minor,
-                close: head.close || probe,
                 upgrade: head.upgrade,
                 body: head.body,
             };
@@ -125,10 +124,16 @@ impl Edge {
                     head.header("Origin").map(str::to_string),
                 );
             }
+            let close = head.close || head.upgrade || probe;
             let reply = match decision.take_within(ANSWER_WITHIN) {
-                Some(Outcome::Reply(reply)) => reply,
-                Some(Outcome::Later(answer)) => client.computed(answer, &head),
-                Some(Outcome::Stream(run)) => {
+                Some(Decision::Reply(reply, delay)) => {
+                    Rendered::new(reply, delay, None, &head, close)
+                }
+                Some(Decision::Later(answer)) => {
+                    let ((reply, delay), pieces) = answer();
+                    Rendered::new(reply, delay, pieces, &head, close)
+                }
+                Some(Decision::Stream(run)) => {
                     // The stream's slot holds the connection from here: the place is
                     // given back as this returns.
                     lock(&self.clients.map).remove(&id);
@@ -154,13 +159,11 @@ impl Edge {
             if let Some(due) = reply.due {
                 thread::sleep(due.saturating_duration_since(Instant::now()));
             }
-            let written = self
-                .write(&socket, &reply.bytes[reply.sent..])
-                .and_then(|()| {
-                    reply
-                        .pieces
-                        .map_or(Ok(()), |p| self.write_pieces(&socket, p))
-                });
+            let written = self.write(&socket, &reply.bytes).and_then(|()| {
+                reply
+                    .pieces
+                    .map_or(Ok(()), |p| self.write_pieces(&socket, p))
+            });
             if let Err(reason) = written {
                 self.metrics.http_closed(reason);
                 break ConnectionEnd::Quiet(None);
@@ -362,6 +365,39 @@ impl Edge {
         let _ = socket.set_write_timeout(Some(REFUSAL_WRITE));
         let _ = (&*socket).write_all(&bytes);
         let _ = socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// A reply ready for the connection's thread to write.
+struct Rendered {
+    /// The reply's bytes for the client's HTTP version.
+    bytes: Vec<u8>,
+    /// The connection ends after it.
+    close: bool,
+    /// Not before then (chaos latency, 30 s at most).
+    due: Option<Instant>,
+    /// The rest of the body, produced as the client takes it (a long history).
+    pieces: Option<Pieces>,
+}
+
+impl Rendered {
+    /// `reply` to the request `head`, held `delay` first. The connection ends after it
+    /// when `close`: the client asked (or the place is a probe's), or a refused upgrade,
+    /// as the client asked to leave HTTP and nothing else will follow on it.
+    fn new(
+        reply: Reply,
+        delay: Duration,
+        pieces: Option<Pieces>,
+        head: &Head,
+        close: bool,
+    ) -> Rendered {
+        let head_only = head.method == "HEAD";
+        Rendered {
+            bytes: render(reply, head.minor, head_only, close),
+            close,
+            due: (!delay.is_zero()).then(|| Instant::now() + delay),
+            pieces: pieces.filter(|_| !head_only),
+        }
     }
 }
 

@@ -5,16 +5,16 @@
 //! (thread per connection, as the whole server), which reads request heads under a
 //! deadline and a size bound, checks them strictly ([`head`]), refuses what it must, and
 //! writes the rest, canonical, to tiny_http over an internal connection ([`upstream`]).
-//! tiny_http parses it and hands it to a worker; the worker decides and sends the reply
-//! straight to the client's socket ([`Connection::reply`]), or hands the connection back to
-//! its thread to become a stream ([`Connection::hand_back`]). tiny_http never sees a client's
+//! tiny_http parses it and hands it to a worker; the worker decides and hands back one
+//! value ([`Connection::decide`]), which the connection's thread carries out: it writes
+//! the reply, or runs the stream the connection becomes. tiny_http never sees a client's
 //! bytes, and its own listener is closed once those connections are open, so none of its
 //! limitations can be reached from the network, nor from another process on the host:
 //!
 //! | tiny_http 0.12 limitation | how the edge contains it | what would let us delete it |
 //! |---|---|---|
 //! | no timeouts of any kind (slowloris, idle keep-alive) | `HEADER_TIMEOUT_MS` for each head, `IDLE_TIMEOUT_MS` between requests, on the connection's own thread | read timeouts in tiny_http |
-//! | no write deadline: a client that does not read pins a worker | workers never block on a client: one non-blocking send, the rest written by the connection's thread under `WRITE_TIMEOUT_MS` | non-blocking or timed writes in tiny_http |
+//! | no write deadline: a client that does not read pins a worker | workers never write to a client: the connection's thread writes every reply under `WRITE_TIMEOUT_MS` | non-blocking or timed writes in tiny_http |
 //! | no bound on header size or count | `MAX_HEADER_BYTES`, 100 header lines | limits in tiny_http |
 //! | lax framing: chunked bodies never read, `Content-Length` parsed loosely, bare LF and obs-fold accepted | strict heads ([`head`]); no body is ever accepted; a refused head closes the connection | RFC 9112 parsing in tiny_http |
 //! | deadlocks writing its 505 for `HTTP/2.0`/`3.0`, leaking a thread and two descriptors | 505 from the edge; tiny_http only ever reads HTTP/1.1 | the 505 path fixed upstream |
@@ -76,10 +76,6 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_connections: usize,
 }
-
-/// Runs a stream on the connection's thread: given the socket and any bytes the client
-/// sent after the request head.
-pub type StreamFn = Box<dyn FnOnce(TcpStream, Vec<u8>) + Send>;
 
 pub struct Edge {
     listener: TcpListener,

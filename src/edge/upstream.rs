@@ -2,8 +2,8 @@
 //! the edge writes every accepted request head, canonical, one after the other.
 //!
 //! tiny_http reads each internal connection on one pool thread and hands the requests to
-//! our workers; the workers answer the client directly (see `Connection::reply`), so nothing
-//! is ever written back on these connections and several clients' requests share one.
+//! our workers; the workers hand their decisions to the connections' threads (see
+//! `Connection::decide`), so nothing is ever written back on these connections and several clients' requests share one.
 //! They are opened one at a time, each confirmed by a probe that a worker acknowledges:
 //! tiny_http's task pool can lose a wake-up when connections arrive together and leave one
 //! with no thread, and a connection opened alone and confirmed cannot be that one.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use socket2::SockRef;
 
-pub use super::posix::{raise_fd_limit, send_now, shutdown_signals, waiting};
+pub use super::posix::{raise_fd_limit, shutdown_signals, waiting};
 
 pub const NAME: &str = "linux";
 

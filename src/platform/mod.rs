@@ -5,7 +5,7 @@
 //! | backend | where | what it adds |
 //! |---|---|---|
 //! | `linux` | Linux (unless the `portable` feature is on) | `TCP_USER_TIMEOUT`, a lower priority for one thread, the cgroup memory limit (v1 and v2), the thread budget from `vm.max_map_count`, a futex hash sized for it, RSS and thread count from `/proc` |
-//! | `posix` | macOS, the BSDs, and Linux with `--features portable` (what CI runs a second time) | descriptor limits (`getrlimit`), physical memory (`sysconf`), non-blocking sends (`MSG_DONTWAIT`), signals (SIGTERM, SIGINT, SIGHUP) |
+//! | `posix` | macOS, the BSDs, and Linux with `--features portable` (what CI runs a second time) | descriptor limits (`getrlimit`), physical memory (`sysconf`), signals (SIGTERM, SIGINT, SIGHUP) |
 //! | `windows` | Windows | nothing beyond std: no descriptor limit to raise, replies are written by the connection's thread, Ctrl-C through signal-hook's flag |
 //!
 //! What the edge relies on from the OS is small on purpose: a listening socket, blocking
@@ -92,13 +92,6 @@ pub fn tune(socket: &TcpStream) -> io::Result<()> {
     let sock = socket2::SockRef::from(socket);
     sock.set_keepalive(true)?;
     os::tune(&sock, Duration::from_secs(60), Duration::from_secs(10))
-}
-
-/// Writes as much of `bytes` as the socket takes without blocking and returns how much
-/// that was. Backends without a per-call non-blocking send return 0: the caller then
-/// hands everything to the connection's thread.
-pub fn send_now(socket: &TcpStream, bytes: &[u8]) -> usize {
-    os::send_now(socket, bytes)
 }
 
 /// Copies into `buf` the first bytes the peer of `socket` has sent that are waiting to be

@@ -96,20 +96,6 @@ pub fn keepalive(socket: &SockRef<'_>, idle: Duration, interval: Duration) -> io
     socket.set_tcp_keepalive(&keepalive)
 }
 
-pub fn send_now(socket: &TcpStream, bytes: &[u8]) -> usize {
-    let socket = SockRef::from(socket);
-    let mut sent = 0;
-    while sent < bytes.len() {
-        match socket.send_with_flags(&bytes[sent..], libc::MSG_DONTWAIT) {
-            Ok(0) => break,
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    sent
-}
-
 pub fn waiting(socket: &TcpStream, buf: &mut [u8]) -> Option<usize> {
     // SAFETY: `[u8]` and `[MaybeUninit<u8>]` have the same layout, and recv only writes
     // initialised bytes into it.

@@ -49,11 +49,6 @@ pub fn waiting(_socket: &TcpStream, _buf: &mut [u8]) -> Option<usize> {
     None
 }
 
-/// Winsock has no per-call non-blocking flag: the connection's thread writes replies.
-pub fn send_now(_socket: &TcpStream, _bytes: &[u8]) -> usize {
-    0
-}
-
 pub fn process_stats() -> Option<(u64, u64)> {
     None
 }

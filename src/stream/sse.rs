@@ -25,8 +25,7 @@ use tiny_http::{Header, Method, Request};
 
 use super::{Encoder, End, Slot, Start};
 use crate::budget;
-use crate::edge::StreamFn;
-use crate::http::{self, request_header};
+use crate::http::{self, StreamFn, request_header};
 use crate::metrics::Stream;
 use crate::options::Options;
 use crate::paths::Route;

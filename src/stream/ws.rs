@@ -18,9 +18,9 @@ use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 
 use super::{Encoder, End, Slot, Start};
 use crate::budget::{INBOUND_BYTES, INBOUND_MESSAGES, Rate};
-use crate::edge::{Exchange, StreamFn};
+use crate::edge::Exchange;
 use crate::error::Refusal;
-use crate::http::request_header;
+use crate::http::{StreamFn, request_header};
 use crate::metrics::Stream;
 use crate::options::{Invalid, Options};
 use crate::paths::Route;
