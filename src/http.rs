@@ -40,7 +40,10 @@ pub enum Decision {
 /// stay free for everyone else's requests, `/healthz` among them. Gives the reply, how
 /// long to hold it, and its body's [`Pieces`] when the body is produced as the client
 /// takes it.
-pub type DeferredReply = Box<dyn FnOnce() -> ((Reply, Duration), Option<Pieces>) + Send>;
+pub type DeferredReply = Box<dyn FnOnce() -> (DelayedReply, Option<Pieces>) + Send>;
+
+/// A reply and how long to hold it (the request's chaos `latency`; zero otherwise).
+pub type DelayedReply = (Reply, Duration);
 
 /// Runs a stream on the connection's thread: given the socket and any bytes the client
 /// sent after the request head.

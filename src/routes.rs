@@ -19,7 +19,7 @@ use crate::budget::{self, Turns};
 use crate::chaos::Garbage;
 use crate::context::Context;
 use crate::generator;
-use crate::http::{self, Decision, Pieces, Reply, header, request_header};
+use crate::http::{self, Decision, DelayedReply, Pieces, Reply, header, request_header};
 use crate::metrics::Metrics;
 use crate::options::{self, Invalid};
 use crate::paths::{self, Route};
@@ -27,10 +27,6 @@ use crate::sample::{FIELDS, encode, timestamp};
 use crate::simulator::Model;
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
-
-/// A reply and how long to hold it (the request's chaos `latency`; zero
-/// otherwise).
-pub type DelayedReply = (Reply, Duration);
 
 /// Answers one request whose target normalised to `path`: a reply, or one the
 /// connection's thread computes for a history.
