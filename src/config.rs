@@ -14,6 +14,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::chaos;
+pub use crate::http::Cors;
 use crate::http::printable;
 use crate::options;
 use crate::simulator::{self, Profile, Scenario};
@@ -72,15 +73,6 @@ pub struct Config {
     pub heartbeat: Duration,
     /// `CHAOS` and `CHAOS_SEED`: delivery faults for every client that asks for none.
     pub chaos: chaos::Defaults,
-}
-
-/// Which origins get an `Access-Control-Allow-Origin` header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cors {
-    /// `*`: every origin (the data is public and carries no credentials).
-    Any,
-    /// Only these exact origins, echoed back with `Vary: Origin`.
-    Only(Vec<String>),
 }
 
 impl Default for Config {

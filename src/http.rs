@@ -9,10 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
-use tiny_http::{Header, Request, Response, StatusCode};
-
-use crate::config::Cors;
-use crate::options::Invalid;
+use tiny_http::{Header, Response, StatusCode};
 
 /// What every handler returns: the body is shared bytes, so a sample is not copied.
 pub type Reply = Response<Cursor<Bytes>>;
@@ -104,11 +101,6 @@ pub fn error(status: u16, code: &str, message: &str, extra: &[(&str, &str)]) -> 
     }
 }
 
-/// 400 for a query parameter we cannot use.
-pub fn bad_query(e: &Invalid) -> Reply {
-    error(400, "bad_query", &e.message, &[("parameter", e.parameter)])
-}
-
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER: &str = "5";
 
@@ -132,6 +124,15 @@ pub fn header(name: &'static str, value: &str) -> Header {
         .filter(|c| c.is_ascii() && !c.is_ascii_control())
         .collect();
     Header::from_bytes(name, value).expect("header names are ASCII tokens")
+}
+
+/// Which origins get an `Access-Control-Allow-Origin` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cors {
+    /// `*`: every origin (the data is public and carries no credentials).
+    Any,
+    /// Only these exact origins, echoed back with `Vary: Origin`.
+    Only(Vec<String>),
 }
 
 /// Adds `Access-Control-Allow-Origin` for the request's `Origin`, per the CORS policy.
@@ -163,26 +164,6 @@ pub fn cors_headers(cors: &Cors, origin: Option<&str>) -> Vec<Header> {
     }
 }
 
-/// Whether `Accept` names `media` itself, and not with `q=0`, which refuses it
-/// (wildcards such as `*/*` do not count: they are what clients send when any
-/// representation will do).
-pub fn accepts(request: &Request, media: &str) -> bool {
-    request_header(request, "Accept").is_some_and(|accept| {
-        accept.split(',').any(|range| {
-            let mut parts = range.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            name.eq_ignore_ascii_case(media) && !parts.any(is_zero_weight)
-        })
-    })
-}
-
-/// Whether a media range's parameter is a weight of 0 (`q=0`, `q=0.000`).
-fn is_zero_weight(parameter: &str) -> bool {
-    parameter.split_once('=').is_some_and(|(name, value)| {
-        name.trim().eq_ignore_ascii_case("q") && value.trim().parse::<f64>() == Ok(0.0)
-    })
-}
-
 /// Bytes of outside text (a client's, or the environment's) shown in a log line or a
 /// message; the rest is summed up by its length.
 const SHOWN: usize = 40;
@@ -206,15 +187,6 @@ pub fn printable(text: impl AsRef<[u8]>) -> String {
         }
     }
     out
-}
-
-/// The value of the first request header called `name` (case-insensitive).
-pub fn request_header<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ pub mod metrics;
 mod options;
 mod paths;
 pub mod platform;
+mod request;
 mod routes;
 pub mod sample;
 mod server;

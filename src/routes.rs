@@ -13,42 +13,44 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use serde_json::json;
-use tiny_http::{Method, Request};
+use tiny_http::Method;
 
 use crate::budget::{self, Turns};
 use crate::chaos::Garbage;
 use crate::context::Context;
 use crate::generator;
-use crate::http::{self, Decision, DelayedReply, Pieces, Reply, header, request_header};
+use crate::http::{self, Decision, DelayedReply, Pieces, Reply, header};
 use crate::metrics::Metrics;
-use crate::options::{self, Invalid};
+use crate::options;
 use crate::paths::{self, Route};
-use crate::sample::{FIELDS, encode, timestamp};
+use crate::request::ClientRequest;
+use crate::sample::{FIELDS, Tick, encode, timestamp};
 use crate::simulator::Model;
 
 const ALLOW: &str = "GET, HEAD, OPTIONS";
 
-/// Answers one request whose target normalised to `path`: a reply, or one the
-/// connection's thread computes for a history.
-pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Decision {
-    let Some(route) = paths::route(path) else {
-        return Decision::Reply(not_found(path), Duration::ZERO);
+/// Answers one request: a reply, or one the connection's thread computes for a history.
+pub fn handle(request: &ClientRequest, ctx: &Arc<Context>) -> Decision {
+    let Some(route) = request.route else {
+        return Decision::Reply(not_found(request), Duration::ZERO);
     };
-    let reply = match request.method() {
+    let reply = match request.method {
         Method::Get | Method::Head => match route {
             Route::Analytics => {
-                let (reply, delay) = samples_or_error(request.url(), ctx);
+                let (reply, delay) = match &request.options {
+                    Ok(o) => samples(o, &request.latest, ctx),
+                    Err(e) => (e.reply(), Duration::ZERO),
+                };
                 return Decision::Reply(reply, delay);
             }
-            Route::History => {
-                let (url, ctx) = (request.url().to_string(), Arc::clone(ctx));
-                return Decision::Later(Box::new(move || {
-                    history(&url, &ctx)
-                        .unwrap_or_else(|e| ((http::bad_query(&e), Duration::ZERO), None))
-                }));
-            }
-            // A browser (curl and Postman send `*/*`, so they get JSON).
-            Route::Root if http::accepts(request, "text/html") => http::empty(303)
+            Route::History => match (&request.options, &request.range) {
+                (Ok(o), &Ok(range)) => {
+                    let (o, tick, ctx) = (o.clone(), request.latest.seq, Arc::clone(ctx));
+                    return Decision::Later(Box::new(move || history(&o, range, tick, &ctx)));
+                }
+                (Err(e), _) | (_, Err(e)) => e.reply(),
+            },
+            Route::Root if request.html => http::empty(303)
                 .with_header(header("Location", Route::Dashboard.path()))
                 .with_header(header("Vary", "Accept")),
             Route::Root | Route::Api => describe(request, ctx),
@@ -65,42 +67,35 @@ pub fn handle(request: &Request, path: &str, ctx: &Arc<Context>) -> Decision {
     Decision::Reply(reply, Duration::ZERO)
 }
 
-fn samples_or_error(url: &str, ctx: &Context) -> DelayedReply {
-    samples(url, ctx).unwrap_or_else(|e| (http::bad_query(&e), Duration::ZERO))
-}
-
 /// `GET /api/analytics`: the latest sample, the same bytes the streams got for that tick
 /// unless the query asks for other options (`no-store`, as it changes every tick).
-fn samples(url: &str, ctx: &Context) -> Result<DelayedReply, Invalid> {
-    let latest = ctx.hub.latest();
-    let pairs = options::pairs(options::query(url));
-    let o = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq)?;
-    let mut body = o.encode(&ctx.model, latest.seq, Some(&latest));
+fn samples(o: &options::Options, latest: &Tick, ctx: &Context) -> DelayedReply {
+    let mut body = o.encode(&ctx.model, latest.seq, Some(latest));
     if let Some(garbage) = o.chaos.as_ref().and_then(|c| c.garbage(latest.seq)) {
         body = garbage.apply(&body);
     }
-    let reply = ok(http::json_bytes(200, body), "no-store", &o);
-    Ok(chaotic(reply, &o, latest.seq))
+    let reply = ok(http::json_bytes(200, body), "no-store", o);
+    chaotic(reply, o, latest.seq)
 }
 
-/// `GET /api/analytics/history`: the samples of a time range, computed (nothing is
-/// stored), at most 10 000 points, written piece by piece as the client takes them
-/// ([`History`]).
-fn history(url: &str, ctx: &Context) -> Result<(DelayedReply, Option<Pieces>), Invalid> {
-    let latest = ctx.hub.latest();
-    let pairs = options::pairs(options::query(url));
-    let o = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq)?;
-    let range = options::range(&pairs, &ctx.model, latest.seq)?;
-    let tick = latest.seq;
+/// `GET /api/analytics/history`: the samples of `range`, computed (nothing is stored), at
+/// most 10 000 points, written piece by piece as the client takes them ([`History`]).
+/// `tick` is the latest when the request was read.
+fn history(
+    o: &options::Options,
+    range: options::Range,
+    tick: u64,
+    ctx: &Context,
+) -> (DelayedReply, Option<Pieces>) {
     if o.chaos.as_ref().is_some_and(|c| c.error(tick).is_some()) {
         // Replaced by the injected error.
-        return Ok((chaotic(http::empty(200), &o, tick), None));
+        return (chaotic(http::empty(200), o, tick), None);
     }
     let garbage = o.chaos.as_ref().and_then(|c| c.garbage(tick));
     let (len, pieces) =
         History::new(o.clone(), ctx.model, range, garbage).into_pieces(ctx.turns.clone());
-    let reply = ok(http::json_head(200, len), "no-cache", &o);
-    Ok((chaotic(reply, &o, tick), Some(pieces)))
+    let reply = ok(http::json_head(200, len), "no-cache", o);
+    (chaotic(reply, o, tick), Some(pieces))
 }
 
 /// What every 200 of the sample routes carries: its caching, and the parameters it
@@ -251,7 +246,7 @@ impl History {
 }
 
 /// `GET /` and `GET /api`: what this service is and where everything lives.
-fn describe(request: &Request, ctx: &Context) -> Reply {
+fn describe(request: &ClientRequest, ctx: &Context) -> Reply {
     let (http, ws) = base_urls(request, &ctx.default_host);
     let body = json!({
         "service": env!("CARGO_PKG_NAME"),
@@ -304,7 +299,7 @@ const OPENAPI: &str = include_str!("static/openapi.json");
 const ASYNCAPI: &str = include_str!("static/asyncapi.json");
 const DASHBOARD: &str = include_str!("static/dashboard.html");
 
-fn document(text: &'static str, request: &Request, ctx: &Context) -> Reply {
+fn document(text: &'static str, request: &ClientRequest, ctx: &Context) -> Reply {
     let (http, ws) = base_urls(request, &ctx.default_host);
     let (http_scheme, host) = http.split_once("://").unwrap_or(("http", &http));
     let ws_scheme = ws.split_once("://").map_or("ws", |(s, _)| s);
@@ -381,8 +376,8 @@ fn metrics(metrics: &Metrics) -> Reply {
 }
 
 /// `OPTIONS`: a CORS preflight (or a plain capability query) on a known path.
-fn preflight(request: &Request) -> Reply {
-    let requested = request_header(request, "Access-Control-Request-Headers");
+fn preflight(request: &ClientRequest) -> Reply {
+    let requested = request.requested_headers;
     http::empty(204)
         .with_header(header("Allow", ALLOW))
         .with_header(header("Access-Control-Allow-Methods", ALLOW))
@@ -395,11 +390,11 @@ fn preflight(request: &Request) -> Reply {
 
 /// A request that declares a body, which this API never reads: the route is judged
 /// first (404, then 405 with `Allow`), else 413.
-pub fn body_not_accepted(method: &Method, path: &str) -> Reply {
-    let Some(route) = paths::route(path) else {
-        return not_found(path);
+pub fn body_not_accepted(request: &ClientRequest) -> Reply {
+    let Some(route) = request.route else {
+        return not_found(request);
     };
-    match method {
+    match request.method {
         Method::Get | Method::Head | Method::Options => http::error(
             413,
             "body_not_accepted",
@@ -426,53 +421,29 @@ fn method_not_allowed(method: &Method, route: Route) -> Reply {
 }
 
 /// 404 for a path that names no route (also used for WebSocket upgrades to such paths).
-pub fn not_found(path: &str) -> Reply {
+pub fn not_found(request: &ClientRequest) -> Reply {
+    let path = paths::normalise(request.target);
     let message = format!(
         "Nothing at {path}. Try GET /api/analytics for the latest sample, a WebSocket on \
          /api/analytics for the stream, or GET / for the list of endpoints."
     );
-    http::error(404, "not_found", &message, &[("path", path)])
+    http::error(404, "not_found", &message, &[("path", &path)])
 }
 
 /// The `http(s)://host` and `ws(s)://host` this request reached us at. Behind a TLS
 /// proxy such as Render's, `X-Forwarded-Proto: https` turns them into https and wss.
-fn base_urls(request: &Request, default_host: &str) -> (String, String) {
-    let host = request_header(request, "Host")
-        .filter(|h| is_valid_host(h))
-        .unwrap_or(default_host);
-    let https = request_header(request, "X-Forwarded-Proto")
-        .and_then(|p| p.split(',').next())
-        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
-    if https {
+fn base_urls(request: &ClientRequest, default_host: &str) -> (String, String) {
+    let host = request.host.unwrap_or(default_host);
+    if request.https {
         (format!("https://{host}"), format!("wss://{host}"))
     } else {
         (format!("http://{host}"), format!("ws://{host}"))
     }
 }
 
-/// A `Host` value worth echoing into URLs: a name or address and an optional port.
-fn is_valid_host(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 255
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_that_could_inject_markup_or_paths_are_not_echoed() {
-        assert!(is_valid_host("example.com"));
-        assert!(is_valid_host("localhost:4000"));
-        assert!(is_valid_host("[::1]:4000"));
-        assert!(!is_valid_host(""));
-        assert!(!is_valid_host("evil.com/path"));
-        assert!(!is_valid_host("a\"b"));
-        assert!(!is_valid_host("<script>"));
-    }
 
     /// The route table and the documents agree: every path the server answers is in the
     /// OpenAPI document, and every documented path is answered. Every WebSocket path is

@@ -3,7 +3,8 @@
 //!
 //! tiny_http accepts the edge's few internal connections on a loopback port, closed as
 //! soon as they are open (see `edge`). Its workers take each parsed request, find the
-//! client connection it came from, decide, and answer that client directly.
+//! client connection it came from, read the request once (`ClientRequest`), decide, and
+//! hand the decision back to that connection's thread, which carries it out.
 
 use std::borrow::Cow;
 use std::io;
@@ -18,17 +19,17 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::{Method, Request};
 
 use crate::budget::{Budget, Turns};
-use crate::config::{Config, Cors};
+use crate::config::Config;
 use crate::context::{Caps, Context};
-use crate::edge::{self, Connection, Connections, Edge, Exchange, Limits};
+use crate::edge::{self, Connections, Edge, Limits};
 use crate::error::{Failure, Refusal, StartError};
 use crate::generator;
-use crate::http::{self, Decision, Reply, StreamFn, request_header};
+use crate::http::{self, Cors, Decision, Reply, StreamFn};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::options;
-use crate::paths::{self, Route};
+use crate::paths::Route;
 use crate::platform;
+use crate::request::ClientRequest;
 use crate::routes;
 use crate::stream::{Streams, sse, ws};
 use crate::watchdog;
@@ -447,19 +448,17 @@ impl Worker {
     }
 
     fn handle(&self, request: Request) {
-        let Some(client) = self.clients.find(&request) else {
+        let Some((client, hop)) = self.clients.find(&request) else {
             edge::finish(request);
             return;
         };
-        let path = paths::normalise(request.url());
-        let route = paths::route(&path);
-        let decision = match self.decide(&request, &client, &path, route) {
+        let read = ClientRequest::read(&request, client.peer, hop, &self.ctx);
+        let decision = match self.decide(&read) {
             Decision::Reply(reply, delay) => {
-                let reply = self.settle(&request, client.peer, route).reply(reply);
-                Decision::Reply(reply, delay)
+                Decision::Reply(self.settle(&read).reply(reply), delay)
             }
             Decision::Later(answer) => {
-                let settle = self.settle(&request, client.peer, route).into_owned();
+                let settle = self.settle(&read).into_owned();
                 Decision::Later(Box::new(move || {
                     let ((reply, delay), pieces) = answer();
                     ((settle.reply(reply), delay), pieces)
@@ -467,29 +466,22 @@ impl Worker {
             }
             stream => stream,
         };
+        drop(read);
         self.ctx.metrics.decided();
         client.decide(request, decision);
     }
 
     /// The one decision: a WebSocket upgrade, an event stream, or REST.
-    fn decide(
-        &self,
-        request: &Request,
-        client: &Connection,
-        path: &str,
-        route: Option<Route>,
-    ) -> Decision {
-        let exchange = client.exchange();
-        if exchange.body {
-            let refusal = routes::body_not_accepted(request.method(), path);
-            return Decision::Reply(refusal, Duration::ZERO);
+    fn decide(&self, request: &ClientRequest) -> Decision {
+        if request.hop.body {
+            return Decision::Reply(routes::body_not_accepted(request), Duration::ZERO);
         }
-        let stream = if ws::is_upgrade(request) {
-            self.websocket(request, &exchange, path, route, client.peer)
-        } else if route.is_some_and(Route::sends_samples) && sse::is_event_stream(request) {
-            self.event_stream(request, client.peer)
+        let stream = if request.websocket {
+            self.websocket(request)
+        } else if request.route.is_some_and(Route::sends_samples) && request.event_stream {
+            self.event_stream(request)
         } else {
-            return routes::handle(request, path, &self.ctx);
+            return routes::handle(request, &self.ctx);
         };
         stream.map_or_else(
             |reply| Decision::Reply(reply, Duration::ZERO),
@@ -497,43 +489,34 @@ impl Worker {
         )
     }
 
-    fn websocket(
-        &self,
-        request: &Request,
-        exchange: &Exchange,
-        path: &str,
-        route: Option<Route>,
-        peer: SocketAddr,
-    ) -> Result<StreamFn, Reply> {
-        let route = route
+    fn websocket(&self, request: &ClientRequest) -> Result<StreamFn, Reply> {
+        let route = request
+            .route
             .filter(|r| r.websocket())
-            .ok_or_else(|| routes::not_found(path))?;
+            .ok_or_else(|| routes::not_found(request))?;
         let refused = |refusal: Refusal| refusal.reply();
         self.allowed_origin(request).map_err(refused)?;
-        let accept = ws::handshake(request, exchange).map_err(refused)?;
-        let options = self.stream_options(request);
+        let accept = ws::handshake(request).map_err(refused)?;
         // A refusal takes a slot too: its connection is a WebSocket until it closes.
         let slot = self.streams.reserve().map_err(refused)?;
-        Ok(match options {
-            Ok(options) => ws::session(accept, slot, route, options, peer),
-            Err(invalid) => ws::refusal(accept, slot, invalid, peer),
+        Ok(match request.options.clone() {
+            Ok(options) => ws::session(accept, slot, route, options, request.peer),
+            Err(invalid) => ws::refusal(accept, slot, invalid, request.peer),
         })
     }
 
-    fn event_stream(&self, request: &Request, peer: SocketAddr) -> Result<StreamFn, Reply> {
-        let options = self
-            .stream_options(request)
-            .map_err(|e| http::bad_query(&e))?;
+    fn event_stream(&self, request: &ClientRequest) -> Result<StreamFn, Reply> {
+        let options = request.options.clone().map_err(|e| e.reply())?;
         let slot = self.streams.reserve().map_err(|r| r.reply())?;
-        let cors = http::cors_headers(&self.cors, request_header(request, "Origin"));
-        Ok(sse::session(slot, options, cors, peer))
+        let cors = http::cors_headers(&self.cors, request.origin);
+        Ok(sse::session(slot, options, cors, request.peer))
     }
 
     /// With a `CORS_ORIGINS` allowlist, a browser's upgrade from another origin is refused
     /// (browsers do not apply CORS to WebSockets; the server must). Clients that send no
     /// `Origin` are not browsers and are let in.
-    fn allowed_origin(&self, request: &Request) -> Result<(), Refusal> {
-        match (&self.cors, request_header(request, "Origin")) {
+    fn allowed_origin(&self, request: &ClientRequest) -> Result<(), Refusal> {
+        match (&self.cors, request.origin) {
             (Cors::Only(allowed), Some(origin)) if !allowed.iter().any(|a| a == origin) => {
                 Err(Refusal::OriginNotAllowed(origin.to_string()))
             }
@@ -541,34 +524,16 @@ impl Worker {
         }
     }
 
-    /// The options of a stream (WebSocket or SSE), from its query string. A resuming
-    /// `EventSource`'s `Last-Event-ID` stands for `since` when the query has none.
-    fn stream_options(&self, request: &Request) -> Result<options::Options, options::Invalid> {
-        let ctx = &self.ctx;
-        let latest = ctx.hub.latest().seq;
-        let pairs = options::pairs(options::query(request.url()));
-        let mut options = options::parse(&pairs, &ctx.model, &ctx.chaos, latest)?;
-        if let Some(id) = sse::last_event_id(request).filter(|_| options.since.is_none()) {
-            options.resume(id, latest);
-        }
-        Ok(options)
-    }
-
     /// How this request's reply will be settled (see [`Settlement`]).
-    fn settle<'r>(
-        &'r self,
-        request: &'r Request,
-        peer: SocketAddr,
-        route: Option<Route>,
-    ) -> Settlement<'r> {
+    fn settle<'r>(&'r self, request: &ClientRequest<'r>) -> Settlement<'r> {
         Settlement {
             metrics: Arc::clone(&self.ctx.metrics),
             cors: Cow::Borrowed(&self.cors),
-            origin: request_header(request, "Origin").map(Cow::Borrowed),
-            method: request.method().clone(),
-            target: Cow::Borrowed(request.url()),
-            peer,
-            label: route.map_or("other", |r| r.path()),
+            origin: request.origin.map(Cow::Borrowed),
+            method: request.method.clone(),
+            target: Cow::Borrowed(request.target),
+            peer: request.peer,
+            label: request.route.map_or("other", |r| r.path()),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
-use crate::paths::{self, Route};
+use crate::paths::Route;
 use crate::platform;
 use crate::sync::lock;
 
@@ -295,11 +295,8 @@ fn sent(socket: &TcpStream) -> Sent {
 }
 
 /// Whether a request is a health or readiness probe: `GET` or `HEAD` of `/healthz` or
-/// `/readyz`.
-pub(super) fn is_probe(head: &Head) -> bool {
+/// `/readyz` (`route`: the route its path names).
+pub(super) fn is_probe(head: &Head, route: Option<Route>) -> bool {
     matches!(head.method.as_str(), "GET" | "HEAD")
-        && matches!(
-            paths::route(&paths::normalise(&head.target)),
-            Some(Route::Health | Route::Ready)
-        )
+        && matches!(route, Some(Route::Health | Route::Ready))
 }

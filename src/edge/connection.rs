@@ -6,18 +6,19 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::budget::{self, MIN_RATE};
 use crate::http::{self, Decision, Pieces, Reply, StreamFn};
+use crate::paths::{self, Route};
 use crate::platform;
 use crate::sync::lock;
 
 use super::Edge;
 use super::accept::{Place, is_probe};
-use super::handoff::{Connection, DecisionSlot, Exchange};
+use super::handoff::{Connection, DecisionSlot, Hop};
 use super::head::{self, EdgeError, Head, Scanner};
 use super::render::render;
 
@@ -67,7 +68,6 @@ impl Edge {
         let client = Arc::new(Connection {
             peer,
             socket: Arc::clone(&socket),
-            exchange: Mutex::default(),
             decision: Arc::clone(&decision),
         });
         lock(&self.clients.map).insert(id, Arc::clone(&client));
@@ -87,22 +87,21 @@ impl Edge {
                 Err(ConnectionEnd::Refuse(..)) if probe => break ConnectionEnd::OverCapacity,
                 Err(end) => break end,
             };
-            let head = match head::parse(&buf[..len]) {
-                Ok(head) if !probe || is_probe(&head) => head,
+            let parsed = head::parse(&buf[..len]).map(|head| {
+                let route = paths::route(&paths::normalise(&head.target));
+                (head, route)
+            });
+            let (head, route) = match parsed {
+                Ok((head, route)) if !probe || is_probe(&head, route) => (head, route),
                 Err(refusal) if !probe => {
                     break ConnectionEnd::Refuse(refusal, head::origin(&buf[..len]));
                 }
                 _ => break ConnectionEnd::OverCapacity,
             };
-            *lock(&client.exchange) = Exchange {
-                minor: head.minor,
-                upgrade: head.upgrade,
-                body: head.body,
-            };
             // Given back once the reply is ready, before it is written (or as a stream
             // starts): the turns bound the requests being worked on, and a probe's skips
             // the queue for them.
-            let turn = match is_probe(&head) {
+            let turn = match is_probe(&head, route) {
                 true => None,
                 false => match self.turns.take(budget::TURN_WAIT) {
                     Some(turn) => Some(turn),
@@ -116,7 +115,7 @@ impl Edge {
             };
             if let Err(e) = self
                 .upstream
-                .forward(id, &canonical(&head, id, &self.clients.secret))
+                .forward(id, &canonical(&head, route, id, &self.clients.secret))
             {
                 log::error!("cannot hand a request to tiny_http: {e}");
                 break ConnectionEnd::Refuse(
@@ -402,8 +401,9 @@ impl Rendered {
 }
 
 /// The head tiny_http reads: the client's request line and end-to-end headers, as
-/// HTTP/1.1 on a connection that stays open, and which client it came from.
-fn canonical(head: &Head, id: u64, secret: &str) -> Vec<u8> {
+/// HTTP/1.1 on a connection that stays open, and which client it came from with its
+/// [`Hop`].
+fn canonical(head: &Head, route: Option<Route>, id: u64, secret: &str) -> Vec<u8> {
     /// Headers about this hop or a body: the edge has dealt with them.
     const HOP: [&str; 8] = [
         "connection",
@@ -424,7 +424,13 @@ fn canonical(head: &Head, id: u64, secret: &str) -> Vec<u8> {
         }
         let _ = write!(out, "{name}: {value}\r\n");
     }
-    let _ = write!(out, "X-Edge-Conn: {id} {secret}\r\n\r\n");
+    let hop = Hop {
+        route,
+        minor: head.minor,
+        upgrade: head.upgrade,
+        body: head.body,
+    };
+    let _ = write!(out, "X-Edge-Conn: {id} {secret} {hop}\r\n\r\n");
     out
 }
 
@@ -459,11 +465,11 @@ mod tests {
               Origin: http://o\r\n\r\n",
         )
         .unwrap();
-        let text = String::from_utf8(canonical(&head, 7, "s3cret")).unwrap();
+        let text = String::from_utf8(canonical(&head, Some(Route::Api), 7, "s3cret")).unwrap();
         assert_eq!(
             text,
             "GET /api?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nOrigin: http://o\r\n\
-             X-Edge-Conn: 7 s3cret\r\n\r\n"
+             X-Edge-Conn: 7 s3cret 1.0 /api upgrade\r\n\r\n"
         );
     }
 }

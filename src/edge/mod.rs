@@ -6,8 +6,8 @@
 //! deadline and a size bound, checks them strictly ([`head`]), refuses what it must, and
 //! writes the rest, canonical, to tiny_http over an internal connection ([`upstream`]).
 //! tiny_http parses it and hands it to a worker; the worker decides and hands back one
-//! value ([`Connection::decide`]), which the connection's thread carries out: it writes
-//! the reply, or runs the stream the connection becomes. tiny_http never sees a client's
+//! value ([`handoff::Connection::decide`]), which the connection's thread carries out:
+//! it writes the reply, or runs the stream the connection becomes. tiny_http never sees a client's
 //! bytes, and its own listener is closed once those connections are open, so none of its
 //! limitations can be reached from the network, nor from another process on the host:
 //!
@@ -50,13 +50,13 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use crate::budget::Turns;
-use crate::config::Cors;
+use crate::http::Cors;
 use crate::metrics::Metrics;
 use crate::sync::lock;
 
 pub use accept::PROBE_PLACES;
 use accept::Places;
-pub use handoff::{Ack, Connection, Connections, Exchange, finish};
+pub use handoff::{Ack, Connections, Hop, finish};
 pub use upstream::LINKS as INTERNAL_CONNECTIONS;
 use upstream::Upstream;
 

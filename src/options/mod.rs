@@ -22,7 +22,7 @@ mod history;
 mod query;
 
 use crate::chaos::{self, Chaos};
-use crate::http::printable;
+use crate::http::{self, Reply, printable};
 use crate::sample::{FIELDS, Fields};
 use crate::simulator::{self, Model, Profile, Scenario};
 
@@ -40,6 +40,18 @@ const MAX_EVERY: u64 = 1000;
 pub struct Invalid {
     pub parameter: &'static str,
     pub message: String,
+}
+
+impl Invalid {
+    /// The 400 that names the parameter and says what to send instead.
+    pub fn reply(&self) -> Reply {
+        http::error(
+            400,
+            "bad_query",
+            &self.message,
+            &[("parameter", self.parameter)],
+        )
+    }
 }
 
 /// Options for samples, over REST or WebSocket.

@@ -21,11 +21,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use serde_json::Value;
-use tiny_http::{Header, Method, Request};
+use tiny_http::Header;
 
 use super::{Encoder, End, Slot, Start};
 use crate::budget;
-use crate::http::{self, StreamFn, request_header};
+use crate::http::StreamFn;
 use crate::metrics::Stream;
 use crate::options::Options;
 use crate::paths::Route;
@@ -33,21 +33,6 @@ use crate::watcher::WatchedSocket;
 
 /// How long `EventSource` waits before reconnecting after the stream drops.
 const RETRY_MS: u64 = 2000;
-
-/// Whether a GET asks for an event stream (`Accept: text/event-stream`, as `EventSource`
-/// sends). Everything else, `*/*` and `text/event-stream;q=0` included, keeps getting
-/// JSON.
-pub fn is_event_stream(request: &Request) -> bool {
-    *request.method() == Method::Get && http::accepts(request, "text/event-stream")
-}
-
-/// The `Last-Event-ID` of a resuming `EventSource`, if it sent one (see
-/// `Options::resume` for what becomes of it).
-pub fn last_event_id(request: &Request) -> Option<&str> {
-    request_header(request, "Last-Event-ID")
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-}
 
 /// The event stream for a request, run on the connection's own thread. `cors` goes into
 /// the head; `leftover` is what the client sent after the request.
@@ -241,51 +226,4 @@ fn data_after_request() -> End {
         1008,
         "the client sent data after its event-stream request; an event stream only sends",
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tiny_http::TestRequest;
-
-    fn request(method: Method, headers: &[(&str, &str)]) -> Request {
-        headers
-            .iter()
-            .fold(TestRequest::new().with_method(method), |r, (k, v)| {
-                r.with_header(Header::from_bytes(*k, *v).unwrap())
-            })
-            .into()
-    }
-
-    #[test]
-    fn only_gets_that_accept_event_streams_are_streams() {
-        let get = |accept| is_event_stream(&request(Method::Get, &[("Accept", accept)]));
-        assert!(get("text/event-stream"));
-        assert!(get("TEXT/Event-Stream; q=0.9"));
-        assert!(get("application/json, text/event-stream"));
-        assert!(!get("*/*"));
-        assert!(!get("application/json"));
-        assert!(!get("text/event-streams"));
-        assert!(!get("text/event-stream;q=0"), "q=0 refuses it");
-        assert!(!get("text/event-stream; Q = 0.000, application/json"));
-        assert!(get("text/event-stream;q=0.001"));
-        assert!(get("text/event-stream;q=0, text/event-stream;q=1"));
-        assert!(!is_event_stream(&request(Method::Get, &[])));
-        let head = request(Method::Head, &[("Accept", "text/event-stream")]);
-        assert!(!is_event_stream(&head));
-    }
-
-    #[test]
-    fn an_empty_last_event_id_is_none() {
-        let id = |value| {
-            let request = request(Method::Get, &[("Last-Event-ID", value)]);
-            last_event_id(&request).map(str::to_string)
-        };
-        assert_eq!(id("42").as_deref(), Some("42"));
-        assert_eq!(id(" 7 ").as_deref(), Some("7"));
-        assert_eq!(id("abc").as_deref(), Some("abc"));
-        assert_eq!(id(""), None);
-        assert_eq!(id("  "), None);
-        assert_eq!(last_event_id(&request(Method::Get, &[])), None);
-    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
 use serde_json::{Value, json};
-use tiny_http::{Method, Request};
+use tiny_http::Method;
 use tungstenite::error::ProtocolError;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -18,12 +18,12 @@ use tungstenite::{Error, Message, Utf8Bytes, WebSocket};
 
 use super::{Encoder, End, Slot, Start};
 use crate::budget::{INBOUND_BYTES, INBOUND_MESSAGES, Rate};
-use crate::edge::Exchange;
 use crate::error::Refusal;
-use crate::http::{StreamFn, request_header};
+use crate::http::StreamFn;
 use crate::metrics::Stream;
 use crate::options::{Invalid, Options};
 use crate::paths::Route;
+use crate::request::ClientRequest;
 use crate::watcher::WatchedSocket;
 
 /// Clients send only control frames and perhaps a small text message; anything larger is
@@ -37,44 +37,27 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long the 101 may take to write.
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Whether the request asks to switch to WebSocket.
-pub fn is_upgrade(request: &Request) -> bool {
-    request_header(request, "Upgrade").is_some_and(|v| {
-        v.split(',')
-            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
-    })
-}
-
-/// Checks an upgrade request as RFC 6455 4.2.1 asks; `exchange`: what the edge read of
-/// it (its HTTP version and whether `Connection` named `upgrade`). Returns the
+/// Checks an upgrade request as RFC 6455 4.2.1 asks. Returns the
 /// `Sec-WebSocket-Accept` value, or why the handshake cannot be completed.
-pub fn handshake(request: &Request, exchange: &Exchange) -> Result<String, Refusal> {
-    if *request.method() != Method::Get {
+pub fn handshake(request: &ClientRequest) -> Result<String, Refusal> {
+    if *request.method != Method::Get {
         return Err(Refusal::NotGet);
     }
-    if exchange.minor == 0 {
+    if request.hop.minor == 0 {
         return Err(Refusal::NotHttp11);
     }
-    if !exchange.upgrade {
+    if !request.hop.upgrade {
         return Err(Refusal::NoConnectionUpgrade);
     }
-    // Each may appear once (RFC 6455 11.3.1, 11.3.5): two keys or versions leave the
-    // handshake ambiguous.
-    for name in ["Sec-WebSocket-Key", "Sec-WebSocket-Version"] {
-        if request
-            .headers()
-            .iter()
-            .filter(|h| h.field.equiv(name))
-            .count()
-            > 1
-        {
-            return Err(Refusal::Repeated(name));
-        }
+    // Each may appear once: two keys or versions leave the handshake ambiguous.
+    if let Some(name) = request.repeated {
+        return Err(Refusal::Repeated(name));
     }
-    if request_header(request, "Sec-WebSocket-Version").map(str::trim) != Some("13") {
+    if request.websocket_version.map(str::trim) != Some("13") {
         return Err(Refusal::WebSocketVersion);
     }
-    let key = request_header(request, "Sec-WebSocket-Key")
+    let key = request
+        .websocket_key
         .map(str::trim)
         .filter(|k| is_valid_key(k))
         .ok_or(Refusal::BadKey)?;
