@@ -36,7 +36,8 @@ pub struct ClientRequest<'r> {
     pub https: bool,
     pub websocket_key: Option<&'r str>,
     pub websocket_version: Option<&'r str>,
-    /// A handshake header sent more than once (RFC 6455 11.3.1, 11.3.5).
+    /// `Origin` or a handshake header, sent more than once (RFC 6454 §7.3, RFC 6455
+    /// §11.3.1, §11.3.5): the request is refused.
     pub repeated: Option<&'static str>,
     /// A preflight's `Access-Control-Request-Headers`.
     pub requested_headers: Option<&'r str>,
@@ -76,13 +77,27 @@ impl<'r> ClientRequest<'r> {
         ];
         let mut values: [Option<&'r str>; 9] = [None; 9];
         let mut repeated = None;
+        // Lines of a repeated header count as one comma-joined line (RFC 9110 §5.3):
+        // `Accept` is judged line by line; a repeated `Last-Event-ID` is joined.
+        let (mut html, mut event_stream) = (false, false);
+        let mut joined_id = None;
         for h in request.headers() {
             let Some(i) = NAMES.iter().position(|&name| h.field.equiv(name)) else {
                 continue;
             };
+            let value = h.value.as_str();
+            if i == ACCEPT {
+                html |= accepts(value, "text/html");
+                event_stream |= accepts(value, "text/event-stream");
+            }
             match values[i] {
-                None => values[i] = Some(h.value.as_str()),
-                Some(_) if i >= KEY => repeated = repeated.or(Some(NAMES[i])),
+                None => values[i] = Some(value),
+                // One page sends a request: two origins, two keys or two versions leave
+                // it ambiguous (RFC 6454 §7.3, RFC 6455 §11.3).
+                Some(_) if matches!(i, ORIGIN | KEY | VERSION) => {
+                    repeated = repeated.or(Some(NAMES[i]));
+                }
+                Some(first) if i == LAST_EVENT_ID => joined_id = Some(format!("{first}, {value}")),
                 Some(_) => {}
             }
         }
@@ -92,11 +107,12 @@ impl<'r> ClientRequest<'r> {
             v.split(',')
                 .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
         });
-        let event_stream = *method == Method::Get && accepts(values[ACCEPT], "text/event-stream");
+        let event_stream = *method == Method::Get && event_stream;
         let latest = ctx.hub.latest();
         let pairs = options::pairs(options::query(target));
         let mut sample_options = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq);
-        if let (Ok(o), Some(id)) = (&mut sample_options, last_event_id(values[LAST_EVENT_ID]))
+        let id = joined_id.as_deref().or(values[LAST_EVENT_ID]);
+        if let (Ok(o), Some(id)) = (&mut sample_options, last_event_id(id))
             && o.since.is_none()
             && (websocket || event_stream)
         {
@@ -110,7 +126,7 @@ impl<'r> ClientRequest<'r> {
             hop,
             websocket,
             event_stream,
-            html: accepts(values[ACCEPT], "text/html"),
+            html,
             origin: values[ORIGIN],
             host: values[HOST].filter(|h| is_valid_host(h)),
             https: values[FORWARDED_PROTO]
@@ -132,16 +148,14 @@ fn last_event_id(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|id| !id.is_empty())
 }
 
-/// Whether `Accept` names `media` itself, and not with `q=0`, which refuses it
+/// Whether an `Accept` line names `media` itself, and not with `q=0`, which refuses it
 /// (wildcards such as `*/*` do not count: they are what clients send when any
 /// representation will do).
-fn accepts(accept: Option<&str>, media: &str) -> bool {
-    accept.is_some_and(|accept| {
-        accept.split(',').any(|range| {
-            let mut parts = range.split(';');
-            let name = parts.next().unwrap_or("").trim();
-            name.eq_ignore_ascii_case(media) && !parts.any(is_zero_weight)
-        })
+fn accepts(accept: &str, media: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut parts = range.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        name.eq_ignore_ascii_case(media) && !parts.any(is_zero_weight)
     })
 }
 
@@ -179,18 +193,17 @@ mod tests {
     #[test]
     fn media_is_accepted_by_name_and_never_at_weight_zero() {
         let sse = |accept| accepts(accept, "text/event-stream");
-        assert!(sse(Some("text/event-stream")));
-        assert!(sse(Some("TEXT/Event-Stream; q=0.9")));
-        assert!(sse(Some("application/json, text/event-stream")));
-        assert!(!sse(Some("*/*")));
-        assert!(!sse(Some("application/json")));
-        assert!(!sse(Some("text/event-streams")));
-        assert!(!sse(Some("text/event-stream;q=0")), "q=0 refuses it");
-        assert!(!sse(Some("text/event-stream; Q = 0.000, application/json")));
-        assert!(sse(Some("text/event-stream;q=0.001")));
-        assert!(sse(Some("text/event-stream;q=0, text/event-stream;q=1")));
-        assert!(!sse(None));
-        assert!(accepts(Some("text/html, */*;q=0.8"), "text/html"));
+        assert!(sse("text/event-stream"));
+        assert!(sse("TEXT/Event-Stream; q=0.9"));
+        assert!(sse("application/json, text/event-stream"));
+        assert!(!sse("*/*"));
+        assert!(!sse("application/json"));
+        assert!(!sse("text/event-streams"));
+        assert!(!sse("text/event-stream;q=0"), "q=0 refuses it");
+        assert!(!sse("text/event-stream; Q = 0.000, application/json"));
+        assert!(sse("text/event-stream;q=0.001"));
+        assert!(sse("text/event-stream;q=0, text/event-stream;q=1"));
+        assert!(accepts("text/html, */*;q=0.8", "text/html"));
     }
 
     #[test]

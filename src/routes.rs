@@ -74,7 +74,9 @@ fn samples(o: &options::Options, latest: &Tick, ctx: &Context) -> DelayedReply {
     if let Some(garbage) = o.chaos.as_ref().and_then(|c| c.garbage(latest.seq)) {
         body = garbage.apply(&body);
     }
-    let reply = ok(http::json_bytes(200, body), "no-store", o);
+    // The same path streams to an `Accept: text/event-stream`.
+    let reply =
+        ok(http::json_bytes(200, body), "no-store", o).with_header(header("Vary", "Accept"));
     chaotic(reply, o, latest.seq)
 }
 
@@ -289,7 +291,10 @@ fn describe(request: &ClientRequest, ctx: &Context) -> Reply {
             },
         },
     });
-    http::json(200, &body).with_header(header("Cache-Control", "no-cache"))
+    // A browser asking for HTML is sent to the dashboard instead.
+    http::json(200, &body)
+        .with_header(header("Cache-Control", "no-cache"))
+        .with_header(header("Vary", "Accept"))
 }
 
 /// The REST API (OpenAPI 3.1) and the streams (AsyncAPI 3.1). Their server entries name

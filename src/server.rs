@@ -473,6 +473,16 @@ impl Worker {
 
     /// The one decision: a WebSocket upgrade, an event stream, or REST.
     fn decide(&self, request: &ClientRequest) -> Decision {
+        if request.repeated == Some("Origin") {
+            let refusal = http::error(
+                400,
+                "bad_request",
+                "Origin is sent twice: a request comes from one page (RFC 6454 §7.3). Send \
+                 it once.",
+                &[],
+            );
+            return Decision::Reply(refusal, Duration::ZERO);
+        }
         if request.hop.body {
             return Decision::Reply(routes::body_not_accepted(request), Duration::ZERO);
         }

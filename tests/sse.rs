@@ -136,6 +136,8 @@ fn an_event_stream_carries_the_same_samples_as_the_websocket() {
     assert!(es.headers["cache-control"].contains("no-cache"));
     assert_eq!(es.headers["access-control-allow-origin"], "*");
     assert!(!es.headers.contains_key("content-length"));
+    assert!(es.headers["date"].ends_with(" GMT"), "RFC 9110 §6.6.1");
+    assert_eq!(es.headers["vary"], "Accept");
     let welcome = es.welcome();
     assert_eq!(welcome.get("retry"), Some("2000"));
     let w = welcome.data();

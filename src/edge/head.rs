@@ -220,6 +220,16 @@ fn request_line(line: &[u8]) -> Result<(String, String, u8), EdgeError> {
             "The request target is empty or has a character that must be percent-encoded.",
         ));
     }
+    // RFC 9112 §3.2: a path (origin form), an absolute URL, or `*`; never a fragment.
+    let absolute = [&b"http://"[..], b"https://"].iter().any(|scheme| {
+        target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme)
+    });
+    if target.contains(&b'#') || !(target[0] == b'/' || absolute || target == b"*") {
+        return Err(bad(
+            "The request target must be a path such as /api/analytics (or an absolute URL), \
+             without a fragment (#).",
+        ));
+    }
     let minor = match version {
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>

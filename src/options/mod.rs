@@ -267,7 +267,7 @@ const KNOWN: [&str; 13] = [
 pub fn ignored(pairs: &[(String, String)]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for (name, _) in pairs {
-        if !KNOWN.contains(&name.as_str()) && !names.contains(name) {
+        if !name.is_empty() && !KNOWN.contains(&name.as_str()) && !names.contains(name) {
             names.push(name.clone());
         }
     }

@@ -576,7 +576,8 @@ fn welcome(
     if streaming {
         welcome["resume"] = json!(resume);
     }
-    if let Some(ticks) = replay {
+    // A resume that missed nothing replays nothing, and says nothing of it.
+    if let Some(ticks) = replay.filter(|t| !t.is_empty()) {
         // `cut`: the client missed more than the replay holds; the samples between its
         // `since` and `from` are not sent (history can still fetch them).
         let cut = options
@@ -638,6 +639,19 @@ mod tests {
         };
         let v = welcome(Route::Analytics, &resumed, &model, 10, None, "");
         assert_eq!(v["resume_ignored"], "why");
+        let at_latest = Options {
+            since: Some(10),
+            ..options.clone()
+        };
+        let v = welcome(
+            Route::Analytics,
+            &at_latest,
+            &model,
+            10,
+            at_latest.replay(10),
+            "",
+        );
+        assert!(v.get("replay").is_none(), "nothing missed: {v}");
         // A replay that starts after the client's `since` says it was cut.
         for (since, cut) in [(4, false), (3, true)] {
             let options = Options {

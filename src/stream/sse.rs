@@ -86,10 +86,11 @@ impl Encoder for Events {
 
     /// The head, `retry:` and the welcome event, gathered with the first samples.
     fn open(&mut self, welcome: &Value) -> Result<(), End> {
-        let mut out = String::from(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
-             Cache-Control: no-cache, no-transform\r\nX-Accel-Buffering: no\r\n\
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\nDate: {}\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+             Cache-Control: no-cache, no-transform\r\nX-Accel-Buffering: no\r\nVary: Accept\r\n\
              Connection: close\r\n",
+            chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT")
         );
         for header in &self.cors {
             out.push_str(&format!("{header}\r\n"));
