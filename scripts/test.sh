@@ -3,9 +3,9 @@
 # Linux platform backend, then the portable POSIX one); the release
 # binary started on a free port, smoke-tested with curl, websocat and the README's own
 # examples and outputs, its /openapi.json and /asyncapi.json checked by real validators,
-# schemathesis and a Postman import; the dashboard in headless Chromium across a server
-# restart; then a short soak (100 clients
-# with churn for 20 s). Exits non-zero on the first failure.
+# schemathesis and a Postman import, in sim and in live mode; the dashboard in headless
+# Chromium across a server restart, and the site tracker feeding a live-mode server; then
+# a short soak (100 clients with churn for 20 s). Exits non-zero on the first failure.
 #
 # Sets itself up on a fresh Debian or Ubuntu machine: what the tests need beyond cargo
 # (curl, jq, wrk, Chromium from apt-get; websocat, openapi-spec-validator, schemathesis
@@ -64,20 +64,31 @@ cargo test --release --locked -p realtime-analytics-backend --features portable
 
 echo "== smoke test of the release binary"
 bin=$(release_dir)/realtime-analytics-backend
+# serve LOG [VAR=value...]: starts the release binary on a free port with the variables
+# given, its log in LOG; sets $served_pid and $served_url once it listens.
+serve() {
+  local log=$1
+  shift
+  env HOST=127.0.0.1 PORT=0 "$@" "$bin" 2>"$log" &
+  served_pid=$!
+  served_url=
+  for _ in $(seq 100); do
+    served_url=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1 | sed 's/listening on //') || true
+    [ -n "$served_url" ] && return
+    kill -0 "$served_pid" 2>/dev/null || { cat "$log" >&2; echo "the server exited at startup" >&2; exit 1; }
+    sleep 0.05
+  done
+  cat "$log" >&2
+  echo "the server did not start within 5 s" >&2
+  exit 1
+}
 log=$(mktemp)
-HOST=127.0.0.1 PORT=0 "$bin" 2>"$log" &
-pid=$!
-cleanup() { kill "$pid" 2>/dev/null || true; rm -f "$log"; }
+live_log=$(mktemp)
+pid= live_pid=
+cleanup() { kill $pid $live_pid 2>/dev/null || true; rm -f "$log" "$live_log"; }
 trap cleanup EXIT
-
-url=
-for _ in $(seq 100); do
-  url=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1 | sed 's/listening on //') || true
-  [ -n "$url" ] && break
-  kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "the server exited at startup" >&2; exit 1; }
-  sleep 0.05
-done
-[ -n "$url" ] || { cat "$log" >&2; echo "the server did not start within 5 s" >&2; exit 1; }
+serve "$log"
+pid=$served_pid url=$served_url
 
 if ! scripts/smoke.sh "$url"; then
   echo "--- server log" >&2
@@ -102,15 +113,28 @@ echo "== the server against its own OpenAPI document (schemathesis)"
 schemathesis run "$url/openapi.json" --max-examples 25 --seed 1 --request-timeout 2 \
   --exclude-checks positive_data_acceptance
 
+echo "== live mode: Postman's import and schemathesis again, against MODE=live"
+serve "$live_log" MODE=live SITES=example.com
+live_pid=$served_pid live_url=$served_url
+node tests/web/postman.mjs "$live_url"
+schemathesis run "$live_url/openapi.json" --max-examples 25 --seed 1 --request-timeout 2 \
+  --exclude-checks positive_data_acceptance
+kill "$live_pid"
+wait "$live_pid" 2>/dev/null || true
+live_pid=
+
 kill -TERM "$pid"
 status=0
 wait "$pid" || status=$?
 [ "$status" = 0 ] || { cat "$log" >&2; echo "the server exited with $status on SIGTERM" >&2; exit 1; }
 trap - EXIT
-rm -f "$log"
+rm -f "$log" "$live_log"
 
 echo "== dashboard in headless Chromium (playwright-core), across a server restart"
 CHROMIUM=$chromium node tests/web/dashboard.mjs "$bin" out
+
+echo "== live mode in headless Chromium: the site tracker, /tracker.js"
+CHROMIUM=$chromium node tests/web/tracker.mjs "$bin"
 
 echo "== short soak"
 scripts/soak.sh --clients 100 --minutes 0.34 --churn 10

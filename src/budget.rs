@@ -26,6 +26,11 @@ pub const STREAM_COST: u64 = 72 << 10;
 /// 48 KiB, or one [`PIECE`] of a history), and its kernel send buffer (64 KiB, doubled by
 /// Linux) when full.
 pub const HTTP_COST: u64 = 256 << 10;
+/// Live mode: a tracked visitor (its record, its place in the index by last event, and
+/// room for the hash table to double).
+pub const VISITOR_COST: u64 = 200;
+/// Live mode: a kept sample of one site, with its breakdowns.
+pub const KEPT_SAMPLE_COST: u64 = 768;
 /// A history holds one piece of its body at a time, encoded under one turn.
 pub const PIECE: usize = 32 << 10;
 /// A replay encodes this many bytes of samples under one turn, then writes them (the
@@ -123,6 +128,12 @@ impl Budget {
 
     /// For the start-up log, beside the caps in force: the budget, where it came from,
     /// and the turns it gives.
+    /// Live mode's share: its visitors and kept samples may take a fifth of the memory
+    /// beyond the process's own (streams take 60 % and HTTP connections 15 %).
+    pub fn live(&self) -> u64 {
+        self.memory.saturating_sub(BASE) / 100 * 20
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "memory budget {} MiB ({}), {} CPU, {} turns for requests and encoding",
@@ -240,6 +251,32 @@ impl Budget {
                 "8 KiB kernel buffer, then `WS_MAX_SKIPPED` samples skipped".into(),
                 format!("one per stream ({streams})"),
                 "close 1008 (SSE: `event: close`)".into(),
+            ],
+            [
+                "an event (live mode)".into(),
+                "a 4 KiB body with `Content-Length`, whole within `HEADER_TIMEOUT_MS`; 60 \
+                 per address at once, then 10 a second"
+                    .into(),
+                format!("one per HTTP connection ({http}); 100 000 addresses at once"),
+                "413, 411 or 408, closed; 429 + `Retry-After`".into(),
+            ],
+            [
+                "a visitor (live mode)".into(),
+                format!("{VISITOR_COST} bytes"),
+                format!(
+                    "`MAX_VISITORS`, derived from live mode's {} MiB (a fifth of the budget; \
+                     half of it for kept samples, {KEPT_SAMPLE_COST} bytes per site and tick)",
+                    self.live() >> 20
+                ),
+                "the longest idle is forgotten, counted in `/metrics`".into(),
+            ],
+            [
+                "a page or referrer (live mode)".into(),
+                "cut to 128 bytes".into(),
+                "1000 distinct per site (referrers) and per tick (pages); no metric label \
+                 but `SITES`"
+                    .into(),
+                "counted as `other`".into(),
             ],
         ]
     }

@@ -73,6 +73,40 @@ pub struct Config {
     pub heartbeat: Duration,
     /// `CHAOS` and `CHAOS_SEED`: delivery faults for every client that asks for none.
     pub chaos: chaos::Defaults,
+    /// `MODE`: simulated traffic, or real sites' events.
+    pub mode: Mode,
+    /// `SITES`: the domains live mode counts, lowercased (required with `MODE=live`).
+    pub sites: Vec<String>,
+    /// `TRUSTED_PROXY_HOPS`: proxies in front whose `X-Forwarded-For` names the client.
+    pub trusted_proxy_hops: usize,
+    /// `MAX_VISITORS`: visitors live mode tracks at most. `None`: derived from the
+    /// memory budget, at most 1 000 000.
+    pub max_visitors: Option<usize>,
+    /// `LIVE_HISTORY`: how long live samples are kept. `None`: derived, 24 hours or as
+    /// long as live mode's share of the memory budget holds.
+    pub live_history: Option<Duration>,
+    /// `ACTIVE_WINDOW`: a visitor is active this long after its last event.
+    pub active_window: Duration,
+    /// `SESSION_TIMEOUT`: a session ends this long after its last event.
+    pub session_timeout: Duration,
+}
+
+/// Where samples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The simulator (the default).
+    Sim,
+    /// Events from real sites (`POST /api/event`).
+    Live,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Sim => "sim",
+            Mode::Live => "live",
+        }
+    }
 }
 
 impl Default for Config {
@@ -98,6 +132,13 @@ impl Default for Config {
             ws_max_skipped: 20,
             heartbeat: Duration::from_secs(15),
             chaos: chaos::Defaults::default(),
+            mode: Mode::Sim,
+            sites: Vec::new(),
+            trusted_proxy_hops: 0,
+            max_visitors: None,
+            live_history: None,
+            active_window: Duration::from_secs(5 * 60),
+            session_timeout: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -219,7 +260,7 @@ const fn text(
 }
 
 /// Every variable the server reads, in the order people look for them.
-pub const VARS: [Var; 21] = [
+pub const VARS: [Var; 28] = [
     integer(
         "PORT",
         "4000",
@@ -243,6 +284,77 @@ pub const VARS: [Var; 21] = [
         (100, 60_000),
         "time between samples, in milliseconds",
         |c, n| c.interval = Duration::from_millis(n),
+    ),
+    text(
+        "MODE",
+        "sim",
+        "one of sim, live",
+        "sim: simulated traffic; live: page views that sites send to POST /api/event (set SITES too)",
+        |c, s| {
+            c.mode = match s {
+                "sim" => Mode::Sim,
+                "live" => Mode::Live,
+                _ => return None,
+            };
+            Some(())
+        },
+    ),
+    text(
+        "SITES",
+        "none",
+        "a comma-separated list of up to 8 domains such as example.com,shop.example.com, or none",
+        "the sites live mode counts, as their trackers name them (data-domain); ?site= picks one, the first by default",
+        |c, s| {
+            c.sites = match s {
+                "none" => Vec::new(),
+                _ => parse_sites(s)?,
+            };
+            Some(())
+        },
+    ),
+    integer(
+        "TRUSTED_PROXY_HOPS",
+        "0",
+        (0, 10),
+        "proxies in front of the server whose X-Forwarded-For names the client (Render: 1); with 0 the header is ignored and the client is the socket's peer",
+        |c, n| c.trusted_proxy_hops = n as usize,
+    ),
+    integer(
+        "MAX_VISITORS",
+        "derived",
+        (1, 10_000_000),
+        "visitors live mode tracks at most; past it, the longest idle is forgotten; derived when unset: 1000000, or as many as live mode's share of the memory budget holds",
+        |c, n| c.max_visitors = Some(n as usize),
+    ),
+    text(
+        "LIVE_HISTORY",
+        "derived",
+        "a duration from 1m to 7d such as 90m or 24h",
+        "how long live samples are kept for history and resumes; derived when unset: 24h, or as long as half of live mode's share of the memory budget holds (the start-up log says)",
+        |c, s| {
+            c.live_history = Some(duration(s, 60_000, 7 * 86_400_000)?);
+            Some(())
+        },
+    ),
+    text(
+        "ACTIVE_WINDOW",
+        "5m",
+        "a duration from 1s to 1h such as 5m, at most SESSION_TIMEOUT",
+        "live mode: a visitor counts in active_users this long after its last event",
+        |c, s| {
+            c.active_window = duration(s, 1000, 3_600_000)?;
+            Some(())
+        },
+    ),
+    text(
+        "SESSION_TIMEOUT",
+        "30m",
+        "a duration from 1s to 1d such as 30m, at least ACTIVE_WINDOW",
+        "live mode: a session ends this long after its last event",
+        |c, s| {
+            c.session_timeout = duration(s, 1000, 86_400_000)?;
+            Some(())
+        },
     ),
     text(
         "SEED",
@@ -449,8 +561,62 @@ impl Config {
                 var.apply(&mut config, value.trim())?;
             }
         }
+        config.check_live()?;
         Ok(config)
     }
+
+    /// What live mode's variables require of each other.
+    fn check_live(&self) -> Result<(), ConfigError> {
+        let refuse = |var, value: String, allowed: &str| {
+            Err(ConfigError {
+                var,
+                value: printable(value),
+                not_utf8: false,
+                allowed: allowed.into(),
+            })
+        };
+        if self.mode == Mode::Live && self.sites.is_empty() {
+            return refuse(
+                "SITES",
+                String::new(),
+                "the domains to count, such as SITES=example.com, with MODE=live",
+            );
+        }
+        if self.active_window > self.session_timeout {
+            return refuse(
+                "ACTIVE_WINDOW",
+                format!("{}s", self.active_window.as_secs()),
+                "at most SESSION_TIMEOUT: an active visitor is in a session",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A duration with its unit (`90s`, `15m`, `24h`, `1d`), from `lo` to `hi` ms.
+fn duration(s: &str, lo: u64, hi: u64) -> Option<Duration> {
+    options::with_unit(s)
+        .filter(|ms| (lo..=hi).contains(ms))
+        .map(Duration::from_millis)
+}
+
+/// Up to 8 domains, lowercased: letters, digits, dots and hyphens.
+fn parse_sites(s: &str) -> Option<Vec<String>> {
+    let sites: Vec<String> = s
+        .split(',')
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect();
+    let valid = |d: &String| {
+        !d.is_empty()
+            && d.len() <= 253
+            && d.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    };
+    let distinct = sites
+        .iter()
+        .enumerate()
+        .all(|(i, d)| !sites[..i].contains(d));
+    (sites.len() <= 8 && sites.iter().all(valid) && distinct).then_some(sites)
 }
 
 /// `512M`, `2G`, `65536K` or a number of bytes.

@@ -1,4 +1,4 @@
-//! What REST and the streams share, built once by `server`: the hub, the model, the
+//! What REST and the streams share, built once by `server`: the hubs, the feed, the
 //! metrics, readiness and the caps in force.
 
 use std::sync::Arc;
@@ -6,13 +6,15 @@ use std::sync::atomic::AtomicBool;
 
 use crate::budget::Turns;
 use crate::chaos;
+use crate::feed::Feed;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::simulator::Model;
 
 pub struct Context {
-    pub hub: Arc<Hub>,
-    pub model: Model,
+    /// One hub per site (one in sim mode), in `SITES` order.
+    pub hubs: Vec<Arc<Hub>>,
+    /// Where samples come from.
+    pub feed: Feed,
     /// `CHAOS` and `CHAOS_SEED`: the faults of clients that ask for none.
     pub chaos: chaos::Defaults,
     pub metrics: Arc<Metrics>,
@@ -23,6 +25,13 @@ pub struct Context {
     pub default_host: String,
     /// Turns for encoding histories and replays (see `budget`).
     pub turns: Turns,
+}
+
+impl Context {
+    /// The hub of `site` (an index into `SITES`; 0 in sim mode).
+    pub fn hub(&self, site: usize) -> &Hub {
+        &self.hubs[site]
+    }
 }
 
 /// The connection caps in force: configured, or derived from what the process can hold.

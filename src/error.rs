@@ -22,6 +22,15 @@ pub enum StartError {
     /// The open-file limit is lower than the server's own descriptors, the health probes'
     /// places and one client of each kind need.
     DescriptorLimit { limit: u64, minimum: usize },
+    /// Live mode's state, as configured, does not fit its share of the memory budget.
+    LiveMemory {
+        /// The variable to change.
+        var: &'static str,
+        needed_mib: u64,
+        share_mib: u64,
+        /// What would fit.
+        advice: String,
+    },
 }
 
 impl StartError {
@@ -37,7 +46,7 @@ impl StartError {
     /// under (as for a bad configuration: nothing a restart would fix), 1 otherwise.
     pub fn exit_status(&self) -> u8 {
         match self {
-            StartError::DescriptorLimit { .. } => 2,
+            StartError::DescriptorLimit { .. } | StartError::LiveMemory { .. } => 2,
             StartError::Listen { .. } | StartError::Part { .. } => 1,
         }
     }
@@ -66,6 +75,16 @@ impl fmt::Display for StartError {
                  {minimum} descriptors (its own, the health probes', one client of each \
                  kind): raise it, e.g. `ulimit -n {minimum}` or more, and start again"
             ),
+            StartError::LiveMemory {
+                var,
+                needed_mib,
+                share_mib,
+                advice,
+            } => write!(
+                f,
+                "{var} asks for {needed_mib} MiB of live state, and the memory budget leaves \
+                 {share_mib} MiB for it (a fifth; MEMORY_BUDGET sets the budget): {advice}"
+            ),
         }
     }
 }
@@ -75,7 +94,7 @@ impl Error for StartError {
         match self {
             StartError::Listen { source, .. } => Some(source),
             StartError::Part { source, .. } => Some(source.as_ref()),
-            StartError::DescriptorLimit { .. } => None,
+            StartError::DescriptorLimit { .. } | StartError::LiveMemory { .. } => None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The generator: the one thread that ticks.
 //!
 //! It sleeps until the next tick boundary of the wall clock (`tick * INTERVAL_MS`), asks
-//! the simulator for that tick's sample, encodes it once and publishes it. Aligning to
+//! the feed for that tick's samples (one per site in live mode), encodes each once and
+//! publishes it on its site's hub. Aligning to
 //! the clock rather than to "1.5 s after the last one" keeps ticks from drifting and makes
 //! the sequence number a pure function of time, shared by every instance.
 
@@ -11,31 +12,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::feed::Feed;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::sample::Tick;
-use crate::simulator::Model;
-
-/// The shared stream's tick: the configured scenario, the original's four fields.
-pub fn tick(model: &Model, tick: u64) -> Tick {
-    Tick::new(&model.sample(tick, model.scenario, false))
-}
 
 /// Starts the generator thread. It publishes the tick after `first` and every one after
-/// that, until `stop` is disconnected.
+/// that on `hubs` (one per site), until `stop` is disconnected.
 pub fn spawn(
-    model: Model,
+    feed: Feed,
     first: u64,
-    hub: Arc<Hub>,
+    hubs: Vec<Arc<Hub>>,
     metrics: Arc<Metrics>,
     stop: Receiver<()>,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("generator".into())
-        .spawn(move || run(model, first, &hub, &metrics, &stop))
+        .spawn(move || run(&feed, first, &hubs, &metrics, &stop))
 }
 
-fn run(model: Model, mut last: u64, hub: &Hub, metrics: &Metrics, stop: &Receiver<()>) {
+fn run(feed: &Feed, mut last: u64, hubs: &[Arc<Hub>], metrics: &Metrics, stop: &Receiver<()>) {
+    let model = &feed.model;
     let interval_ms = model.interval_ms();
     loop {
         let due_ms = (last + 1) * interval_ms;
@@ -45,8 +41,11 @@ fn run(model: Model, mut last: u64, hub: &Hub, metrics: &Metrics, stop: &Receive
             _ => return,
         }
         // After a suspend or a clock jump, publish the tick we are in, not every missed one.
-        let next = model.tick_at(now_ms()).max(last + 1);
-        metrics.sample_generated(hub.publish(tick(&model, next)));
+        let now = now_ms();
+        let next = model.tick_at(now).max(last + 1);
+        for (hub, tick) in hubs.iter().zip(feed.ticks(next, now)) {
+            metrics.sample_generated(hub.publish(tick));
+        }
         log::trace!("published tick {next}");
         last = next;
     }

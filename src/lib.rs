@@ -1,8 +1,8 @@
-//! A small, synchronous server of simulated website-traffic analytics: REST for polling
-//! and a WebSocket or Server-Sent Events stream on the same path, fed by one generator
-//! thread.
+//! A small, synchronous server of website-traffic analytics, simulated or counted from
+//! real sites' events (live mode): REST for polling and a WebSocket or Server-Sent Events
+//! stream on the same path, fed by one generator thread.
 //!
-//! Data flows one way: [`simulator`] (pure) → `generator` (one thread) → `hub` (latest
+//! Data flows one way: [`simulator`] (pure) or `live` (events) → `feed` → `generator` (one thread) → `hub` (latest
 //! sample and subscribers) → `stream` (each client on its own thread; WebSocket and SSE
 //! are its two encoders) and `routes` (REST), which share a `context`. `edge` owns the
 //! listener and every client connection, reads request heads strictly and hands them to
@@ -18,9 +18,11 @@ pub mod config;
 mod context;
 mod edge;
 mod error;
+mod feed;
 mod generator;
 mod http;
 mod hub;
+mod live;
 pub mod logging;
 pub mod metrics;
 mod options;

@@ -84,6 +84,9 @@ fn serve(config: &Config) -> ExitCode {
         caps.http,
         server.budget().summary(),
     );
+    if let Some(live) = server.live_summary() {
+        log::info!("{live}");
+    }
     // Once serving: resizing the futex hash took the kernel 30-45 ms here, which start-up
     // must not wait for.
     platform::expect_threads(caps.streams + caps.http);

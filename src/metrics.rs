@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use crate::sync::lock;
 
@@ -38,6 +38,13 @@ pub struct Metrics {
     /// Requests the workers decided on (the edge's own refusals not among them): what
     /// the watchdog reads as progress.
     decided: AtomicU64,
+    /// The server counts real sites (`MODE=live`).
+    live: AtomicBool,
+    events: AtomicU64,
+    bot_events: AtomicU64,
+    events_limited: AtomicU64,
+    visitors: AtomicU64,
+    visitors_evicted: AtomicU64,
 }
 
 /// One metric: what `/metrics` says about it, and how to read its values.
@@ -63,7 +70,50 @@ const fn metric(
 }
 
 /// Every metric, in the order `/metrics` lists them.
-pub const METRICS: [Metric; 16] = [
+pub const METRICS: [Metric; 22] = [
+    metric(
+        "analytics_mode",
+        "gauge",
+        "Where samples come from: 1 for the mode in force (sim or live).",
+        |m| {
+            let mode = if m.live.load(Ordering::Relaxed) {
+                "live"
+            } else {
+                "sim"
+            };
+            Some(vec![(format!("mode=\"{mode}\""), 1.0)])
+        },
+    ),
+    metric(
+        "analytics_live_events_total",
+        "counter",
+        "Live mode: events counted (bots' and other sites' not among them).",
+        |m| live(m, &m.events),
+    ),
+    metric(
+        "analytics_live_bot_events_total",
+        "counter",
+        "Live mode: events accepted from bots and not counted.",
+        |m| live(m, &m.bot_events),
+    ),
+    metric(
+        "analytics_live_rate_limited_total",
+        "counter",
+        "Live mode: events refused with 429, too many from one address.",
+        |m| live(m, &m.events_limited),
+    ),
+    metric(
+        "analytics_live_visitors",
+        "gauge",
+        "Live mode: visitors tracked (today's, and yesterday's until their session ends).",
+        |m| live(m, &m.visitors),
+    ),
+    metric(
+        "analytics_live_visitors_evicted_total",
+        "counter",
+        "Live mode: visitors forgotten at MAX_VISITORS, the longest idle first.",
+        |m| live(m, &m.visitors_evicted),
+    ),
     metric(
         "analytics_samples_generated_total",
         "counter",
@@ -192,6 +242,14 @@ fn one(counter: &AtomicU64) -> Values {
     )])
 }
 
+/// A live mode metric: absent in sim mode.
+fn live(m: &Metrics, counter: &AtomicU64) -> Values {
+    m.live
+        .load(Ordering::Relaxed)
+        .then(|| one(counter))
+        .flatten()
+}
+
 fn level(gauge: &AtomicI64) -> Values {
     Some(vec![(String::new(), gauge.load(Ordering::Relaxed) as f64)])
 }
@@ -299,6 +357,36 @@ impl Metrics {
     /// A response to a request for `route` (a route's path, or "other").
     pub fn request(&self, route: &'static str, status: u16) {
         bump(&self.http_requests, (route, status));
+    }
+
+    /// The server counts real sites: the live metrics are shown.
+    pub fn go_live(&self) {
+        self.live.store(true, Ordering::Relaxed);
+    }
+
+    /// An event counted.
+    pub fn event_counted(&self) {
+        add(&self.events, 1);
+    }
+
+    /// A bot's event, accepted and not counted.
+    pub fn bot_event(&self) {
+        add(&self.bot_events, 1);
+    }
+
+    /// An event refused: too many from its address.
+    pub fn event_limited(&self) {
+        add(&self.events_limited, 1);
+    }
+
+    /// Visitors tracked now.
+    pub fn visitors(&self, n: usize) {
+        self.visitors.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// A visitor forgotten at `MAX_VISITORS`.
+    pub fn visitor_evicted(&self) {
+        add(&self.visitors_evicted, 1);
     }
 
     /// A request the workers decided on: a reply, one computed later, or a stream.

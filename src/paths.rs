@@ -32,10 +32,14 @@ pub enum Route {
     AsyncApi,
     /// `/dashboard`: a live chart in one HTML page.
     Dashboard,
+    /// `/api/event`: page views from sites, `POST` only (live mode).
+    Event,
+    /// `/tracker.js`: the script a site includes to send its page views here.
+    Tracker,
 }
 
 impl Route {
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 12] = [
         Route::Root,
         Route::Api,
         Route::Analytics,
@@ -46,6 +50,8 @@ impl Route {
         Route::OpenApi,
         Route::AsyncApi,
         Route::Dashboard,
+        Route::Event,
+        Route::Tracker,
     ];
 
     pub fn path(self) -> &'static str {
@@ -60,7 +66,28 @@ impl Route {
             Route::OpenApi => "/openapi.json",
             Route::AsyncApi => "/asyncapi.json",
             Route::Dashboard => "/dashboard",
+            Route::Event => "/api/event",
+            Route::Tracker => "/tracker.js",
         }
+    }
+
+    /// The methods this route answers, for `Allow`.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Route::Event => "POST, OPTIONS",
+            _ => "GET, HEAD, OPTIONS",
+        }
+    }
+
+    /// Whether `method` is one of [`Route::allow`]'s.
+    pub fn allows(self, method: &str) -> bool {
+        self.allow().split(", ").any(|m| m == method)
+    }
+
+    /// The longest body a `method` request to this route may send, if it may send one:
+    /// only events do, and they are small.
+    pub fn body_limit(self, method: &str) -> Option<u64> {
+        (self == Route::Event && method == "POST").then_some(MAX_EVENT_BODY)
     }
 
     /// Whether WebSocket upgrades are accepted here (the original's three paths).
@@ -74,6 +101,9 @@ impl Route {
         self == Route::Analytics
     }
 }
+
+/// The longest event body: Plausible's tracker sends a few hundred bytes.
+pub const MAX_EVENT_BODY: u64 = 4096;
 
 /// The route a normalised path names, if any.
 pub fn route(path: &str) -> Option<Route> {

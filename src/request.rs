@@ -12,6 +12,29 @@ use crate::options::{self, Invalid, Options, Range};
 use crate::paths::Route;
 use crate::sample::Tick;
 
+/// An event's sender, as the edge's keyed digests stand for it (see `edge`'s
+/// `identity`): the address, for the rate limit; address and User-Agent, for the
+/// visitor; and whether the User-Agent is a bot's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender {
+    pub client: u64,
+    pub visitor: u64,
+    pub bot: bool,
+}
+
+impl Sender {
+    fn parse(value: &str) -> Option<Sender> {
+        let mut words = value.split(' ');
+        let mut digest = || u64::from_str_radix(words.next()?, 16).ok();
+        let (client, visitor) = (digest()?, digest()?);
+        Some(Sender {
+            client,
+            visitor,
+            bot: words.next() == Some("bot"),
+        })
+    }
+}
+
 /// A request, read once by the worker that answers it. Borrows tiny_http's request.
 pub struct ClientRequest<'r> {
     pub method: &'r Method,
@@ -41,7 +64,13 @@ pub struct ClientRequest<'r> {
     pub repeated: Option<&'static str>,
     /// A preflight's `Access-Control-Request-Headers`.
     pub requested_headers: Option<&'r str>,
-    /// The latest sample when the request was read: its options were checked against it.
+    pub content_type: Option<&'r str>,
+    /// For an event, the edge's digests of its sender (`X-Edge-Client`).
+    pub sender: Option<Sender>,
+    /// The body the edge read (`POST /api/event` only; empty otherwise).
+    pub body: Vec<u8>,
+    /// The latest sample of the request's site when it was read: its options were checked
+    /// against it.
     pub latest: Tick,
     /// The query's sample options. For a stream, a resuming `EventSource`'s
     /// `Last-Event-ID` stands for `since` when the query has none ([`Options::resume`]).
@@ -51,10 +80,16 @@ pub struct ClientRequest<'r> {
 }
 
 impl<'r> ClientRequest<'r> {
-    /// Reads `request`, which came from the client at `peer` with `hop`, in one pass
-    /// over its headers. Of a header sent twice the first counts, as in any HTTP
+    /// Reads `request`, which came from the client at `peer` with `hop` and `body`, in
+    /// one pass over its headers. Of a header sent twice the first counts, as in any HTTP
     /// library's lookup; a WebSocket key or version sent twice is noted in `repeated`.
-    pub fn read(request: &'r Request, peer: SocketAddr, hop: Hop, ctx: &Context) -> Self {
+    pub fn read(
+        request: &'r Request,
+        peer: SocketAddr,
+        hop: Hop,
+        body: Vec<u8>,
+        ctx: &Context,
+    ) -> Self {
         const UPGRADE: usize = 0;
         const ACCEPT: usize = 1;
         const ORIGIN: usize = 2;
@@ -64,7 +99,9 @@ impl<'r> ClientRequest<'r> {
         const REQUESTED_HEADERS: usize = 6;
         const KEY: usize = 7;
         const VERSION: usize = 8;
-        const NAMES: [&str; 9] = [
+        const CONTENT_TYPE: usize = 9;
+        const SENDER: usize = 10;
+        const NAMES: [&str; 11] = [
             "Upgrade",
             "Accept",
             "Origin",
@@ -74,8 +111,11 @@ impl<'r> ClientRequest<'r> {
             "Access-Control-Request-Headers",
             "Sec-WebSocket-Key",
             "Sec-WebSocket-Version",
+            "Content-Type",
+            // The edge's own line, the last of the head: a client's never gets through.
+            "X-Edge-Client",
         ];
-        let mut values: [Option<&'r str>; 9] = [None; 9];
+        let mut values: [Option<&'r str>; 11] = [None; 11];
         let mut repeated = None;
         // Lines of a repeated header count as one comma-joined line (RFC 9110 §5.3):
         // `Accept` is judged line by line; a repeated `Last-Event-ID` is joined.
@@ -108,9 +148,17 @@ impl<'r> ClientRequest<'r> {
                 .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
         });
         let event_stream = *method == Method::Get && event_stream;
-        let latest = ctx.hub.latest();
+        let feed = &ctx.feed;
+        // Every site's hub is at the same tick, give or take the one being published.
+        let mut latest = ctx.hub(0).latest();
         let pairs = options::pairs(options::query(target));
-        let mut sample_options = options::parse(&pairs, &ctx.model, &ctx.chaos, latest.seq);
+        let mut sample_options =
+            options::parse(&pairs, &feed.model, feed.sites(), &ctx.chaos, latest.seq);
+        if let Ok(o) = &sample_options
+            && o.site != 0
+        {
+            latest = ctx.hub(o.site).latest();
+        }
         let id = joined_id.as_deref().or(values[LAST_EVENT_ID]);
         if let (Ok(o), Some(id)) = (&mut sample_options, last_event_id(id))
             && o.since.is_none()
@@ -136,7 +184,10 @@ impl<'r> ClientRequest<'r> {
             websocket_version: values[VERSION],
             repeated,
             requested_headers: values[REQUESTED_HEADERS],
-            range: options::range(&pairs, &ctx.model, latest.seq),
+            content_type: values[CONTENT_TYPE],
+            sender: values[SENDER].and_then(Sender::parse),
+            body,
+            range: options::range(&pairs, &feed.model, latest.seq),
             options: sample_options,
             latest,
         }

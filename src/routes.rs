@@ -6,6 +6,7 @@
 //! to the dashboard). The API descriptions and the dashboard page are compiled into the
 //! binary. Everything else is a JSON error that says what to do instead.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,16 +19,15 @@ use tiny_http::Method;
 use crate::budget::{self, Turns};
 use crate::chaos::Garbage;
 use crate::context::Context;
+use crate::feed::Feed;
 use crate::generator;
 use crate::http::{self, Decision, DelayedReply, Pieces, Reply, header};
+use crate::live::{self, Recorded, event::BadEvent};
 use crate::metrics::Metrics;
 use crate::options;
 use crate::paths::{self, Route};
 use crate::request::ClientRequest;
 use crate::sample::{FIELDS, Tick, encode, timestamp};
-use crate::simulator::Model;
-
-const ALLOW: &str = "GET, HEAD, OPTIONS";
 
 /// Answers one request: a reply, or one the connection's thread computes for a history.
 pub fn handle(request: &ClientRequest, ctx: &Arc<Context>) -> Decision {
@@ -35,7 +35,10 @@ pub fn handle(request: &ClientRequest, ctx: &Arc<Context>) -> Decision {
         return Decision::Reply(not_found(request), Duration::ZERO);
     };
     let reply = match request.method {
-        Method::Get | Method::Head => match route {
+        Method::Options => preflight(request, route),
+        Method::Post if route == Route::Event => event(request, ctx),
+        method if !route.allows(method.as_str()) => method_not_allowed(method, route),
+        _ => match route {
             Route::Analytics => {
                 let (reply, delay) = match &request.options {
                     Ok(o) => samples(o, &request.latest, ctx),
@@ -57,12 +60,13 @@ pub fn handle(request: &ClientRequest, ctx: &Arc<Context>) -> Decision {
             Route::Health => health(ctx),
             Route::Ready => ready(ctx),
             Route::Metrics => metrics(&ctx.metrics),
-            Route::OpenApi => document(OPENAPI, request, ctx),
+            Route::OpenApi => document(&openapi(ctx.feed.sites()), request, ctx),
             Route::AsyncApi => document(ASYNCAPI, request, ctx),
             Route::Dashboard => dashboard(),
+            Route::Tracker => tracker(),
+            // Allowed by POST only, answered above.
+            Route::Event => method_not_allowed(request.method, route),
         },
-        Method::Options => preflight(request),
-        other => method_not_allowed(other, route),
     };
     Decision::Reply(reply, Duration::ZERO)
 }
@@ -70,7 +74,7 @@ pub fn handle(request: &ClientRequest, ctx: &Arc<Context>) -> Decision {
 /// `GET /api/analytics`: the latest sample, the same bytes the streams got for that tick
 /// unless the query asks for other options (`no-store`, as it changes every tick).
 fn samples(o: &options::Options, latest: &Tick, ctx: &Context) -> DelayedReply {
-    let mut body = o.encode(&ctx.model, latest.seq, Some(latest));
+    let mut body = o.encode(&ctx.feed, latest.seq, Some(latest));
     if let Some(garbage) = o.chaos.as_ref().and_then(|c| c.garbage(latest.seq)) {
         body = garbage.apply(&body);
     }
@@ -95,7 +99,7 @@ fn history(
     }
     let garbage = o.chaos.as_ref().and_then(|c| c.garbage(tick));
     let (len, pieces) =
-        History::new(o.clone(), ctx.model, range, garbage).into_pieces(ctx.turns.clone());
+        History::new(o.clone(), ctx.feed.clone(), range, garbage).into_pieces(ctx.turns.clone());
     let reply = ok(http::json_head(200, len), "no-cache", o);
     (chaotic(reply, o, tick), Some(pieces))
 }
@@ -152,7 +156,7 @@ fn with_ignored(reply: Reply, options: &options::Options) -> Reply {
 struct History {
     head: Vec<u8>,
     options: options::Options,
-    model: Model,
+    feed: Feed,
     range: options::Range,
     /// Chaos garbage: the whole body (`null`), its first half, or its first sample.
     garbage: Option<Garbage>,
@@ -161,10 +165,11 @@ struct History {
 impl History {
     fn new(
         options: options::Options,
-        model: Model,
+        feed: Feed,
         range: options::Range,
         garbage: Option<Garbage>,
     ) -> History {
+        let model = &feed.model;
         let ms = |tick: u64| timestamp((tick * model.interval_ms()) as i64);
         let head = format!(
             r#"{{"interval_ms":{},"step_ms":{},"from":"{}","to":"{}","count":{},"samples":["#,
@@ -178,7 +183,7 @@ impl History {
         History {
             head,
             options,
-            model,
+            feed,
             range,
             garbage,
         }
@@ -187,7 +192,7 @@ impl History {
     /// The `i`th sample's bytes (the first one garbled, if chaos says so).
     fn sample(&self, i: usize, tick: u64) -> Bytes {
         let o = &self.options;
-        let json = encode(&o.sample(&self.model, tick), o.fields, o.seq);
+        let json = encode(&o.sample(&self.feed, tick), o.fields, o.seq);
         match self.garbage {
             Some(g @ (Garbage::MissingField | Garbage::NegativeCount)) if i == 0 => g.apply(&json),
             _ => json,
@@ -250,15 +255,14 @@ impl History {
 /// `GET /` and `GET /api`: what this service is and where everything lives.
 fn describe(request: &ClientRequest, ctx: &Context) -> Reply {
     let (http, ws) = base_urls(request, &ctx.default_host);
-    let body = json!({
+    let mut body = json!({
         "service": env!("CARGO_PKG_NAME"),
         "version": env!("CARGO_PKG_VERSION"),
         "message": "Welcome to the Real-Time Analytics Backend",
-        "description": "Simulated website-traffic analytics: poll over REST, or stream over \
-                        WebSocket or Server-Sent Events on the same path.",
-        "interval_ms": ctx.model.interval_ms(),
-        "profile": ctx.model.profile.name(),
-        "scenario": ctx.model.scenario.name(),
+        "description": "Website-traffic analytics, simulated or counted live: poll over \
+                        REST, or stream over WebSocket or Server-Sent Events on the same path.",
+        "mode": ctx.feed.mode().name(),
+        "interval_ms": ctx.feed.model.interval_ms(),
         "fields": &FIELDS[..4],
         "detail_fields": &FIELDS[4..],
         "limits": {
@@ -280,6 +284,10 @@ fn describe(request: &ClientRequest, ctx: &Context) -> Reply {
                 "accept": "text/event-stream",
             },
             "dashboard": format!("{http}/dashboard"),
+            "live": {
+                "event": format!("{http}/api/event"),
+                "tracker": format!("{http}/tracker.js"),
+            },
             "documents": {
                 "openapi": format!("{http}/openapi.json"),
                 "asyncapi": format!("{http}/asyncapi.json"),
@@ -291,6 +299,13 @@ fn describe(request: &ClientRequest, ctx: &Context) -> Reply {
             },
         },
     });
+    match ctx.feed.sites() {
+        [] => {
+            body["profile"] = json!(ctx.feed.model.profile.name());
+            body["scenario"] = json!(ctx.feed.model.scenario.name());
+        }
+        sites => body["sites"] = json!(sites),
+    }
     // A browser asking for HTML is sent to the dashboard instead.
     http::json(200, &body)
         .with_header(header("Cache-Control", "no-cache"))
@@ -303,8 +318,51 @@ fn describe(request: &ClientRequest, ctx: &Context) -> Reply {
 const OPENAPI: &str = include_str!("static/openapi.json");
 const ASYNCAPI: &str = include_str!("static/asyncapi.json");
 const DASHBOARD: &str = include_str!("static/dashboard.html");
+/// Under 1 KB: a page view on load and on every `history.pushState` or `popstate`, sent
+/// with `navigator.sendBeacon` (no preflight); no cookies, no storage.
+const TRACKER: &str = include_str!("static/tracker.js");
 
-fn document(text: &'static str, request: &ClientRequest, ctx: &Context) -> Reply {
+/// The REST API as this server answers it: in live mode, `site` (one of `SITES`) takes the
+/// place of the simulator's `profile` and `scenario`, so that a client generated from the
+/// document (Postman's import) sends only what this server takes.
+fn openapi(sites: &[String]) -> Cow<'static, str> {
+    let [first, ..] = sites else {
+        return Cow::Borrowed(OPENAPI);
+    };
+    let mut doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap_or_default();
+    let simulated = [
+        "#/components/parameters/profile",
+        "#/components/parameters/scenario",
+    ];
+    for item in doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|p| p.values_mut())
+    {
+        let Some(parameters) = item
+            .get_mut("get")
+            .and_then(|get| get.get_mut("parameters"))
+            .and_then(|p| p.as_array_mut())
+        else {
+            continue;
+        };
+        let before = parameters.len();
+        parameters.retain(|p| !simulated.iter().any(|s| p["$ref"] == *s));
+        if parameters.len() < before {
+            parameters.insert(0, json!({ "$ref": "#/components/parameters/site" }));
+        }
+    }
+    doc["components"]["parameters"]["site"] = json!({
+        "name": "site",
+        "in": "query",
+        "description": "The site whose visitors the samples count: one of SITES, the first by default.",
+        "schema": { "type": "string", "enum": sites },
+        "example": first,
+    });
+    Cow::Owned(serde_json::to_string_pretty(&doc).unwrap_or_default())
+}
+
+fn document(text: &str, request: &ClientRequest, ctx: &Context) -> Reply {
     let (http, ws) = base_urls(request, &ctx.default_host);
     let (http_scheme, host) = http.split_once("://").unwrap_or(("http", &http));
     let ws_scheme = ws.split_once("://").map_or("ws", |(s, _)| s);
@@ -344,8 +402,8 @@ fn dashboard() -> Reply {
 /// stopped makes `/healthz` 503, so the watchdog (and the platform's health check) restart
 /// the process.
 fn health(ctx: &Context) -> Reply {
-    let interval = ctx.model.interval_ms();
-    let age = generator::now_ms().saturating_sub(ctx.hub.latest().seq * interval);
+    let interval = ctx.feed.model.interval_ms();
+    let age = generator::now_ms().saturating_sub(ctx.hub(0).latest().seq * interval);
     if age <= 2 * interval {
         return http::json(200, &json!({ "status": "ok" }));
     }
@@ -380,12 +438,90 @@ fn metrics(metrics: &Metrics) -> Reply {
     http::with_body(200, "text/plain; version=0.0.4", metrics.render().into())
 }
 
+/// `GET /tracker.js`: the site's script. Cached for an hour.
+fn tracker() -> Reply {
+    http::with_body(200, "text/javascript; charset=utf-8", TRACKER.into())
+        .with_header(header("Cache-Control", "public, max-age=3600"))
+}
+
+/// `POST /api/event`: a page view (or a custom event) from a site, counted in live mode;
+/// every check says what to fix. In sim mode, no event is counted.
+fn event(request: &ClientRequest, ctx: &Context) -> Reply {
+    let Some(live) = &ctx.feed.live else {
+        return http::error(
+            409,
+            "not_live",
+            "This server simulates its traffic (MODE=sim) and counts no events. Start it \
+             with MODE=live and SITES=<your site's domain> to send it page views.",
+            &[],
+        );
+    };
+    let media = request
+        .content_type
+        .and_then(|t| t.split(';').next())
+        .map(str::trim)
+        .unwrap_or("");
+    if !["application/json", "text/plain"]
+        .iter()
+        .any(|m| media.eq_ignore_ascii_case(m))
+    {
+        return http::error(
+            415,
+            "unsupported_media_type",
+            "Send the event as Content-Type: application/json (or text/plain, as sendBeacon \
+             does), not application/x-www-form-urlencoded.",
+            &[],
+        );
+    }
+    // Set by the edge for every event.
+    let Some(sender) = request.sender else {
+        return http::error(500, "internal", "The event's sender is unknown.", &[]);
+    };
+    let now = generator::now_ms();
+    if let Err(wait) = live.admit(sender.client, now) {
+        let seconds = wait.as_secs_f64().ceil().max(1.0).to_string();
+        return http::error(
+            429,
+            "rate_limited",
+            "Too many events from this address: at most 60 at once, then 10 a second. \
+             Retry after the Retry-After header's seconds.",
+            &[],
+        )
+        .with_header(header("Retry-After", &seconds));
+    }
+    let event = match live::event::parse(&request.body) {
+        Ok(event) => event,
+        Err(BadEvent(message)) => return http::error(400, "bad_event", &message, &[]),
+    };
+    let accepted = |counted: bool| {
+        let mut body = json!({ "status": "accepted", "counted": counted });
+        if !counted {
+            body["reason"] = json!("bot");
+        }
+        http::json(202, &body)
+    };
+    match live.record(&event, sender.visitor, sender.bot, now) {
+        Recorded::Counted => accepted(true),
+        Recorded::Bot => accepted(false),
+        Recorded::UnknownSite => http::error(
+            403,
+            "unknown_site",
+            &format!(
+                "\"{}\" is not one of this server's SITES: {}.",
+                http::printable(event.domains.join(",")),
+                live.settings.sites.join(", ")
+            ),
+            &[],
+        ),
+    }
+}
+
 /// `OPTIONS`: a CORS preflight (or a plain capability query) on a known path.
-fn preflight(request: &ClientRequest) -> Reply {
+fn preflight(request: &ClientRequest, route: Route) -> Reply {
     let requested = request.requested_headers;
     http::empty(204)
-        .with_header(header("Allow", ALLOW))
-        .with_header(header("Access-Control-Allow-Methods", ALLOW))
+        .with_header(header("Allow", route.allow()))
+        .with_header(header("Access-Control-Allow-Methods", route.allow()))
         .with_header(header(
             "Access-Control-Allow-Headers",
             requested.unwrap_or("Content-Type, Last-Event-ID"),
@@ -393,27 +529,31 @@ fn preflight(request: &ClientRequest) -> Reply {
         .with_header(header("Access-Control-Max-Age", "86400"))
 }
 
-/// A request that declares a body, which this API never reads: the route is judged
-/// first (404, then 405 with `Allow`), else 413.
+/// A request that declares a body the edge did not read (only `POST /api/event` has
+/// one read): the route is judged first (404, then 405 with `Allow`), else 413.
 pub fn body_not_accepted(request: &ClientRequest) -> Reply {
     let Some(route) = request.route else {
         return not_found(request);
     };
     match request.method {
-        Method::Get | Method::Head | Method::Options => http::error(
+        method if !route.allows(method.as_str()) => method_not_allowed(method, route),
+        _ => http::error(
             413,
             "body_not_accepted",
-            "This API takes no request bodies: send the request without a body, \
+            "Only POST /api/event takes a request body: send this request without a body, \
              Content-Length or Transfer-Encoding.",
             &[],
         ),
-        other => method_not_allowed(other, route),
     }
 }
 
 fn method_not_allowed(method: &Method, route: Route) -> Reply {
+    let (first, rest) = route
+        .allow()
+        .split_once(", ")
+        .unwrap_or((route.allow(), ""));
     let message = format!(
-        "{method} is not supported on {}; use GET (or HEAD, OPTIONS).",
+        "{method} is not supported on {}; use {first} (or {rest}).",
         route.path()
     );
     http::error(
@@ -422,7 +562,7 @@ fn method_not_allowed(method: &Method, route: Route) -> Reply {
         &message,
         &[("path", route.path())],
     )
-    .with_header(header("Allow", ALLOW))
+    .with_header(header("Allow", route.allow()))
 }
 
 /// 404 for a path that names no route (also used for WebSocket upgrades to such paths).

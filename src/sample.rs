@@ -5,6 +5,8 @@
 //! clients (`JSON.parse(event.data).active_users`) work unchanged. Clients that want more
 //! opt in with `?fields=` (detail fields) and `?seq=1` (the sequence number).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat};
 use serde::ser::SerializeMap;
@@ -47,10 +49,35 @@ pub struct Details {
     pub bounce_rate: f64,
     /// Active users on their first visit.
     pub new_visitors: u32,
-    pub devices: Vec<(&'static str, u32)>,
-    pub countries: Vec<(&'static str, u32)>,
-    pub referrers: Vec<(&'static str, u32)>,
-    pub top_pages: Vec<(&'static str, u32)>,
+    pub devices: Vec<(Label, u32)>,
+    /// `None` where it cannot be known (live traffic carries no country): the field is
+    /// then absent.
+    pub countries: Option<Vec<(Label, u32)>>,
+    pub referrers: Vec<(Label, u32)>,
+    pub top_pages: Vec<(Label, u32)>,
+}
+
+/// A breakdown's key: one of the simulator's fixed names, or a page or referrer of live
+/// traffic, shared by every sample that counts it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Label {
+    Fixed(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Label {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Label::Fixed(name) => name,
+            Label::Shared(name) => name,
+        }
+    }
+}
+
+impl From<&'static str> for Label {
+    fn from(name: &'static str) -> Label {
+        Label::Fixed(name)
+    }
 }
 
 /// A set of fields, as selected with `?fields=`.
@@ -120,7 +147,8 @@ pub fn encode(sample: &Sample, fields: Fields, with_seq: bool) -> Bytes {
         devices: d.filter(|_| pick("devices")).map(|d| Breakdown(&d.devices)),
         countries: d
             .filter(|_| pick("countries"))
-            .map(|d| Breakdown(&d.countries)),
+            .and_then(|d| d.countries.as_deref())
+            .map(Breakdown),
         referrers: d
             .filter(|_| pick("referrers"))
             .map(|d| Breakdown(&d.referrers)),
@@ -160,13 +188,13 @@ struct Out<'a> {
 }
 
 /// A breakdown as a JSON object, largest-first order kept: `{"desktop": 41, ...}`.
-struct Breakdown<'a>(&'a [(&'static str, u32)]);
+struct Breakdown<'a>(&'a [(Label, u32)]);
 
 impl Serialize for Breakdown<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(self.0.len()))?;
         for (k, v) in self.0 {
-            map.serialize_entry(k, v)?;
+            map.serialize_entry(k.as_str(), v)?;
         }
         map.end()
     }
@@ -203,10 +231,14 @@ mod tests {
             details: details.then(|| Details {
                 bounce_rate: 0.412,
                 new_visitors: 30,
-                devices: vec![("desktop", 40), ("mobile", 44), ("tablet", 3)],
-                countries: vec![("US", 87)],
-                referrers: vec![("direct", 87)],
-                top_pages: vec![("/", 152)],
+                devices: vec![
+                    ("desktop".into(), 40),
+                    ("mobile".into(), 44),
+                    ("tablet".into(), 3),
+                ],
+                countries: Some(vec![("US".into(), 87)]),
+                referrers: vec![("direct".into(), 87)],
+                top_pages: vec![("/".into(), 152)],
             }),
         }
     }

@@ -7,7 +7,7 @@
 //! hand the decision back to that connection's thread, which carries it out.
 
 use std::borrow::Cow;
-use std::io;
+use std::io::{self, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -18,16 +18,18 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::{Method, Request};
 
-use crate::budget::{Budget, Turns};
-use crate::config::Config;
+use crate::budget::{self, Budget, Turns};
+use crate::config::{Config, Mode};
 use crate::context::{Caps, Context};
 use crate::edge::{self, Connections, Edge, Limits};
 use crate::error::{Failure, Refusal, StartError};
+use crate::feed::Feed;
 use crate::generator;
 use crate::http::{self, Cors, Decision, Reply, StreamFn};
 use crate::hub::Hub;
+use crate::live::{self, Live};
 use crate::metrics::Metrics;
-use crate::paths::Route;
+use crate::paths::{self, Route};
 use crate::platform;
 use crate::request::ClientRequest;
 use crate::routes;
@@ -52,6 +54,60 @@ const OWN_DESCRIPTORS: usize = 3 // stdin, stdout, stderr (the log)
     + 1 // the watchdog's next probe
     + 1 // the connection that wakes the accept loop at shutdown
     + 1; // the process status file (Linux), read for /metrics one at a time
+
+/// Visitors live mode tracks when `MAX_VISITORS` is unset, if its memory holds them.
+const MAX_VISITORS: u64 = 1_000_000;
+/// How long live samples are kept when `LIVE_HISTORY` is unset, if its memory holds them.
+const LIVE_HISTORY_MS: u64 = 24 * 3_600_000;
+
+/// How live mode counts, from the configuration: its visitors and kept samples must fit
+/// live mode's share of the memory budget ([`Budget::live`]).
+fn live_settings(config: &Config, budget: &Budget) -> Result<live::Settings, StartError> {
+    let interval_ms = config.interval.as_millis().max(1) as u64;
+    let sites = config.sites.len() as u64;
+    let share = budget.live();
+    let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+    // Kept samples take half the share at most, so that visitors have the other half.
+    let fits = share / 2 / (sites * budget::KEPT_SAMPLE_COST);
+    let history_ticks = match config.live_history {
+        Some(kept) => kept.as_millis() as u64 / interval_ms,
+        None => (LIVE_HISTORY_MS / interval_ms).min(fits),
+    };
+    if history_ticks > fits {
+        return Err(StartError::LiveMemory {
+            var: "LIVE_HISTORY",
+            needed_mib: mib(sites * history_ticks * budget::KEPT_SAMPLE_COST),
+            share_mib: mib(share),
+            advice: format!(
+                "keep at most {}m of samples for {sites} site(s), set fewer SITES, or leave \
+                 LIVE_HISTORY unset",
+                fits * interval_ms / 60_000
+            ),
+        });
+    }
+    let kept = sites * history_ticks * budget::KEPT_SAMPLE_COST;
+    let room = (share - kept) / budget::VISITOR_COST;
+    let max_visitors = match config.max_visitors {
+        Some(n) if n as u64 > room => {
+            return Err(StartError::LiveMemory {
+                var: "MAX_VISITORS",
+                needed_mib: mib(n as u64 * budget::VISITOR_COST),
+                share_mib: mib(share - kept),
+                advice: format!("track at most {room} visitors, or leave MAX_VISITORS unset"),
+            });
+        }
+        Some(n) => n,
+        None => room.clamp(1, MAX_VISITORS) as usize,
+    };
+    Ok(live::Settings {
+        sites: config.sites.clone(),
+        interval: config.interval,
+        active_window: config.active_window,
+        session_timeout: config.session_timeout,
+        max_visitors,
+        history_ticks: history_ticks as usize,
+    })
+}
 
 /// A running server. Dropping it without [`Server::shutdown`] leaves its threads running.
 pub struct Server {
@@ -89,12 +145,25 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let part = StartError::part;
 
     let model = config.model();
-    let first = model.tick_at(generator::now_ms());
+    let now = generator::now_ms();
+    let first = model.tick_at(now);
     let metrics = Arc::new(Metrics::default());
+    let live = match config.mode {
+        Mode::Live => {
+            let settings = live_settings(config, &budget)?;
+            Some(Arc::new(Live::new(settings, Arc::clone(&metrics))))
+        }
+        Mode::Sim => None,
+    };
+    let feed = Feed { model, live };
     let ready = Arc::new(AtomicBool::new(true));
     let ctx = Arc::new(Context {
-        hub: Arc::new(Hub::new(generator::tick(&model, first))),
-        model,
+        hubs: feed
+            .ticks(first, now)
+            .into_iter()
+            .map(|tick| Arc::new(Hub::new(tick)))
+            .collect(),
+        feed,
         chaos: config.chaos,
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
@@ -149,6 +218,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         write_timeout: config.write_timeout,
         max_header_bytes: config.max_header_bytes as usize,
         max_connections: caps.http,
+        trusted_proxy_hops: config.trusted_proxy_hops,
     };
     let edge = Arc::new(
         Edge::new(
@@ -167,9 +237,9 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let threads = vec![
         edge.spawn().map_err(part("the accept loop"))?,
         generator::spawn(
-            model,
+            ctx.feed.clone(),
             first,
-            Arc::clone(&ctx.hub),
+            ctx.hubs.clone(),
             metrics,
             generator_stopped,
         )
@@ -234,6 +304,22 @@ impl Server {
     /// Open streaming connections (WebSocket and SSE).
     pub fn stream_clients(&self) -> usize {
         self.streams.clients()
+    }
+
+    /// In live mode, what it counts and keeps, for the start-up log.
+    pub fn live_summary(&self) -> Option<String> {
+        let live = self.streams.ctx.feed.live.as_ref()?;
+        let s = &live.settings;
+        let kept = s.interval * s.history_ticks as u32;
+        Some(format!(
+            "live mode: SITES={} MAX_VISITORS={}, samples kept {} min, active window {} s, \
+             sessions end after {} s idle",
+            s.sites.join(","),
+            s.max_visitors,
+            kept.as_secs() / 60,
+            s.active_window.as_secs(),
+            s.session_timeout.as_secs(),
+        ))
     }
 
     /// The caps in force, derived or configured.
@@ -388,7 +474,8 @@ struct Settlement<'r> {
     /// The method and target, for the log.
     method: Method,
     target: Cow<'r, str>,
-    peer: SocketAddr,
+    /// The peer, for the log: none for an event, whose sender is a site's visitor.
+    peer: Option<SocketAddr>,
     /// The route's path, for the metrics.
     label: &'static str,
 }
@@ -403,12 +490,12 @@ impl Settlement<'_> {
             } else {
                 log::Level::Info
             };
+            let peer = self.peer.map_or(String::new(), |p| format!(" peer={p}"));
             log::log!(
                 level,
-                "{} {} -> {status} peer={}",
+                "{} {} -> {status}{peer}",
                 http::printable(self.method.as_str()),
                 http::printable(self.target.as_ref()),
-                self.peer
             );
         }
         http::with_cors(reply, &self.cors, self.origin.as_deref())
@@ -447,12 +534,19 @@ impl Worker {
         }
     }
 
-    fn handle(&self, request: Request) {
+    fn handle(&self, mut request: Request) {
         let Some((client, hop)) = self.clients.find(&request) else {
             edge::finish(request);
             return;
         };
-        let read = ClientRequest::read(&request, client.peer, hop, &self.ctx);
+        // Only an event's body is ever forwarded, whole and bounded by the edge: reading
+        // it waits on nothing.
+        let mut body = Vec::new();
+        if request.body_length().is_some_and(|n| n > 0) {
+            let limit = paths::MAX_EVENT_BODY;
+            let _ = request.as_reader().take(limit).read_to_end(&mut body);
+        }
+        let read = ClientRequest::read(&request, client.peer, hop, body, &self.ctx);
         let decision = match self.decide(&read) {
             Decision::Reply(reply, delay) => {
                 Decision::Reply(self.settle(&read).reply(reply), delay)
@@ -535,14 +629,22 @@ impl Worker {
     }
 
     /// How this request's reply will be settled (see [`Settlement`]).
+    /// Events are answered to any origin, whatever `CORS_ORIGINS` says: `SITES` decides
+    /// which sites may send them, and their answers tell a page nothing.
     fn settle<'r>(&'r self, request: &ClientRequest<'r>) -> Settlement<'r> {
+        let event = request.route == Some(Route::Event);
         Settlement {
             metrics: Arc::clone(&self.ctx.metrics),
-            cors: Cow::Borrowed(&self.cors),
+            cors: if event {
+                Cow::Owned(Cors::Any)
+            } else {
+                Cow::Borrowed(&self.cors)
+            },
             origin: request.origin.map(Cow::Borrowed),
             method: request.method.clone(),
             target: Cow::Borrowed(request.target),
-            peer: request.peer,
+            // A site's visitor's address is never logged.
+            peer: (!event).then_some(request.peer),
             label: request.route.map_or("other", |r| r.path()),
         }
     }
@@ -587,6 +689,46 @@ mod tests {
                 minimum: 30
             })
         ));
+    }
+
+    #[test]
+    fn live_state_fits_its_share_of_the_memory_budget() {
+        let budget = Budget::of(512 << 20, "test", 0.1);
+        let config = |sites: usize, history: Option<u64>, visitors: Option<usize>| Config {
+            sites: (0..sites).map(|i| format!("s{i}.example")).collect(),
+            live_history: history.map(|h| Duration::from_secs(h * 3600)),
+            max_visitors: visitors,
+            ..Config::default()
+        };
+        let fits = |s: &live::Settings| {
+            s.sites.len() as u64 * s.history_ticks as u64 * budget::KEPT_SAMPLE_COST
+                + s.max_visitors as u64 * budget::VISITOR_COST
+                <= budget.live()
+        };
+        let one = live_settings(&config(1, None, None), &budget).unwrap();
+        assert_eq!(one.history_ticks, 24 * 2400, "a day of 1.5 s ticks");
+        assert!(one.max_visitors > 200_000 && fits(&one), "{one:?}");
+        let eight = live_settings(&config(8, None, None), &budget).unwrap();
+        assert!(
+            eight.history_ticks < one.history_ticks && fits(&eight),
+            "{eight:?}"
+        );
+        let big = Budget::of(64 << 30, "test", 2.0);
+        let roomy = live_settings(&config(1, None, None), &big).unwrap();
+        assert_eq!(roomy.max_visitors, 1_000_000);
+        for (config, var) in [
+            (config(1, Some(7 * 24), None), "LIVE_HISTORY"),
+            (config(1, None, Some(10_000_000)), "MAX_VISITORS"),
+        ] {
+            match live_settings(&config, &budget) {
+                Err(e @ StartError::LiveMemory { var: v, .. }) => {
+                    assert_eq!(v, var);
+                    assert_eq!(e.exit_status(), 2);
+                    assert!(e.to_string().starts_with(var), "{e}");
+                }
+                other => panic!("{var}: {other:?}"),
+            }
+        }
     }
 
     #[test]

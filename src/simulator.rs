@@ -24,7 +24,7 @@
 use std::f64::consts::PI;
 use std::time::Duration;
 
-use crate::sample::{Details, Sample, timestamp};
+use crate::sample::{Details, Label, Sample, timestamp};
 
 /// A site's audience: its scale and rhythm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,7 +341,7 @@ impl Model {
             bounce_rate: (bounce.clamp(0.05, 0.95) * 1000.0).round() / 1000.0,
             new_visitors: (f64::from(users) * new_share.clamp(0.0, 1.0)).round() as u32,
             devices: split(users, &shares(30, &shape.devices), &DEVICES),
-            countries: split(users, &shares(40, &COUNTRY_SHARES), &COUNTRIES),
+            countries: Some(split(users, &shares(40, &COUNTRY_SHARES), &COUNTRIES)),
             referrers: split(users, &shares(50, &referrer_base), &REFERRERS),
             top_pages: split(views, &shares(60, &PAGE_SHARES), &PAGES),
         }
@@ -359,7 +359,7 @@ const PAGE_SHARES: [f64; 6] = [0.30, 0.12, 0.20, 0.15, 0.05, 0.18];
 
 /// Splits `total` by `weights` into whole parts that sum to exactly `total` (largest
 /// remainder), labelled by `names`.
-fn split(total: u32, weights: &[f64], names: &[&'static str]) -> Vec<(&'static str, u32)> {
+fn split(total: u32, weights: &[f64], names: &[&'static str]) -> Vec<(Label, u32)> {
     let sum: f64 = weights.iter().sum();
     let exact: Vec<f64> = weights.iter().map(|w| f64::from(total) * w / sum).collect();
     let mut parts: Vec<u32> = exact.iter().map(|x| x.floor() as u32).collect();
@@ -373,7 +373,11 @@ fn split(total: u32, weights: &[f64], names: &[&'static str]) -> Vec<(&'static s
         parts[i] += 1;
         left -= 1;
     }
-    names.iter().copied().zip(parts).collect()
+    names
+        .iter()
+        .map(|&name| Label::from(name))
+        .zip(parts)
+        .collect()
 }
 
 /// A pulse: rises over `rise` seconds (smoothly), then decays with time constant `decay`.
@@ -639,9 +643,9 @@ mod tests {
         for t in (0..200_000u64).step_by(997) {
             let s = m.sample(1_162_972_840 + t, Scenario::Normal, true);
             let d = s.details.unwrap();
-            let sum = |parts: &[(&str, u32)]| parts.iter().map(|p| p.1).sum::<u32>();
+            let sum = |parts: &[(Label, u32)]| parts.iter().map(|p| p.1).sum::<u32>();
             assert_eq!(sum(&d.devices), s.active_users);
-            assert_eq!(sum(&d.countries), s.active_users);
+            assert_eq!(sum(d.countries.as_deref().unwrap()), s.active_users);
             assert_eq!(sum(&d.referrers), s.active_users);
             assert_eq!(sum(&d.top_pages), s.page_views);
             assert!(d.new_visitors <= s.active_users);

@@ -19,7 +19,8 @@ use crate::sync::lock;
 use super::Edge;
 use super::accept::{Place, is_probe};
 use super::handoff::{Connection, DecisionSlot, Hop};
-use super::head::{self, EdgeError, Head, Scanner};
+use super::head::{self, Body, EdgeError, Head, Scanner};
+use super::identity::IDENTIFYING;
 use super::render::render;
 
 /// The first read of a connection's head: enough for curl's, websocat's and most
@@ -82,8 +83,8 @@ impl Edge {
             if probe && served == 0 && !self.stop_waiting(id) {
                 break ConnectionEnd::OverCapacity;
             }
-            let len = match read {
-                Ok(len) => len,
+            let (len, began) = match read {
+                Ok(read) => read,
                 Err(ConnectionEnd::Refuse(..)) if probe => break ConnectionEnd::OverCapacity,
                 Err(end) => break end,
             };
@@ -91,12 +92,32 @@ impl Edge {
                 let route = paths::route(&paths::normalise(&head.target));
                 (head, route)
             });
-            let (head, route) = match parsed {
+            let (mut head, route) = match parsed {
                 Ok((head, route)) if !probe || is_probe(&head, route) => (head, route),
                 Err(refusal) if !probe => {
                     break ConnectionEnd::Refuse(refusal, head::origin(&buf[..len]));
                 }
                 _ => break ConnectionEnd::OverCapacity,
+            };
+            // Only a route that takes a body has it read (by the request's deadline, and
+            // before a turn is taken: waiting on a client holds none); any other body is
+            // never read, and the worker refuses it.
+            let limit = route.and_then(|r| r.body_limit(&head.method));
+            let body = match (limit, head.body) {
+                (Some(limit), Body::Length(n)) if n <= limit => {
+                    let n = n as usize;
+                    if let Err(end) = self.read_body(&socket, &mut buf, len + n, began) {
+                        break end;
+                    }
+                    n
+                }
+                (Some(limit), Body::Length(_)) => {
+                    break ConnectionEnd::Refuse(body_too_large(limit), origin(&head));
+                }
+                (Some(_), Body::Chunked) => {
+                    break ConnectionEnd::Refuse(length_required(), origin(&head));
+                }
+                _ => 0,
             };
             // Given back once the reply is ready, before it is written (or as a stream
             // starts): the turns bound the requests being worked on, and a probe's skips
@@ -105,25 +126,32 @@ impl Edge {
                 true => None,
                 false => match self.turns.take(budget::TURN_WAIT) {
                     Some(turn) => Some(turn),
-                    None => {
-                        break ConnectionEnd::Refuse(
-                            busy(),
-                            head.header("Origin").map(str::to_string),
-                        );
-                    }
+                    None => break ConnectionEnd::Refuse(busy(), origin(&head)),
                 },
             };
-            if let Err(e) = self
-                .upstream
-                .forward(id, &canonical(&head, route, id, &self.clients.secret))
-            {
-                log::error!("cannot hand a request to tiny_http: {e}");
-                break ConnectionEnd::Refuse(
-                    unavailable(),
-                    head.header("Origin").map(str::to_string),
-                );
+            let end = len + body;
+            // A request that counts its sender (an event) has the sender's address and
+            // User-Agent turned into digests here, and the bytes they came in overwritten.
+            let client = limit.map(|_| self.identity.digest(&mut head, peer));
+            let canonical = canonical(
+                &head,
+                route,
+                &buf[len..end],
+                client.as_deref(),
+                id,
+                &self.clients.secret,
+            );
+            if client.is_some() {
+                buf[..end].fill(0);
             }
-            let close = head.close || head.upgrade || probe;
+            if let Err(e) = self.upstream.forward(id, &canonical) {
+                log::error!("cannot hand a request to tiny_http: {e}");
+                break ConnectionEnd::Refuse(unavailable(), origin(&head));
+            }
+            // A body left unread ends the connection: its bytes cannot be told from the
+            // next request's.
+            let unread = head.body != Body::None && body == 0;
+            let close = head.close || head.upgrade || probe || unread;
             let reply = match decision.take_within(ANSWER_WITHIN) {
                 Some(Decision::Reply(reply, delay)) => {
                     Rendered::new(reply, delay, None, &head, close)
@@ -141,17 +169,14 @@ impl Edge {
                         .or_else(|shared| shared.try_clone())
                         .map_err(|e| log::error!("{peer}: cannot take over the socket: {e}"));
                     // The head buffer is not kept for the stream's lifetime: only what
-                    // followed the head goes on.
-                    let leftover = buf[len..].to_vec();
+                    // followed the request goes on.
+                    let leftover = buf[end..].to_vec();
                     drop(std::mem::take(&mut buf));
                     return socket.ok().map(|socket| (run, socket, leftover));
                 }
                 None => {
                     log::error!("{peer}: no answer from the workers within {ANSWER_WITHIN:?}");
-                    break ConnectionEnd::Refuse(
-                        unavailable(),
-                        head.header("Origin").map(str::to_string),
-                    );
+                    break ConnectionEnd::Refuse(unavailable(), origin(&head));
                 }
             };
             drop(turn);
@@ -171,7 +196,13 @@ impl Edge {
                 break ConnectionEnd::Quiet(None);
             }
             served += 1;
-            buf.drain(..len);
+            let used = buf.len();
+            buf.drain(..end);
+            if client.is_some() {
+                // What followed the event moved forward; its old place is overwritten too.
+                let moved = used - buf.len();
+                buf.spare_capacity_mut()[..moved].fill(std::mem::MaybeUninit::new(0));
+            }
         };
         lock(&self.clients.map).remove(&id);
         match end {
@@ -218,7 +249,7 @@ impl Edge {
         first: bool,
         accepted: Instant,
         header_timeout: Duration,
-    ) -> Result<usize, ConnectionEnd> {
+    ) -> Result<(usize, Instant), ConnectionEnd> {
         let limits = &self.limits;
         let mut scanner = Scanner::default();
         let idle_until = Instant::now() + limits.idle_timeout;
@@ -229,7 +260,7 @@ impl Edge {
                 .end(buf)
                 .map_err(|r| ConnectionEnd::Refuse(r, None))?
             {
-                return Ok(len);
+                return Ok((len, started.unwrap_or_else(Instant::now)));
             }
             if buf.len() > limits.max_header_bytes {
                 return Err(ConnectionEnd::Refuse(
@@ -248,46 +279,41 @@ impl Edge {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(match started {
-                    Some(_) => ConnectionEnd::Refuse(
-                        EdgeError {
-                            status: 408,
-                            error: "request_timeout",
-                            message: format!(
-                                "No complete request within {} s. Send the whole request head at once.",
-                                header_timeout.as_secs_f64()
-                            ),
-                        },
-                        None,
-                    ),
+                    Some(_) => ConnectionEnd::Refuse(too_slow(header_timeout), None),
                     None => ConnectionEnd::Quiet(Some("idle")),
                 });
             }
-            let _ = socket.set_read_timeout(Some(left));
-            let len = buf.len();
             let step = if buf.capacity() == 0 {
                 FIRST_READ
             } else {
                 4096
             };
-            let room = (limits.max_header_bytes + 1 - len).clamp(1, step);
-            buf.resize(len + room, 0);
-            let read = (&*socket).read(&mut buf[len..]);
-            buf.truncate(len + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) => return Err(ConnectionEnd::Quiet(None)),
-                Ok(_) => {
-                    started.get_or_insert_with(Instant::now);
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(_) => return Err(ConnectionEnd::Quiet(None)),
+            let room = (limits.max_header_bytes + 1 - buf.len()).clamp(1, step);
+            if fill(socket, buf, room, left)? > 0 {
+                started.get_or_insert_with(Instant::now);
             }
         }
+    }
+
+    /// Reads until `buf` holds `end` bytes, by the request's deadline (`began` +
+    /// `HEADER_TIMEOUT_MS`): the rest of a body whose head has arrived, its length already
+    /// bounded ([`Route::body_limit`]).
+    fn read_body(
+        &self,
+        socket: &TcpStream,
+        buf: &mut Vec<u8>,
+        end: usize,
+        began: Instant,
+    ) -> Result<(), ConnectionEnd> {
+        let timeout = self.limits.header_timeout;
+        while buf.len() < end {
+            let left = (began + timeout).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ConnectionEnd::Refuse(too_slow(timeout), None));
+            }
+            fill(socket, buf, end - buf.len(), left)?;
+        }
+        Ok(())
     }
 
     /// Writes the rest of a reply. Fails (with the reason, for the metrics) if the client
@@ -400,10 +426,20 @@ impl Rendered {
     }
 }
 
-/// The head tiny_http reads: the client's request line and end-to-end headers, as
-/// HTTP/1.1 on a connection that stays open, and which client it came from with its
-/// [`Hop`].
-fn canonical(head: &Head, route: Option<Route>, id: u64, secret: &str) -> Vec<u8> {
+/// The request tiny_http reads: the client's request line and end-to-end headers, as
+/// HTTP/1.1 on a connection that stays open, which client it came from with its [`Hop`],
+/// and the `body` the edge read, if any. With a `client` digest
+/// ([`super::identity::Identity::digest`]),
+/// the headers that identify the sender are left out and `X-Edge-Client` stands for
+/// them.
+fn canonical(
+    head: &Head,
+    route: Option<Route>,
+    body: &[u8],
+    client: Option<&str>,
+    id: u64,
+    secret: &str,
+) -> Vec<u8> {
     /// Headers about this hop or a body: the edge has dealt with them.
     const HOP: [&str; 8] = [
         "connection",
@@ -419,7 +455,10 @@ fn canonical(head: &Head, route: Option<Route>, id: u64, secret: &str) -> Vec<u8
     let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method, head.target);
     for (name, value) in &head.headers {
         let lower = name.to_ascii_lowercase();
-        if HOP.contains(&lower.as_str()) || lower.starts_with("x-edge-") {
+        if HOP.contains(&lower.as_str())
+            || lower.starts_with("x-edge-")
+            || (client.is_some() && IDENTIFYING.contains(&lower.as_str()))
+        {
             continue;
         }
         let _ = write!(out, "{name}: {value}\r\n");
@@ -428,10 +467,58 @@ fn canonical(head: &Head, route: Option<Route>, id: u64, secret: &str) -> Vec<u8
         route,
         minor: head.minor,
         upgrade: head.upgrade,
-        body: head.body,
+        body: head.body != Body::None && body.is_empty(),
     };
+    if !body.is_empty() {
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+    }
+    if let Some(client) = client {
+        let _ = write!(out, "X-Edge-Client: {client}\r\n");
+    }
     let _ = write!(out, "X-Edge-Conn: {id} {secret} {hop}\r\n\r\n");
+    out.extend_from_slice(body);
     out
+}
+
+/// Reads at most `room` more bytes onto `buf`, waiting at most `timeout`: how many came
+/// (none when the wait ran out). The client gone or the socket failed ends the
+/// connection quietly.
+fn fill(
+    socket: &TcpStream,
+    buf: &mut Vec<u8>,
+    room: usize,
+    timeout: Duration,
+) -> Result<usize, ConnectionEnd> {
+    let _ = socket.set_read_timeout(Some(timeout));
+    let len = buf.len();
+    buf.resize(len + room, 0);
+    let read = (&*socket).read(&mut buf[len..]);
+    buf.truncate(len + *read.as_ref().unwrap_or(&0));
+    match read {
+        Ok(0) => Err(ConnectionEnd::Quiet(None)),
+        Ok(n) => Ok(n),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(0)
+        }
+        Err(_) => Err(ConnectionEnd::Quiet(None)),
+    }
+}
+
+/// A request that did not arrive whole within `HEADER_TIMEOUT_MS`.
+fn too_slow(timeout: Duration) -> EdgeError {
+    EdgeError {
+        status: 408,
+        error: "request_timeout",
+        message: format!(
+            "No complete request within {} s. Send the whole request (head and body) at once.",
+            timeout.as_secs_f64()
+        ),
+    }
 }
 
 /// No turn freed up for a request in time: the server is at its CPU budget.
@@ -441,6 +528,31 @@ fn busy() -> EdgeError {
         error: "busy",
         message: "The server is working on as many requests as its CPU budget allows. Retry \
                   in a few seconds."
+            .into(),
+    }
+}
+
+/// The request's `Origin`, for the CORS headers of a refusal.
+fn origin(head: &Head) -> Option<String> {
+    head.header("Origin").map(str::to_string)
+}
+
+/// An event body longer than its route takes.
+fn body_too_large(limit: u64) -> EdgeError {
+    EdgeError {
+        status: 413,
+        error: "body_too_large",
+        message: format!("An event is at most {limit} bytes. Send one event per request."),
+    }
+}
+
+/// An event body sent chunked: its length must be known before it is read.
+fn length_required() -> EdgeError {
+    EdgeError {
+        status: 411,
+        error: "length_required",
+        message: "Send the event with Content-Length, not Transfer-Encoding: chunked (fetch \
+                  and sendBeacon do)."
             .into(),
     }
 }
@@ -465,7 +577,8 @@ mod tests {
               Origin: http://o\r\n\r\n",
         )
         .unwrap();
-        let text = String::from_utf8(canonical(&head, Some(Route::Api), 7, "s3cret")).unwrap();
+        let text =
+            String::from_utf8(canonical(&head, Some(Route::Api), b"", None, 7, "s3cret")).unwrap();
         assert_eq!(
             text,
             "GET /api?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nOrigin: http://o\r\n\

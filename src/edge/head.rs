@@ -39,8 +39,18 @@ pub struct Head {
     pub close: bool,
     /// `Connection` names the `upgrade` option.
     pub upgrade: bool,
-    /// A body is declared; it is never read.
-    pub body: bool,
+    /// The body it declares.
+    pub body: Body,
+}
+
+/// The body a request head declares: its framing, unambiguous (see `framing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    None,
+    /// `Content-Length`, above zero.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
 }
 
 /// An error the edge answers itself (a refused head, the caps, no turn in time): an HTTP
@@ -115,7 +125,7 @@ pub fn parse(raw: &[u8]) -> Result<Head, EdgeError> {
         headers: Vec::new(),
         close: false,
         upgrade: false,
-        body: false,
+        body: Body::None,
     };
     let (mut hosts, mut lengths, mut codings) = (0, Vec::new(), Vec::new());
     let (mut close, mut keep_alive) = (false, false);
@@ -187,7 +197,6 @@ pub fn parse(raw: &[u8]) -> Result<Head, EdgeError> {
         return Err(bad("HTTP/1.1 requests need exactly one Host header."));
     }
     head.body = framing(&lengths, &codings)?;
-    head.close |= head.body;
     Ok(head)
 }
 
@@ -252,9 +261,8 @@ fn request_line(line: &[u8]) -> Result<(String, String, u8), EdgeError> {
     Ok((text(method), text(target), minor))
 }
 
-/// The body rules: the framing must be unambiguous and its codings known. Returns
-/// whether a body is declared.
-fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, EdgeError> {
+/// The body rules: the framing must be unambiguous and its codings known.
+fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<Body, EdgeError> {
     let coded = !codings.is_empty();
     if lengths.len() > 1 || (coded && !lengths.is_empty()) {
         return Err(EdgeError {
@@ -264,10 +272,9 @@ fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, EdgeError> 
         });
     }
     let declared = match lengths.first() {
+        // At most 19 digits: always a u64.
         Some(v) if !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit) => {
-            std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
+            v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))
         }
         Some(_) => {
             return Err(EdgeError {
@@ -276,7 +283,7 @@ fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, EdgeError> 
                 message: "Content-Length must be one decimal number.".into(),
             });
         }
-        None => Some(0),
+        None => 0,
     };
     let mut names = codings
         .iter()
@@ -292,13 +299,17 @@ fn framing(lengths: &[Vec<u8>], codings: &[Vec<u8>]) -> Result<bool, EdgeError> 
             status: 501,
             error: "transfer_coding_not_implemented",
             message: format!(
-                "The transfer coding {:?} is not implemented; this API takes no request \
-                 bodies: send the request without one.",
+                "The transfer coding {:?} is not implemented: send a body with \
+                 Content-Length (only POST /api/event takes one).",
                 String::from_utf8_lossy(&unknown[..unknown.len().min(40)])
             ),
         });
     }
-    Ok(coded || declared != Some(0))
+    Ok(match declared {
+        _ if coded => Body::Chunked,
+        0 => Body::None,
+        n => Body::Length(n),
+    })
 }
 
 fn bad(message: &str) -> EdgeError {
@@ -469,10 +480,7 @@ mod tests {
                 format!("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {te}\r\n\r\n").as_bytes(),
             )
             .unwrap();
-            assert!(
-                head.body && head.close,
-                "{te:?}: a body, never read, closes"
-            );
+            assert_eq!(head.body, Body::Chunked, "{te:?}");
         }
         for te in ["gzip", "identity", "gzip, chunked", "x-custom"] {
             assert_eq!(with(&format!("Transfer-Encoding: {te}\r\n")), 501, "{te:?}");
@@ -480,9 +488,14 @@ mod tests {
         assert_eq!(with("Transfer-Encoding: \r\n"), 400);
         assert_eq!(with("Transfer-Encoding: ,\r\n"), 400);
         let head = parse(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 37\r\n\r\n").unwrap();
-        assert!(head.body && head.close);
+        assert_eq!(head.body, Body::Length(37));
         let head = parse(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").unwrap();
-        assert!(!head.body && !head.close);
+        assert_eq!(head.body, Body::None);
+        let longest = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 9999999999999999999\r\n\r\n";
+        assert_eq!(
+            parse(longest).unwrap().body,
+            Body::Length(9_999_999_999_999_999_999)
+        );
         let r =
             parse(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
                 .unwrap_err();

@@ -36,6 +36,7 @@ mod accept;
 mod connection;
 mod handoff;
 mod head;
+mod identity;
 mod render;
 mod upstream;
 
@@ -75,12 +76,16 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// `TRUSTED_PROXY_HOPS`: see [`identity`].
+    pub trusted_proxy_hops: usize,
 }
 
 pub struct Edge {
     listener: TcpListener,
     addr: SocketAddr,
     limits: Limits,
+    /// Digests of the senders of events.
+    identity: identity::Identity,
     cors: Cors,
     /// The server's turns (`budget::Turns`): each request but a probe's is worked on
     /// under one, from its head to its reply.
@@ -117,6 +122,7 @@ impl Edge {
         let addr = listener.local_addr()?;
         let upstream = Upstream::open(tiny_http, &clients.secret, &acked)?;
         Ok(Edge {
+            identity: identity::Identity::new(limits.trusted_proxy_hops),
             listener,
             addr,
             limits,

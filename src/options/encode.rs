@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use crate::feed::Feed;
 use crate::sample::{Fields, Sample, Tick, encode};
 use crate::simulator::Model;
 
@@ -20,19 +21,16 @@ impl Options {
     /// The bytes of sample `seq` for these options: `shared` (the stream's, encoded once
     /// for everyone) when it is that tick and the options ask for nothing else, otherwise
     /// this client's own encoding.
-    pub fn encode(&self, model: &Model, seq: u64, shared: Option<&Tick>) -> Bytes {
+    pub fn encode(&self, feed: &Feed, seq: u64, shared: Option<&Tick>) -> Bytes {
         match shared {
-            Some(tick) if tick.seq == seq && self.is_shared(model) => tick.json.clone(),
-            _ => encode(&self.sample(model, seq), self.fields, self.seq),
+            Some(tick) if tick.seq == seq && self.is_shared(&feed.model) => tick.json.clone(),
+            _ => encode(&self.sample(feed, seq), self.fields, self.seq),
         }
     }
 
-    /// Sample `tick` under these options' profile and scenario.
-    pub fn sample(&self, model: &Model, tick: u64) -> Sample {
-        let model = Model {
-            profile: self.profile,
-            ..*model
-        };
-        model.sample(tick, self.scenario, self.fields.needs_details())
+    /// Sample `tick` of these options' site, profile and scenario.
+    pub fn sample(&self, feed: &Feed, tick: u64) -> Sample {
+        let details = self.fields.needs_details();
+        feed.sample(self.site, self.profile, self.scenario, details, tick)
     }
 }

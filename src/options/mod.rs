@@ -57,6 +57,8 @@ impl Invalid {
 /// Options for samples, over REST or WebSocket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {
+    /// The site, as an index into `SITES` (0 in sim mode).
+    pub site: usize,
     pub profile: Profile,
     pub scenario: Scenario,
     pub fields: Fields,
@@ -108,15 +110,17 @@ impl Options {
 }
 
 /// Parses the sample options. `latest` is the newest published tick; `defaults` is the
-/// server's `CHAOS` and `CHAOS_SEED`.
+/// server's `CHAOS` and `CHAOS_SEED`; `sites`, live mode's `SITES` (none in sim mode).
 pub fn parse(
     pairs: &[(String, String)],
     model: &Model,
+    sites: &[String],
     defaults: &chaos::Defaults,
     latest: u64,
 ) -> Result<Options, Invalid> {
     let get = |name| get(pairs, name);
     let mut options = Options {
+        site: 0,
         profile: model.profile,
         scenario: model.scenario,
         fields: Fields::ORIGINAL,
@@ -142,6 +146,41 @@ pub fn parse(
                 simulator::names(all, name)
             ),
         })
+    }
+    if let Some(v) = get("site") {
+        if sites.is_empty() {
+            return Err(invalid(
+                "site",
+                "site= picks one of live mode's SITES; this server simulates one site \
+                 (MODE=sim). Send the request without it.",
+            ));
+        }
+        options.site = sites
+            .iter()
+            .position(|s| s.eq_ignore_ascii_case(v))
+            .ok_or_else(|| {
+                invalid(
+                    "site",
+                    &format!(
+                        "Unknown site \"{}\". Use one of: {}.",
+                        printable(v),
+                        sites.join(", ")
+                    ),
+                )
+            })?;
+    }
+    if !sites.is_empty() {
+        for parameter in ["profile", "scenario"] {
+            if get(parameter).is_some() {
+                return Err(invalid(
+                    parameter,
+                    &format!(
+                        "{parameter}= shapes simulated traffic; this server counts real \
+                         visitors (MODE=live). Send the request without it."
+                    ),
+                ));
+            }
+        }
     }
     if let Some(v) = get("profile") {
         options.profile = one_of("profile", &Profile::ALL, Profile::name, v)?;
@@ -247,7 +286,8 @@ pub fn parse(
 /// Every parameter some request understands. Others are ignored, and named back to the
 /// client (`X-Ignored-Parameters`, or the welcome's `ignored`): harmless for cache-busters,
 /// a hint for a typo such as `scenaro`.
-const KNOWN: [&str; 13] = [
+const KNOWN: [&str; 14] = [
+    "site",
     "profile",
     "scenario",
     "fields",
@@ -308,7 +348,7 @@ fn duration_ms(v: &str) -> Option<u64> {
 
 /// A duration that names its unit, in milliseconds: `last=30` or `drop:30` read as 30 ms
 /// would be a silent mistake.
-fn with_unit(v: &str) -> Option<u64> {
+pub fn with_unit(v: &str) -> Option<u64> {
     duration_ms(v).filter(|_| v.ends_with(|c: char| c.is_ascii_alphabetic()))
 }
 
@@ -328,13 +368,40 @@ mod tests {
         }
     }
 
+    fn feed() -> crate::feed::Feed {
+        crate::feed::Feed {
+            model: model(),
+            live: None,
+        }
+    }
+
     fn opts(q: &str) -> Result<Options, Invalid> {
         parse(
             &pairs(Some(q)),
             &model(),
+            &[],
             &chaos::Defaults::default(),
             1_000_000,
         )
+    }
+
+    #[test]
+    fn sites_are_live_modes_and_profiles_the_simulators() {
+        let live = |q: &str| {
+            let sites = ["a.example".to_string(), "b.example".to_string()];
+            parse(&pairs(Some(q)), &model(), &sites, &Default::default(), 10)
+        };
+        assert_eq!(live("").unwrap().site, 0);
+        assert_eq!(live("site=B.example").unwrap().site, 1);
+        let e = live("site=c.example").unwrap_err();
+        assert!(e.message.contains("a.example, b.example"), "{}", e.message);
+        for q in ["profile=shop", "scenario=spike"] {
+            let e = live(q).unwrap_err();
+            assert!(e.message.contains("MODE=live"), "{q}: {}", e.message);
+        }
+        let e = opts("site=a.example").unwrap_err();
+        assert_eq!(e.parameter, "site");
+        assert!(e.message.contains("MODE=sim"));
     }
 
     fn hist(q: &str) -> Result<Range, Invalid> {
@@ -363,8 +430,8 @@ mod tests {
         let news = opts("profile=News").unwrap();
         assert!(news.profile == Profile::News && !news.is_shared(&model()));
         assert_ne!(
-            news.sample(&model(), 5),
-            opts("").unwrap().sample(&model(), 5)
+            news.sample(&feed(), 5),
+            opts("").unwrap().sample(&feed(), 5)
         );
     }
 
@@ -493,7 +560,7 @@ mod tests {
             seed: Some(9),
         };
         let with = |q| {
-            parse(&pairs(Some(q)), &model(), &defaults, 100)
+            parse(&pairs(Some(q)), &model(), &[], &defaults, 100)
                 .unwrap()
                 .chaos
         };

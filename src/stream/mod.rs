@@ -32,6 +32,7 @@ use crate::budget;
 use crate::chaos::{Cut, Delivery};
 use crate::context::Context;
 use crate::error::Refusal;
+use crate::feed::Feed;
 use crate::hub::Subscription;
 use crate::metrics::Stream;
 use crate::options::Options;
@@ -118,8 +119,8 @@ impl Start {
     /// Taken on the worker's thread, which has stack to spare: crossbeam builds a new
     /// channel on the stack (1.8 KiB with `Hub::subscribe`), which on the stream's
     /// thread would have touched one more page of its stack for the stream's lifetime.
-    pub fn new(streams: &Streams, route: Route) -> Start {
-        let hub = &streams.ctx.hub;
+    pub fn new(streams: &Streams, route: Route, site: usize) -> Start {
+        let hub = streams.ctx.hub(site);
         match route.sends_samples().then(|| hub.subscribe()) {
             Some((latest, subscription)) => Start {
                 latest,
@@ -308,12 +309,12 @@ impl<E: Encoder> Client<'_, E> {
     /// for with `since` ([`Client::replay`]).
     #[inline(never)]
     fn open(&mut self, latest: &Tick, streaming: bool) -> Result<(), End> {
-        let model = &self.streams.ctx.model;
+        let feed = &self.streams.ctx.feed;
         let replay = self.options.replay(latest.seq).filter(|_| streaming);
         let welcome = welcome(
             self.route,
             self.options,
-            model,
+            feed,
             latest.seq,
             replay.clone(),
             E::RESUME,
@@ -329,7 +330,7 @@ impl<E: Encoder> Client<'_, E> {
         match replay {
             Some(ticks) => self.replay(ticks)?,
             None if streaming => {
-                let json = self.options.encode(model, latest.seq, Some(latest));
+                let json = self.options.encode(feed, latest.seq, Some(latest));
                 self.encoder.open_sample(latest.seq, json)?;
                 self.counted_sent();
             }
@@ -358,7 +359,7 @@ impl<E: Encoder> Client<'_, E> {
                 let turn = ctx.turns.take(budget::TURN_WAIT).ok_or_else(busy)?;
                 let mut batched = 0;
                 for seq in seqs.by_ref() {
-                    let json = self.options.encode(&ctx.model, seq, None);
+                    let json = self.options.encode(&ctx.feed, seq, None);
                     batched += json.len();
                     batch.push((seq, json));
                     if batched >= budget::BATCH {
@@ -378,7 +379,7 @@ impl<E: Encoder> Client<'_, E> {
                 }
             }
             self.opened_to = last;
-            let latest = ctx.hub.latest().seq;
+            let latest = ctx.hub(self.options.site).latest().seq;
             if latest <= last {
                 return Ok(());
             }
@@ -389,7 +390,7 @@ impl<E: Encoder> Client<'_, E> {
     /// The client's chaos, if it asked for any, from the tick it opened on.
     #[inline(never)]
     fn delivery(&self, opened: u64) -> Option<Box<Delivery>> {
-        let interval = self.streams.ctx.model.interval;
+        let interval = self.streams.ctx.feed.model.interval;
         let chaos = self.options.chaos?;
         Some(Box::new(Delivery::new(chaos, opened, interval)))
     }
@@ -507,7 +508,7 @@ impl<E: Encoder> Client<'_, E> {
         self.skipped = 0;
         let mut json = self
             .options
-            .encode(&self.streams.ctx.model, tick.seq, Some(tick));
+            .encode(&self.streams.ctx.feed, tick.seq, Some(tick));
         if let Some(garbage) = self
             .chaos
             .as_ref()
@@ -549,7 +550,7 @@ pub fn chaos_note(options: &Options, route: Route) -> String {
 fn welcome(
     route: Route,
     options: &Options,
-    model: &crate::simulator::Model,
+    feed: &Feed,
     latest: u64,
     replay: Option<RangeInclusive<u64>>,
     resume: &str,
@@ -567,12 +568,18 @@ fn welcome(
         "message": message,
         "path": route.path(),
         "streaming": streaming,
-        "interval_ms": model.interval_ms() * options.every,
+        "mode": feed.mode().name(),
+        "interval_ms": feed.model.interval_ms() * options.every,
         "fields": options.fields.names(),
-        "profile": options.profile.name(),
-        "scenario": options.scenario.name(),
         "seq": latest,
     });
+    match feed.sites().get(options.site) {
+        Some(site) => welcome["site"] = json!(site),
+        None => {
+            welcome["profile"] = json!(options.profile.name());
+            welcome["scenario"] = json!(options.scenario.name());
+        }
+    }
     if streaming {
         welcome["resume"] = json!(resume);
     }
@@ -617,15 +624,18 @@ mod tests {
             scenario: crate::simulator::Scenario::Normal,
             utc_offset_hours: 0.0,
         };
-        let options = crate::options::parse(&[], &model, &Default::default(), 10).unwrap();
-        let v = welcome(Route::Analytics, &options, &model, 10, None, "hint");
+        let options = crate::options::parse(&[], &model, &[], &Default::default(), 10).unwrap();
+        let model = &Feed { model, live: None };
+        let v = welcome(Route::Analytics, &options, model, 10, None, "hint");
+        assert_eq!(v["mode"], "sim");
+        assert_eq!(v["profile"], "blog");
         assert_eq!(v["type"], "welcome");
         assert_eq!(v["streaming"], true);
         assert_eq!(v["interval_ms"], 1500);
         assert_eq!(v["seq"], 10);
         assert_eq!(v["resume"], "hint");
         assert_eq!(v["fields"].as_array().unwrap().len(), 4);
-        let v = welcome(Route::Api, &options, &model, 10, Some(5..=10), "hint");
+        let v = welcome(Route::Api, &options, model, 10, Some(5..=10), "hint");
         assert_eq!(v["streaming"], false);
         assert_eq!(v["path"], "/api");
         assert!(
@@ -637,7 +647,7 @@ mod tests {
             resume_ignored: Some("why".into()),
             ..options.clone()
         };
-        let v = welcome(Route::Analytics, &resumed, &model, 10, None, "");
+        let v = welcome(Route::Analytics, &resumed, model, 10, None, "");
         assert_eq!(v["resume_ignored"], "why");
         let at_latest = Options {
             since: Some(10),
@@ -646,7 +656,7 @@ mod tests {
         let v = welcome(
             Route::Analytics,
             &at_latest,
-            &model,
+            model,
             10,
             at_latest.replay(10),
             "",
@@ -658,7 +668,7 @@ mod tests {
                 since: Some(since),
                 ..options.clone()
             };
-            let v = welcome(Route::Analytics, &options, &model, 10, Some(5..=10), "");
+            let v = welcome(Route::Analytics, &options, model, 10, Some(5..=10), "");
             assert_eq!(v["replay"]["cut"], cut, "since={since}");
         }
     }

@@ -37,7 +37,7 @@ const RETRY_MS: u64 = 2000;
 /// The event stream for a request, run on the connection's own thread. `cors` goes into
 /// the head; `leftover` is what the client sent after the request.
 pub fn session(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr) -> StreamFn {
-    let start = Start::new(&slot.0, Route::Analytics);
+    let start = Start::new(&slot.0, Route::Analytics, options.site);
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
         let streams = &slot.0;
         let metrics = &streams.ctx.metrics;

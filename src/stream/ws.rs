@@ -82,7 +82,7 @@ pub fn session(
     options: Options,
     peer: SocketAddr,
 ) -> StreamFn {
-    let start = Start::new(&slot.0, route);
+    let start = Start::new(&slot.0, route, options.site);
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
         if let Err(e) = switch(&socket, &accept) {
             log::info!("ws {peer}: the 101 was not delivered: {e}");

@@ -1,0 +1,159 @@
+//! Who sent a request, for the one route that counts senders (events): the client's
+//! address, from the socket or from the `X-Forwarded-For` of trusted proxies, and its
+//! User-Agent, turned here into keyed digests that stand for them. Neither reaches
+//! tiny_http or the workers, and the edge's own copies are overwritten once the digests
+//! are made, so that no address or User-Agent of a site's visitor stays in the process.
+
+use std::fmt::Write;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+
+use siphasher::sip::SipHasher13;
+
+use super::head::Head;
+
+/// Headers that identify a visitor: read into the digests, then overwritten.
+pub(super) const IDENTIFYING: [&str; 4] =
+    ["user-agent", "x-forwarded-for", "forwarded", "x-real-ip"];
+
+/// The key of this process's digests (random, never written anywhere) and how many
+/// proxies in front are trusted to name the client.
+pub struct Identity {
+    key: (u64, u64),
+    trusted_proxy_hops: usize,
+}
+
+impl Identity {
+    pub fn new(trusted_proxy_hops: usize) -> Identity {
+        Identity {
+            key: (rand::random(), rand::random()),
+            trusted_proxy_hops,
+        }
+    }
+
+    /// The `X-Edge-Client` value for `head`, from `peer`: the client's digest (for the
+    /// rate limit), the visitor's (client and User-Agent), and `bot` for a User-Agent
+    /// that names a crawler or is missing ([`is_bot`]). Then overwrites the identifying
+    /// headers' values in `head`.
+    pub fn digest(&self, head: &mut Head, peer: SocketAddr) -> String {
+        let mut client = SipHasher13::new_with_keys(self.key.0, self.key.1);
+        match self.forwarded_client(head) {
+            Some(address) => address.trim().hash(&mut client),
+            None => peer.ip().hash(&mut client),
+        }
+        let mut visitor = client;
+        let user_agent = head.header("User-Agent").unwrap_or("");
+        user_agent.hash(&mut visitor);
+        let mut line = String::with_capacity(40);
+        let _ = write!(line, "{:016x} {:016x}", client.finish(), visitor.finish());
+        if is_bot(user_agent) {
+            line.push_str(" bot");
+        }
+        for (name, value) in &mut head.headers {
+            if IDENTIFYING.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+                let zeros = "0".repeat(value.len());
+                value.replace_range(.., &zeros);
+            }
+        }
+        line
+    }
+
+    /// With `n` trusted proxies, the `n`th address from the right of the last
+    /// `X-Forwarded-For` (each proxy appends the address it was reached from); the
+    /// header is ignored without trusted proxies, so that no client can forge it.
+    fn forwarded_client<'h>(&self, head: &'h Head) -> Option<&'h str> {
+        let n = self.trusted_proxy_hops;
+        if n == 0 {
+            return None;
+        }
+        let forwarded = head
+            .headers
+            .iter()
+            .rev()
+            .find(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))?;
+        let addresses: Vec<&str> = forwarded.1.split(',').collect();
+        let i = addresses.len().saturating_sub(n);
+        addresses.get(i).copied().filter(|a| !a.trim().is_empty())
+    }
+}
+
+/// User-Agents whose events are accepted and not counted: none at all, and those that
+/// name themselves crawlers, previews or monitors.
+pub fn is_bot(user_agent: &str) -> bool {
+    const BOTS: [&str; 9] = [
+        "bot",
+        "crawl",
+        "spider",
+        "slurp",
+        "facebookexternalhit",
+        "preview",
+        "monitor",
+        "uptime",
+        "lighthouse",
+    ];
+    let ua = user_agent.to_ascii_lowercase();
+    ua.trim().is_empty() || BOTS.iter().any(|b| ua.contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::head;
+
+    fn head(lines: &str) -> Head {
+        head::parse(format!("POST /api/event HTTP/1.1\r\nHost: x\r\n{lines}\r\n").as_bytes())
+            .unwrap()
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_proxies_are_trusted() {
+        let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let forged = "X-Forwarded-For: 198.51.100.7\r\nUser-Agent: Mozilla/5.0\r\n";
+        let untrusted = Identity::new(0);
+        let a = untrusted.digest(&mut head(forged), peer);
+        let b = untrusted.digest(&mut head("User-Agent: Mozilla/5.0\r\n"), peer);
+        assert_eq!(a, b, "a forged X-Forwarded-For is ignored");
+        let trusted = Identity::new(1);
+        let digests = |xff: &str| {
+            trusted.digest(
+                &mut head(&format!("X-Forwarded-For: {xff}\r\nUser-Agent: UA\r\n")),
+                peer,
+            )
+        };
+        let client = |line: String| line[..16].to_string();
+        assert_eq!(
+            client(digests("203.0.113.9")),
+            client(digests("10.0.0.1, 203.0.113.9"))
+        );
+        assert_ne!(
+            client(digests("203.0.113.9")),
+            client(digests("203.0.113.8"))
+        );
+        let two = Identity::new(2);
+        let mut h = head("X-Forwarded-For: 203.0.113.9, 10.0.0.1\r\nUser-Agent: UA\r\n");
+        let mut h2 = head("X-Forwarded-For: 203.0.113.9\r\nUser-Agent: UA\r\n");
+        assert_eq!(
+            two.digest(&mut h, peer)[..16],
+            two.digest(&mut h2, peer)[..16]
+        );
+    }
+
+    #[test]
+    fn digests_replace_the_identifying_headers() {
+        let mut h = head("X-Forwarded-For: 203.0.113.9\r\nUser-Agent: Secret/1.0\r\n");
+        let line = Identity::new(1).digest(&mut h, "192.0.2.1:1".parse().unwrap());
+        assert_eq!(line.len(), 33, "{line}");
+        assert_eq!(h.header("User-Agent"), Some("0000000000"));
+        assert_eq!(h.header("X-Forwarded-For"), Some("00000000000"));
+        let mut bot = head("User-Agent: Googlebot/2.1\r\n");
+        assert!(
+            Identity::new(0)
+                .digest(&mut bot, "192.0.2.1:1".parse().unwrap())
+                .ends_with(" bot")
+        );
+        assert!(is_bot(""));
+        assert!(!is_bot(
+            "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/120.0"
+        ));
+    }
+}

@@ -1,0 +1,215 @@
+//! An event as sites send it: Plausible's Events API body, with its long keys (`name`,
+//! `url`, `domain`, `referrer`, `props`) or the short ones its browser tracker sends (`n`,
+//! `u`, `d`, `r`, `w`, `h`, `p`), read into what live mode counts and nothing more.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The longest path kept for `top_pages`, and the longest referrer host: longer ones are
+/// cut, so that no client can make a label long.
+const MAX_LABEL: usize = 128;
+
+/// An event, checked: what the counters need of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The domains it is for (Plausible's `d` may list several, comma-separated).
+    pub domains: Vec<String>,
+    /// `pageview`, or a custom event's name (counted as activity, not as a page view).
+    pub pageview: bool,
+    /// The page's path: no scheme, host or query; the fragment only in hash mode (`h`).
+    pub path: String,
+    /// The referrer's host, if another site sent the visitor.
+    pub referrer: Option<String>,
+    /// The screen width in CSS pixels, if sent (`w`).
+    pub width: Option<u32>,
+}
+
+/// Why an event body cannot be counted: the message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadEvent(pub String);
+
+#[derive(Deserialize)]
+struct Body {
+    #[serde(alias = "n")]
+    name: Option<String>,
+    #[serde(alias = "u")]
+    url: Option<String>,
+    #[serde(alias = "d")]
+    domain: Option<String>,
+    #[serde(alias = "r")]
+    referrer: Option<Value>,
+    #[serde(alias = "w")]
+    width: Option<Value>,
+    #[serde(alias = "h")]
+    hash: Option<Value>,
+}
+
+/// Reads an event body (JSON, as `application/json` or `text/plain`).
+pub fn parse(body: &[u8]) -> Result<Event, BadEvent> {
+    let body: Body = serde_json::from_slice(body).map_err(|e| {
+        BadEvent(format!(
+            "The body is not a JSON object of an event ({e}). Send e.g. \
+             {{\"name\":\"pageview\",\"url\":\"https://example.com/\",\"domain\":\"example.com\"}}."
+        ))
+    })?;
+    let missing = |field: &str| BadEvent(format!("The event has no \"{field}\": send it."));
+    let name = body.name.ok_or_else(|| missing("name"))?;
+    let url = body.url.ok_or_else(|| missing("url"))?;
+    let domain = body.domain.ok_or_else(|| missing("domain"))?;
+    let hash_mode = match body.hash {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(on)) => on,
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 1) => n.as_u64() == Some(1),
+        Some(_) => return Err(BadEvent("\"h\" (hash mode) is 0, 1, true or false.".into())),
+    };
+    let path = path_of(&url, hash_mode).ok_or_else(|| {
+        BadEvent("\"url\" must be an absolute http(s) URL, as location.href is.".into())
+    })?;
+    let domains: Vec<String> = domain
+        .split(',')
+        .map(|d| d.trim().to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if domains.is_empty() {
+        return Err(missing("domain"));
+    }
+    let referrer = match body.referrer {
+        None | Some(Value::Null) => None,
+        Some(Value::String(r)) => host_of(&r),
+        Some(_) => {
+            return Err(BadEvent(
+                "\"referrer\" is a URL (document.referrer) or null.".into(),
+            ));
+        }
+    };
+    let width = match body.width {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(w)) if w.as_f64().is_some_and(|w| w >= 0.0) => {
+            w.as_f64().map(|w| w.min(f64::from(u32::MAX)) as u32)
+        }
+        Some(_) => {
+            return Err(BadEvent(
+                "\"w\" (screen width) is a number of CSS pixels.".into(),
+            ));
+        }
+    };
+    Ok(Event {
+        pageview: name == "pageview",
+        domains,
+        path,
+        // A link within the site is no referral.
+        referrer: referrer.filter(|host| !host_matches(host, &url)),
+        width,
+    })
+}
+
+/// `https://host/a/b?q#f` → `/a/b` (`/a/b#f` in hash mode); `None` if not an http(s) URL.
+fn path_of(url: &str, hash_mode: bool) -> Option<String> {
+    let rest = strip_scheme(url)?;
+    let path = rest.find(['/', '?', '#']).map_or("", |i| &rest[i..]);
+    let (path, fragment) = path.split_once('#').unwrap_or((path, ""));
+    let path = path.split('?').next().unwrap_or("");
+    let mut out = if path.is_empty() { "/" } else { path }.to_string();
+    if hash_mode && !fragment.is_empty() {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    Some(cut(out))
+}
+
+/// The host of an http(s) URL, lowercased, without port or user info.
+fn host_of(url: &str) -> Option<String> {
+    let rest = strip_scheme(url)?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    let host = host.trim_start_matches("www.").to_ascii_lowercase();
+    (!host.is_empty()).then(|| cut(host))
+}
+
+fn host_matches(host: &str, url: &str) -> bool {
+    host_of(url).is_some_and(|own| own == host)
+}
+
+fn strip_scheme(url: &str) -> Option<&str> {
+    ["https://", "http://"].into_iter().find_map(|scheme| {
+        url.get(..scheme.len())
+            .filter(|s| s.eq_ignore_ascii_case(scheme))
+            .map(|_| &url[scheme.len()..])
+    })
+}
+
+/// Cuts `text` to [`MAX_LABEL`] bytes, at a character boundary.
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_LABEL {
+        let mut end = MAX_LABEL;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trackers_short_keys_and_the_apis_long_ones_are_the_same_event() {
+        let short = parse(
+            br#"{"n":"pageview","u":"https://shop.example/cart?x=1#top","d":"shop.example","r":"https://www.news.example/a","w":1280,"h":0,"p":"{\"a\":1}"}"#,
+        )
+        .unwrap();
+        let long = parse(
+            br#"{"name":"pageview","url":"https://shop.example/cart?x=1#top","domain":"shop.example","referrer":"https://www.news.example/a","width":1280,"props":{"a":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(short, long);
+        assert_eq!(short.path, "/cart");
+        assert_eq!(short.referrer.as_deref(), Some("news.example"));
+        assert_eq!(short.width, Some(1280));
+        assert!(short.pageview);
+    }
+
+    #[test]
+    fn paths_referrers_and_domains_are_read_as_plausible_reads_them() {
+        let e = |body: &str| parse(body.as_bytes());
+        let hash = e(r#"{"n":"pageview","u":"http://a.example/#/settings","d":"a.example","h":1}"#);
+        assert_eq!(hash.unwrap().path, "/#/settings");
+        let internal =
+            e(r#"{"n":"x","u":"https://a.example/b","d":"a.example","r":"https://a.example/"}"#)
+                .unwrap();
+        assert_eq!(internal.referrer, None, "a link within the site");
+        assert!(!internal.pageview);
+        let many = e(r#"{"n":"pageview","u":"https://a.example","d":"A.example, b.example"}"#);
+        assert_eq!(many.unwrap().domains, ["a.example", "b.example"]);
+        let long = format!(
+            r#"{{"n":"pageview","u":"https://a.example/{}","d":"a.example"}}"#,
+            "p".repeat(1000)
+        );
+        assert_eq!(e(&long).unwrap().path.len(), MAX_LABEL);
+    }
+
+    #[test]
+    fn bad_bodies_say_what_to_fix() {
+        let e = |body: &str| parse(body.as_bytes()).unwrap_err().0;
+        assert!(e("not json").contains("not a JSON object"));
+        assert!(e(r#"{"u":"https://a.example","d":"a.example"}"#).contains("\"name\""));
+        assert!(e(r#"{"n":"pageview","d":"a.example"}"#).contains("\"url\""));
+        assert!(e(r#"{"n":"pageview","u":"https://a.example"}"#).contains("\"domain\""));
+        assert!(e(r#"{"n":"pageview","u":"/relative","d":"a.example"}"#).contains("absolute"));
+        assert!(e(r#"{"n":"pageview","u":"https://a.example","d":" , "}"#).contains("\"domain\""));
+        let typed = |field: &str| {
+            e(&format!(
+                r#"{{"n":"pageview","u":"https://a.example","d":"a.example",{field}}}"#
+            ))
+        };
+        assert!(typed(r#""w":{}"#).contains("\"w\""));
+        assert!(typed(r#""h":2"#).contains("\"h\""));
+        assert!(typed(r#""r":5"#).contains("\"referrer\""));
+    }
+}
