@@ -103,6 +103,11 @@ impl Edge {
             // before a turn is taken: waiting on a client holds none); any other body is
             // never read, and the worker refuses it.
             let limit = route.and_then(|r| r.body_limit(&head.method));
+            // A request that counts its sender (an event) has the sender's address and
+            // User-Agent turned into digests at once, before anything can refuse it, and
+            // the bytes they came in are overwritten once it is handed on (or as the
+            // connection ends).
+            let sender = limit.map(|_| self.identity.digest(&mut head, peer));
             let body = match (limit, head.body) {
                 (Some(limit), Body::Length(n)) if n <= limit => {
                     let n = n as usize;
@@ -130,18 +135,15 @@ impl Edge {
                 },
             };
             let end = len + body;
-            // A request that counts its sender (an event) has the sender's address and
-            // User-Agent turned into digests here, and the bytes they came in overwritten.
-            let client = limit.map(|_| self.identity.digest(&mut head, peer));
             let canonical = canonical(
                 &head,
                 route,
                 &buf[len..end],
-                client.as_deref(),
+                sender.as_deref(),
                 id,
                 &self.clients.secret,
             );
-            if client.is_some() {
+            if sender.is_some() {
                 buf[..end].fill(0);
             }
             if let Err(e) = self.upstream.forward(id, &canonical) {
@@ -198,13 +200,15 @@ impl Edge {
             served += 1;
             let used = buf.len();
             buf.drain(..end);
-            if client.is_some() {
+            if sender.is_some() {
                 // What followed the event moved forward; its old place is overwritten too.
                 let moved = used - buf.len();
                 buf.spare_capacity_mut()[..moved].fill(std::mem::MaybeUninit::new(0));
             }
         };
         lock(&self.clients.map).remove(&id);
+        // What is left may hold an event's sender, refused before it was handed on.
+        buf.fill(0);
         match end {
             ConnectionEnd::Quiet(reason) => {
                 if let Some(reason) = reason {
@@ -428,7 +432,7 @@ impl Rendered {
 
 /// The request tiny_http reads: the client's request line and end-to-end headers, as
 /// HTTP/1.1 on a connection that stays open, which client it came from with its [`Hop`],
-/// and the `body` the edge read, if any. With a `client` digest
+/// and the `body` the edge read, if any. With a `sender` digest
 /// ([`super::identity::Identity::digest`]),
 /// the headers that identify the sender are left out and `X-Edge-Client` stands for
 /// them.
@@ -436,7 +440,7 @@ fn canonical(
     head: &Head,
     route: Option<Route>,
     body: &[u8],
-    client: Option<&str>,
+    sender: Option<&str>,
     id: u64,
     secret: &str,
 ) -> Vec<u8> {
@@ -457,7 +461,7 @@ fn canonical(
         let lower = name.to_ascii_lowercase();
         if HOP.contains(&lower.as_str())
             || lower.starts_with("x-edge-")
-            || (client.is_some() && IDENTIFYING.contains(&lower.as_str()))
+            || (sender.is_some() && IDENTIFYING.contains(&lower.as_str()))
         {
             continue;
         }
@@ -472,8 +476,8 @@ fn canonical(
     if !body.is_empty() {
         let _ = write!(out, "Content-Length: {}\r\n", body.len());
     }
-    if let Some(client) = client {
-        let _ = write!(out, "X-Edge-Client: {client}\r\n");
+    if let Some(sender) = sender {
+        let _ = write!(out, "X-Edge-Client: {sender}\r\n");
     }
     let _ = write!(out, "X-Edge-Conn: {id} {secret} {hop}\r\n\r\n");
     out.extend_from_slice(body);

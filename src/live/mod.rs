@@ -314,6 +314,9 @@ impl State {
         settings: &Settings,
         metrics: &Metrics,
     ) {
+        // An event is never older than the window's closed part (the clock a request read
+        // may trail the generator's): it is counted, and its window closes.
+        let now_ms = now_ms.max(self.cutoff);
         if !self.visitors.contains_key(&id) && self.visitors.len() >= settings.max_visitors {
             self.evict_one(metrics);
         }
@@ -576,6 +579,16 @@ mod tests {
         assert_eq!(tick(&live, T0 + 1000 + 299_999).active_users, 50);
         assert_eq!(tick(&live, T0 + 1000 + 300_001).active_users, 0);
         assert_eq!(tick(&live, T0 + 1000 + 300_001).avg_session_duration, 0.0);
+    }
+
+    #[test]
+    fn an_event_read_before_the_last_tick_still_expires() {
+        let live = live();
+        tick(&live, T0 + 600_000);
+        // Its request read the clock before that tick closed the window past it.
+        live.record(&view("/", None, None), v("1.1.1.1"), false, T0);
+        assert_eq!(tick(&live, T0 + 600_000).active_users, 1);
+        assert_eq!(tick(&live, T0 + 900_001).active_users, 0);
     }
 
     #[test]
