@@ -82,8 +82,9 @@ impl fmt::Display for StartError {
                 advice,
             } => write!(
                 f,
-                "{var} asks for {needed_mib} MiB of live state, and the memory budget leaves \
-                 {share_mib} MiB for it (a fifth; MEMORY_BUDGET sets the budget): {advice}"
+                "live mode needs {needed_mib} MiB for what {var} asks, and the memory budget \
+                 leaves {share_mib} MiB for it (a fifth; MEMORY_BUDGET sets the budget): \
+                 {advice}"
             ),
         }
     }

@@ -45,6 +45,12 @@ impl Feed {
         }
     }
 
+    /// The oldest tick of `site` a resume can replay: live mode keeps `LIVE_HISTORY`;
+    /// the simulator has them all.
+    pub fn oldest(&self, site: usize) -> Option<u64> {
+        self.live.as_ref().and_then(|live| live.oldest(site))
+    }
+
     /// Sample `tick` of `site`: live mode's kept one, or the simulator's under `profile`
     /// and `scenario`, with its details when `details`.
     pub fn sample(

@@ -465,11 +465,17 @@ fn event(request: &ClientRequest, ctx: &Context) -> Reply {
         .iter()
         .any(|m| media.eq_ignore_ascii_case(m))
     {
+        let sent = match media {
+            "" => "no Content-Type".to_string(),
+            media => http::printable(media),
+        };
         return http::error(
             415,
             "unsupported_media_type",
-            "Send the event as Content-Type: application/json (or text/plain, as sendBeacon \
-             does), not application/x-www-form-urlencoded.",
+            &format!(
+                "Send the event as Content-Type: application/json (or text/plain, as \
+                 sendBeacon does), not {sent}."
+            ),
             &[],
         );
     }

@@ -69,6 +69,20 @@ fn live_settings(config: &Config, budget: &Budget) -> Result<live::Settings, Sta
     let mib = |bytes: u64| bytes.div_ceil(1 << 20);
     // Kept samples take half the share at most, so that visitors have the other half.
     let fits = share / 2 / (sites * budget::KEPT_SAMPLE_COST);
+    // Less than a minute of samples, or a thousand visitors, is no live mode to run.
+    let too_small = |needed_mib| StartError::LiveMemory {
+        var: "MEMORY_BUDGET",
+        needed_mib,
+        share_mib: mib(share),
+        advice: "give the server more memory (MEMORY_BUDGET, or the container's limit), or \
+                 set fewer SITES"
+            .into(),
+    };
+    let minimum = |ticks: u64| sites * ticks * budget::KEPT_SAMPLE_COST;
+    if fits * interval_ms < 60_000 || share / 2 / budget::VISITOR_COST < 1000 {
+        let needed = 2 * minimum(60_000 / interval_ms).max(1000 * budget::VISITOR_COST);
+        return Err(too_small(mib(needed)));
+    }
     let history_ticks = match config.live_history {
         Some(kept) => kept.as_millis() as u64 / interval_ms,
         None => (LIVE_HISTORY_MS / interval_ms).min(fits),
@@ -716,15 +730,17 @@ mod tests {
         let big = Budget::of(64 << 30, "test", 2.0);
         let roomy = live_settings(&config(1, None, None), &big).unwrap();
         assert_eq!(roomy.max_visitors, 1_000_000);
-        for (config, var) in [
-            (config(1, Some(7 * 24), None), "LIVE_HISTORY"),
-            (config(1, None, Some(10_000_000)), "MAX_VISITORS"),
+        let tiny = Budget::of(16 << 20, "test", 0.1);
+        for (config, budget, var) in [
+            (config(1, Some(7 * 24), None), &budget, "LIVE_HISTORY"),
+            (config(1, None, Some(10_000_000)), &budget, "MAX_VISITORS"),
+            (config(1, None, None), &tiny, "MEMORY_BUDGET"),
         ] {
-            match live_settings(&config, &budget) {
+            match live_settings(&config, budget) {
                 Err(e @ StartError::LiveMemory { var: v, .. }) => {
                     assert_eq!(v, var);
                     assert_eq!(e.exit_status(), 2);
-                    assert!(e.to_string().starts_with(var), "{e}");
+                    assert!(e.to_string().contains(var), "{e}");
                 }
                 other => panic!("{var}: {other:?}"),
             }

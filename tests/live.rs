@@ -84,6 +84,36 @@ fn n_visitors_are_n_active_users_and_every_view_is_counted_once() {
 }
 
 #[test]
+fn a_site_named_many_times_counts_once() {
+    let s = live(|_| {});
+    let domains = vec![SITE; 300].join(",");
+    let body = format!(r#"{{"n":"pageview","u":"https://{SITE}/x","d":"{domains}"}}"#);
+    assert_eq!(send(&s, &body, "203.0.113.1", "UA").status, 202);
+    let history = |s: &TestServer| {
+        let h = get(s.addr, "/api/analytics/history?last=1m").json();
+        h["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["page_views"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert!(eventually(Duration::from_secs(5), || history(&s) > 0));
+    assert_eq!(history(&s), 1);
+}
+
+#[test]
+fn a_resume_from_beyond_the_kept_samples_says_it_was_cut() {
+    let s = live(|c| c.live_history = Some(Duration::from_secs(60)));
+    let latest = get(s.addr, "/api/analytics?seq=1").json()["seq"]
+        .as_u64()
+        .unwrap();
+    let (_ws, welcome) = ws_connect(s.addr, &format!("/api/analytics?since={}", latest - 1000));
+    assert_eq!(welcome["replay"]["cut"], true, "{welcome}");
+    assert!(welcome["replay"]["from"].as_u64().unwrap() > latest - 1000);
+}
+
+#[test]
 fn visitors_leave_when_their_window_closes() {
     let s = live(|c| {
         c.active_window = Duration::from_secs(1);

@@ -78,6 +78,8 @@ impl Edge {
             true => self.limits.header_timeout.min(PROBE_HEAD_WITHIN),
             false => self.limits.header_timeout,
         };
+        // The last request was an event: its sender is not named in the log.
+        let mut counts_sender = false;
         let end = loop {
             let read = self.read_head(&socket, &mut buf, served == 0, accepted, header_timeout);
             if probe && served == 0 && !self.stop_waiting(id) {
@@ -108,6 +110,7 @@ impl Edge {
             // the bytes they came in are overwritten once it is handed on (or as the
             // connection ends).
             let sender = limit.map(|_| self.identity.digest(&mut head, peer));
+            counts_sender = sender.is_some();
             let body = match (limit, head.body) {
                 (Some(limit), Body::Length(n)) if n <= limit => {
                     let n = n as usize;
@@ -224,8 +227,14 @@ impl Edge {
                 };
                 self.metrics.http_closed(reason);
                 self.metrics.request("other", refusal.status);
+                // An event's sender is a site's visitor, whose address is never logged.
+                let who = if counts_sender {
+                    "an event's sender".to_string()
+                } else {
+                    peer.to_string()
+                };
                 log::info!(
-                    "{peer} -> {} ({}), connection closed",
+                    "{who} -> {} ({}), connection closed",
                     refusal.status,
                     refusal.error
                 );

@@ -53,7 +53,10 @@ pub fn parse(body: &[u8]) -> Result<Event, BadEvent> {
         ))
     })?;
     let missing = |field: &str| BadEvent(format!("The event has no \"{field}\": send it."));
-    let name = body.name.ok_or_else(|| missing("name"))?;
+    let name = body
+        .name
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| missing("name"))?;
     let url = body.url.ok_or_else(|| missing("url"))?;
     let domain = body.domain.ok_or_else(|| missing("domain"))?;
     let hash_mode = match body.hash {

@@ -21,7 +21,7 @@
 //! - `avg_session_duration`: minutes, the mean over the sessions active in the last
 //!   `active_window` of (last event − first event); a session ends after
 //!   `session_timeout` (30 minutes) without an event;
-//! - `bounce_rate`: the share of those sessions with at most one page view;
+//! - `bounce_rate`: the share of those sessions with exactly one page view;
 //! - `new_visitors`: active visitors in their first session of the UTC day;
 //! - `devices`: active visitors by screen width, as Plausible buckets it (`mobile` below
 //!   576 px, `tablet` below 992, `laptop` below 1440, `desktop` from 1440, `unknown`
@@ -211,12 +211,15 @@ impl Live {
     /// Counts `event` from `visitor` (the edge's digest of the sender's address and
     /// User-Agent), unless it came from a `bot`.
     pub fn record(&self, event: &Event, visitor: u64, bot: bool, now_ms: u64) -> Recorded {
-        let sites: Vec<u16> = event
+        let mut sites: Vec<u16> = event
             .domains
             .iter()
             .filter_map(|d| self.settings.sites.iter().position(|s| s == d))
             .map(|i| i as u16)
             .collect();
+        // A site named twice is one site: an event counts once for each.
+        sites.sort_unstable();
+        sites.dedup();
         if sites.is_empty() {
             return Recorded::UnknownSite;
         }
@@ -258,6 +261,11 @@ impl Live {
             kept.push_back(sample.clone());
         }
         samples
+    }
+
+    /// The oldest tick of `site` whose sample is kept, if any.
+    pub fn oldest(&self, site: usize) -> Option<u64> {
+        lock(&self.kept[site]).front().map(|s| s.seq)
     }
 
     /// The sample of `site` at tick `seq`: the one kept, or zeros for a tick with none
@@ -416,7 +424,7 @@ impl SiteCounts {
     fn enter(&mut self, v: &Visitor) {
         self.active += 1;
         self.duration_ms += v.last - v.session_start;
-        self.bounces += u32::from(v.views <= 1);
+        self.bounces += u32::from(v.views == 1);
         self.new += u32::from(v.first_session);
         self.devices[usize::from(v.device)] += 1;
         if let Some(r) = &v.referrer {
@@ -428,7 +436,7 @@ impl SiteCounts {
     fn leave(&mut self, v: &Visitor) {
         self.active -= 1;
         self.duration_ms -= v.last - v.session_start;
-        self.bounces -= u32::from(v.views <= 1);
+        self.bounces -= u32::from(v.views == 1);
         self.new -= u32::from(v.first_session);
         self.devices[usize::from(v.device)] -= 1;
         if let Some(r) = &v.referrer
@@ -505,14 +513,22 @@ impl SiteCounts {
     }
 }
 
-/// The [`SHOWN`] largest entries (ties by name), and the rest summed as `other`.
-fn top(mut entries: Vec<(Label, u32)>) -> Vec<(Label, u32)> {
-    entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_str().cmp(b.0.as_str())));
-    if entries.len() > SHOWN + 1 {
-        let rest: u32 = entries.drain(SHOWN..).map(|e| e.1).sum();
-        entries.push((Label::from("other"), rest));
+/// The [`SHOWN`] largest entries (ties by name), and the rest, with what was already
+/// counted as `other` (past [`MAX_LABELS`]), summed as one `other` (six entries show as
+/// they are).
+fn top(entries: Vec<(Label, u32)>) -> Vec<(Label, u32)> {
+    let (other, mut named): (Vec<_>, Vec<_>) =
+        entries.into_iter().partition(|e| e.0.as_str() == "other");
+    let mut rest: u32 = other.iter().map(|e| e.1).sum();
+    named.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.as_str().cmp(b.0.as_str())));
+    let shown = if rest > 0 { SHOWN } else { SHOWN + 1 };
+    if named.len() > shown {
+        rest += named.drain(SHOWN..).map(|e| e.1).sum::<u32>();
     }
-    entries
+    if rest > 0 {
+        named.push((Label::from("other"), rest));
+    }
+    named
 }
 
 #[cfg(test)]
@@ -657,6 +673,33 @@ mod tests {
         assert!(d.referrers.iter().any(|r| r.0.as_str() == "direct"));
         let st = lock(&live.state);
         assert!(st.sites[0].referrers.len() <= MAX_LABELS);
+    }
+
+    #[test]
+    fn a_site_named_twice_counts_once_and_other_is_one_entry() {
+        let live = live();
+        let twice = Event {
+            domains: vec!["a.example".into(), "a.example".into()],
+            ..view("/", None, None)
+        };
+        live.record(&twice, v("1.1.1.1"), false, T0);
+        assert_eq!(tick(&live, T0).page_views, 1);
+        let past_the_cap = (0..MAX_LABELS + 10).map(|i| {
+            let name = if i < 3 {
+                "other".to_string()
+            } else {
+                format!("/p{i}")
+            };
+            (Label::Shared(Arc::from(name)), 1)
+        });
+        let shown = top(past_the_cap.collect());
+        let others: Vec<_> = shown.iter().filter(|e| e.0.as_str() == "other").collect();
+        assert_eq!(others.len(), 1, "{shown:?}");
+        assert_eq!(
+            shown.iter().map(|e| e.1).sum::<u32>(),
+            MAX_LABELS as u32 + 10
+        );
+        assert_eq!(shown.len(), SHOWN + 1);
     }
 
     #[test]

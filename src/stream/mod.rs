@@ -310,7 +310,15 @@ impl<E: Encoder> Client<'_, E> {
     #[inline(never)]
     fn open(&mut self, latest: &Tick, streaming: bool) -> Result<(), End> {
         let feed = &self.streams.ctx.feed;
-        let replay = self.options.replay(latest.seq).filter(|_| streaming);
+        // In live mode, from the oldest sample kept at most: the welcome says it was cut.
+        let replay = self
+            .options
+            .replay(latest.seq)
+            .filter(|_| streaming)
+            .map(|ticks| {
+                let oldest = feed.oldest(self.options.site).unwrap_or(0);
+                (*ticks.start()).max(oldest)..=*ticks.end()
+            });
         let welcome = welcome(
             self.route,
             self.options,
