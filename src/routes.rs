@@ -318,8 +318,8 @@ fn describe(request: &ClientRequest, ctx: &Context) -> Reply {
 const OPENAPI: &str = include_str!("static/openapi.json");
 const ASYNCAPI: &str = include_str!("static/asyncapi.json");
 const DASHBOARD: &str = include_str!("static/dashboard.html");
-/// Under 1 KB: a page view on load and on every `history.pushState` or `popstate`, sent
-/// with `navigator.sendBeacon` (no preflight); no cookies, no storage.
+/// Under 1 KB: a page view on load and on every `history.pushState` or `popstate` that
+/// changes the path, sent with `navigator.sendBeacon` (no preflight); no cookies, no storage.
 const TRACKER: &str = include_str!("static/tracker.js");
 
 /// The REST API as this server answers it: in live mode, `site` (one of `SITES`) takes the

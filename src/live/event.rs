@@ -14,14 +14,27 @@ const MAX_LABEL: usize = 128;
 pub struct Event {
     /// The domains it is for (Plausible's `d` may list several, comma-separated).
     pub domains: Vec<String>,
-    /// `pageview`, or a custom event's name (counted as activity, not as a page view).
-    pub pageview: bool,
+    /// What happened, as far as the counters care.
+    pub kind: Kind,
     /// The page's path: no scheme, host or query; the fragment only in hash mode (`h`).
     pub path: String,
     /// The referrer's host, if another site sent the visitor.
     pub referrer: Option<String>,
     /// The screen width in CSS pixels, if sent (`w`).
     pub width: Option<u32>,
+}
+
+/// An event's name, as the counters read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `pageview`: a page view, and activity.
+    PageView,
+    /// `engagement`: Plausible's tracker reporting time and scroll on a page it already
+    /// counted, when the page is hidden or left. Activity of a session already open, as
+    /// in Plausible: it never starts one.
+    Engagement,
+    /// Any other name, a custom event: activity, not a page view.
+    Custom,
 }
 
 /// Why an event body cannot be counted: the message says what to fix.
@@ -97,7 +110,11 @@ pub fn parse(body: &[u8]) -> Result<Event, BadEvent> {
         }
     };
     Ok(Event {
-        pageview: name == "pageview",
+        kind: match name.as_str() {
+            "pageview" => Kind::PageView,
+            "engagement" => Kind::Engagement,
+            _ => Kind::Custom,
+        },
         domains,
         path,
         // A link within the site is no referral.
@@ -175,7 +192,7 @@ mod tests {
         assert_eq!(short.path, "/cart");
         assert_eq!(short.referrer.as_deref(), Some("news.example"));
         assert_eq!(short.width, Some(1280));
-        assert!(short.pageview);
+        assert_eq!(short.kind, Kind::PageView);
     }
 
     #[test]
@@ -187,7 +204,9 @@ mod tests {
             e(r#"{"n":"x","u":"https://a.example/b","d":"a.example","r":"https://a.example/"}"#)
                 .unwrap();
         assert_eq!(internal.referrer, None, "a link within the site");
-        assert!(!internal.pageview);
+        assert_eq!(internal.kind, Kind::Custom);
+        let engagement = r#"{"n":"engagement","sd":40,"d":"a.example","u":"https://a.example/","p":{},"e":3000,"v":36}"#;
+        assert_eq!(e(engagement).unwrap().kind, Kind::Engagement);
         let many = e(r#"{"n":"pageview","u":"https://a.example","d":"A.example, b.example"}"#);
         assert_eq!(many.unwrap().domains, ["a.example", "b.example"]);
         let long = format!(

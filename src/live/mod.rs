@@ -51,7 +51,7 @@ use siphasher::sip::SipHasher13;
 use crate::metrics::Metrics;
 use crate::sample::{Details, Label, Sample, timestamp};
 use crate::sync::lock;
-use event::Event;
+use event::{Event, Kind};
 
 /// A UTC day in milliseconds: visitor keys rotate at each day's start.
 const DAY_MS: u64 = 86_400_000;
@@ -325,10 +325,14 @@ impl State {
         // An event is never older than the window's closed part (the clock a request read
         // may trail the generator's): it is counted, and its window closes.
         let now_ms = now_ms.max(self.cutoff);
+        let session_timeout = settings.session_timeout.as_millis() as u64;
+        let open = |v: &Visitor| now_ms.saturating_sub(v.last) <= session_timeout;
+        if event.kind == Kind::Engagement && !self.visitors.get(&id).is_some_and(open) {
+            return;
+        }
         if !self.visitors.contains_key(&id) && self.visitors.len() >= settings.max_visitors {
             self.evict_one(metrics);
         }
-        let session_timeout = settings.session_timeout.as_millis() as u64;
         let visitor = self.visitors.entry(id).or_insert(Visitor {
             site,
             device: device(event.width),
@@ -344,7 +348,7 @@ impl State {
         if visitor.active {
             site_counts.leave(visitor);
         }
-        if now_ms.saturating_sub(visitor.last) > session_timeout {
+        if !open(visitor) {
             visitor.first_session = false;
             visitor.views = 0;
             visitor.session_start = now_ms;
@@ -360,7 +364,7 @@ impl State {
         if event.width.is_some() {
             visitor.device = device(event.width);
         }
-        if event.pageview {
+        if event.kind == Kind::PageView {
             visitor.views += 1;
             site_counts.count_view(&event.path);
         }
@@ -554,7 +558,7 @@ mod tests {
     fn view(path: &str, referrer: Option<&str>, width: Option<u32>) -> Event {
         Event {
             domains: vec!["a.example".into()],
-            pageview: true,
+            kind: Kind::PageView,
             path: path.into(),
             referrer: referrer.map(str::to_string),
             width,
@@ -626,6 +630,31 @@ mod tests {
         let s = tick(&live, T0 + 120_000 + 1_800_001);
         assert_eq!((s.active_users, s.avg_session_duration), (1, 0.0));
         assert_eq!(s.details.unwrap().new_visitors, 0);
+    }
+
+    #[test]
+    fn engagement_extends_an_open_session_and_never_starts_one() {
+        let live = live();
+        let engagement = Event {
+            kind: Kind::Engagement,
+            ..view("/", None, None)
+        };
+        live.record(&engagement, v("1.1.1.1"), false, T0);
+        let s = tick(&live, T0);
+        assert_eq!(
+            (s.active_users, s.page_views),
+            (0, 0),
+            "no session to engage with"
+        );
+        live.record(&view("/", None, None), v("1.1.1.1"), false, T0 + 1500);
+        live.record(&engagement, v("1.1.1.1"), false, T0 + 61_500);
+        let s = tick(&live, T0 + 61_500);
+        assert_eq!((s.active_users, s.page_views), (1, 1));
+        assert_eq!(s.avg_session_duration, 1.0, "one minute on the page");
+        // Once the session has ended, an engagement does not open a new one.
+        let later = T0 + 61_500 + 1_800_001;
+        live.record(&engagement, v("1.1.1.1"), false, later);
+        assert_eq!(tick(&live, later).active_users, 0);
     }
 
     #[test]
