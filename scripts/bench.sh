@@ -2,9 +2,10 @@
 # Benchmarks our release binary, the design's floor (bench/src/bin/floor.rs: the least a
 # thread-per-client fan-out can cost, with and without a reader thread per client) and the
 # Node peer (../shared/peers/node-seed, broadcast variant) side by side, one server at a
-# time on this machine, and writes the tables.
+# time on this machine, then ours in live mode (ingestion, visitors, ticks), and writes
+# the tables.
 #
-#   scripts/bench.sh           # the full run, about 12 minutes: writes BENCHMARKS.md
+#   scripts/bench.sh           # the full run, about 13 minutes: writes BENCHMARKS.md
 #   scripts/bench.sh --quick   # seconds, at tiny scale: writes out/bench.md (what CI runs,
 #                              # so that the benchmark never rots; it asserts nothing)
 #   scripts/bench.sh --ab OLD  # about 7 minutes: the release binary OLD (built from an
@@ -12,8 +13,9 @@
 #                              # fan-out at 1000 and 5000 clients; writes out/ab.md
 #
 # Needs: wrk, node and npm, jq, curl, python3, and the Node peer (NODE_PEER, by default
-# ../shared/peers/node-seed; it is copied, since shared/ may be read-only). Load comes from target/release/loadgen
-# (bench/), one thread for every client; its own CPU is reported with each run.
+# ../shared/peers/node-seed; it is copied, since shared/ may be read-only). Load comes
+# from target/release/loadgen (bench/), one thread for every client, its own CPU reported
+# with each run; live mode's from wrk with bench/events.lua.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +53,28 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 results=out/bench-results.jsonl
 : > "$results"
 
+# wrk_row NAME KIND FILE: wrk's report in FILE as one JSON line.
+wrk_row() {
+  python3 - "$@" <<'EOF'
+import json, re, sys
+name, kind, text = sys.argv[1], sys.argv[2], open(sys.argv[3]).read()
+def ms(label):
+    m = re.search(r"^\s*%s\s+([\d.]+)(us|ms|s)\s*$" % re.escape(label), text, re.M)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+refused = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(json.dumps({
+    "server": name, "kind": kind,
+    "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+    "p50_ms": ms("50%"), "p99_ms": ms("99%"),
+    "timeouts": int(errors.group(4)) if errors else 0,
+    "errors": sum(int(x) for x in errors.groups()[:3]) if errors else 0,
+    "refused": int(refused.group(1)) if refused else 0,
+}))
+EOF
+}
+
 # bench NAME COMMAND...: measures one server and appends a JSON line per measurement.
 bench() {
   local name=$1
@@ -69,22 +93,7 @@ bench() {
 
   if [ "${FANOUT_ONLY:-}" != yes ]; then
   wrk -t2 -c64 -d"$wrk_time" --latency "http://127.0.0.1:$port/api/analytics" >"out/$name-wrk.txt"
-  python3 - "$name" "out/$name-wrk.txt" >>"$results" <<'EOF'
-import json, re, sys
-name, text = sys.argv[1], open(sys.argv[2]).read()
-def ms(label):
-    m = re.search(r"^\s*%s\s+([\d.]+)(us|ms|s)\s*$" % re.escape(label), text, re.M)
-    v, unit = float(m.group(1)), m.group(2)
-    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
-errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-print(json.dumps({
-    "server": name, "kind": "rest",
-    "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-    "p50_ms": ms("50%"), "p99_ms": ms("99%"),
-    "timeouts": int(errors.group(4)) if errors else 0,
-    "errors": sum(int(x) for x in errors.groups()[:3]) if errors else 0,
-}))
-EOF
+  wrk_row "$name" rest "out/$name-wrk.txt" >>"$results"
   echo "$name: REST $(tail -1 "$results")" >&2
   fi
 
@@ -140,6 +149,45 @@ EOF
   wait "$pid" 2>/dev/null || true
 }
 
+# live: live mode's figures. Page views from $few visitors (wrk, bench/events.lua) against
+# the REST figure of this run; what a tracked visitor costs, from $few to $many visitors;
+# the longest tick while $many are active, then as they all leave the window.
+live() {
+  local port started pid window=$1
+  port=$(free_port)
+  started=$(env PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warn MODE=live SITES=example.com \
+    TRUSTED_PROXY_HOPS=1 ACTIVE_WINDOW="${window}s" \
+    "$release/loadgen" startup --port "$port" --log out/live.log -- "$release/realtime-analytics-backend")
+  pid=$(jq .pid <<<"$started")
+  metric() { curl -sf "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+  active() { curl -sf "http://127.0.0.1:$port/api/analytics" | jq .active_users; }
+  VISITORS=$few wrk -t2 -c64 -d"$wrk_time" --latency -s bench/events.lua \
+    "http://127.0.0.1:$port/api/event" >out/live-wrk.txt
+  wrk_row live events out/live-wrk.txt >>"$results"
+  echo "live: events $(tail -1 "$results")" >&2
+  local rss0 visitors0 rss1 visitors1 tick_active
+  rss0=$(rss_kb "$pid") visitors0=$(metric analytics_live_visitors)
+  VISITORS=$many wrk -t2 -c64 -d"$wrk_time" -s bench/events.lua \
+    "http://127.0.0.1:$port/api/event" >out/live-wrk-many.txt
+  rss1=$(rss_kb "$pid") visitors1=$(metric analytics_live_visitors)
+  # A tick or two with all of them active (bounded waits: a figure, not a test).
+  for _ in $(seq 20); do [ "$(active)" = "$visitors1" ] && break; sleep 0.5; done
+  sleep 3
+  tick_active=$(metric analytics_live_tick_seconds_max)
+  for _ in $(seq $((window + 20))); do [ "$(active)" = 0 ] && break; sleep 1; done
+  jq -nc --argjson few "$few" --argjson v0 "$visitors0" --argjson v1 "$visitors1" \
+    --argjson rss0 "$rss0" --argjson rss1 "$rss1" --argjson tick "$tick_active" \
+    --argjson tick_all "$(metric analytics_live_tick_seconds_max)" \
+    --argjson evicted "$(metric analytics_live_visitors_evicted_total)" \
+    --argjson limited "$(metric analytics_live_rate_limited_total)" \
+    '{server: "live", kind: "visitors", few: $few, visitors: $v1, evicted: $evicted, limited: $limited,
+      rss_kb: $rss1, rss_per_visitor_bytes: ((($rss1 - $rss0) * 1024 / ($v1 - $v0)) | floor),
+      tick_active_ms: ($tick * 1000), tick_leaving_ms: ($tick_all * 1000)}' >>"$results"
+  echo "live: visitors $(tail -1 "$results")" >&2
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+}
+
 if [ -n "$old" ]; then
   for round in 1 2; do
     NO_CAPACITY=yes bench "old-$round" "$old"
@@ -161,8 +209,10 @@ if [ -n "$old" ]; then
 fi
 if [ $quick = yes ]; then
   bench ours env MAX_WS_CLIENTS=50 "$release/realtime-analytics-backend"
+  few=100 many=1000 live 5
 else
   bench ours "$release/realtime-analytics-backend"
+  few=10000 many=100000 live 20
 fi
 # The design's floor (bench/src/bin/floor.rs): REST and fan-out, then fan-out with the
 # second thread per client that tiny_http's upgrade used to pin.

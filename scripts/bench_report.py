@@ -97,6 +97,22 @@ for n in (1000, 5000):
         extra = (o["rss_per_client_bytes"] - fl["rss_per_client_bytes"]) / 1024
         goal("5000 clients: RSS per client ≤ the floor's + 6 KiB", f"{o['rss_per_client_bytes'] / 1024:.1f} KiB",
              f"floor: {fl['rss_per_client_bytes'] / 1024:.1f} KiB", extra <= 6, f"{extra:+.1f} KiB")
+live_events, live_visitors = pick("live", "events"), pick("live", "visitors")
+if live_events and ours_rest:
+    share = live_events["rps"] / ours_rest["rps"]
+    goal("live: events/s ≥ ½ of REST's requests/s", f"{live_events['rps']:,.0f}/s ({share:.2f}×)", "–",
+         share >= 0.5, f"{share:.2f}×")
+    goal("live: events p99 < 10 ms", f"{live_events['p99_ms']:.2f} ms", "–", live_events["p99_ms"] < 10,
+         f"{live_events['p99_ms']:.1f} ms")
+    goal("live: every event accepted", f"{live_events['refused']} refused, {live_events['errors']} errors", "–",
+         live_events["refused"] == 0 and live_events["errors"] == 0 and live_events["timeouts"] == 0)
+if live_visitors:
+    b = live_visitors["rss_per_visitor_bytes"]
+    goal(f"live: RSS per tracked visitor ≤ 200 B (at {live_visitors['visitors']:,})", f"{b} B", "–", b <= 200,
+         f"{b} B")
+    t = live_visitors["tick_active_ms"]
+    goal(f"live: a tick with {live_visitors['visitors']:,} active visitors ≤ 5 ms", f"{t:.2f} ms", "–", t <= 5,
+         f"{t:.1f} ms")
 biggest = max(fanouts) if fanouts else None
 o = pick("ours", "fanout", biggest) if biggest else None
 if o:
@@ -171,6 +187,31 @@ for name, label in [("ours", "ours"), ("node", "Node")]:
     if r:
         refused = ", ".join(f"{k}: {v}" for k, v in r["above_refused"].items()) or "none"
         w(f"| {label} | {r['clients']} | {r['held_s']:.0f} s | {r['lost']} | {r['above']} | {r['above_connected']} | {refused} | {r['answering_after']} |")
+if live_events and live_visitors:
+    w("")
+    w("## Live mode: ingestion and visitors")
+    w("")
+    w("A server in live mode (`MODE=live SITES=example.com TRUSTED_PROXY_HOPS=1 "
+      f"ACTIVE_WINDOW=...`, `LOG_LEVEL=warn`), sent page views by wrk: `VISITORS={live_visitors['few']} "
+      f"{wrk_line} -s bench/events.lua http://127.0.0.1:PORT/api/event` (each request a page view "
+      "as Plausible's tracker sends it, from the next of `VISITORS` addresses in `X-Forwarded-For`, "
+      "so that none reaches the per-address limit). Then the same with "
+      f"`VISITORS={live_visitors['visitors']}`: the RSS it adds per visitor (each visitor's entry, "
+      "its address's rate-limit bucket and the index by last event), and the longest tick "
+      "(`analytics_live_tick_seconds_max`) while they are all active, and once they have all left "
+      "the window.")
+    w("")
+    e = live_events
+    w("| events/s | against REST's GET | p50 | p99 | refused | socket errors |")
+    w("|---|---|---|---|---|---|")
+    w(f"| {e['rps']:,.0f} | {e['rps'] / ours_rest['rps']:.2f}× ({ours_rest['rps']:,.0f}/s) | "
+      f"{e['p50_ms']:.2f} ms | {e['p99_ms']:.2f} ms | {e['refused']} | {e['errors'] + e['timeouts']} |")
+    w("")
+    v = live_visitors
+    w("| visitors | RSS | RSS per visitor | evicted | longest tick, all active | longest tick, as they leave |")
+    w("|---|---|---|---|---|---|")
+    w(f"| {v['visitors']:,} | {v['rss_kb'] / 1024:.1f} MB | {v['rss_per_visitor_bytes']} B | {v['evicted']} | "
+      f"{v['tick_active_ms']:.2f} ms | {v['tick_leaving_ms']:.2f} ms |")
 # Measurements bench.sh does not take (soak, sizing) are kept from the current file.
 KEEP = "<!-- Everything below is kept by scripts/bench.sh"
 try:

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
 
 use crate::sync::lock;
 
@@ -45,6 +46,8 @@ pub struct Metrics {
     events_limited: AtomicU64,
     visitors: AtomicU64,
     visitors_evicted: AtomicU64,
+    /// The longest live tick so far, in microseconds.
+    tick_max_us: AtomicU64,
 }
 
 /// One metric: what `/metrics` says about it, and how to read its values.
@@ -70,7 +73,7 @@ const fn metric(
 }
 
 /// Every metric, in the order `/metrics` lists them.
-pub const METRICS: [Metric; 22] = [
+pub const METRICS: [Metric; 23] = [
     metric(
         "analytics_mode",
         "gauge",
@@ -113,6 +116,15 @@ pub const METRICS: [Metric; 22] = [
         "counter",
         "Live mode: visitors forgotten at MAX_VISITORS, the longest idle first.",
         |m| live(m, &m.visitors_evicted),
+    ),
+    metric(
+        "analytics_live_tick_seconds_max",
+        "gauge",
+        "Live mode: the longest a tick took to close the windows and compute every site's sample, since start.",
+        |m| {
+            live(m, &m.tick_max_us)
+                .map(|values| values.into_iter().map(|(l, us)| (l, us / 1e6)).collect())
+        },
     ),
     metric(
         "analytics_samples_generated_total",
@@ -387,6 +399,12 @@ impl Metrics {
     /// A visitor forgotten at `MAX_VISITORS`.
     pub fn visitor_evicted(&self) {
         add(&self.visitors_evicted, 1);
+    }
+
+    /// A live tick took `took`.
+    pub fn live_tick(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.tick_max_us.fetch_max(us, Ordering::Relaxed);
     }
 
     /// A request the workers decided on: a reply, one computed later, or a stream.

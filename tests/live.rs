@@ -75,6 +75,16 @@ fn n_visitors_are_n_active_users_and_every_view_is_counted_once() {
         .map(|s| s["page_views"].as_u64().unwrap())
         .sum();
     assert_eq!(views, 2 * n);
+    // /metrics counts them, and says how long the ticks take.
+    let metrics = get(s.addr, "/metrics").text();
+    for line in [
+        "analytics_mode{mode=\"live\"} 1\n",
+        "analytics_live_events_total 80\n",
+        "analytics_live_visitors 40\n",
+        "analytics_live_tick_seconds_max ",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     // The other site saw nothing, and says so with zeros, never an error.
     let other = get(s.addr, "/api/analytics?site=blog.example").json();
     assert_eq!(

@@ -44,7 +44,7 @@ pub mod event;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hasher;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use siphasher::sip::SipHasher13;
 
@@ -242,6 +242,7 @@ impl Live {
     /// history and resumes.
     pub fn tick(&self, seq: u64, now_ms: u64) -> Vec<Sample> {
         let interval_ms = self.settings.interval.as_millis() as u64;
+        let started = Instant::now();
         let samples: Vec<Sample> = {
             let mut state = lock(&self.state);
             state.rotate(now_ms);
@@ -253,6 +254,7 @@ impl Live {
                 .map(|site| site.sample(seq, seq * interval_ms))
                 .collect()
         };
+        self.metrics.live_tick(started.elapsed());
         for (kept, sample) in self.kept.iter().zip(&samples) {
             let mut kept = lock(kept);
             if kept.len() == self.settings.history_ticks {
