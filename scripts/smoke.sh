@@ -9,7 +9,9 @@
 # The examples marked `<!-- smoke: NAME -->` in the README and the chaos cookbook
 # (docs/chaos.md) are run exactly as written, with localhost:4000 replaced by the server
 # under test, and the output block shown after each is compared with what it prints
-# (numbers and times aside).
+# (numbers and times aside). A server in live mode (`MODE=live`) gets the checks and
+# examples that hold in both modes, then the "Going live" section's, against its first
+# site; one in sim mode, every other example too.
 set -uo pipefail
 readme="$(dirname "$0")/../README.md"
 chaos="$(dirname "$0")/../docs/chaos.md"
@@ -32,6 +34,13 @@ fail() {
   exit 1
 }
 ok() { passed=$((passed + 1)); echo "ok: $1"; }
+
+service=$(curl -sS --max-time 5 "$base/") || fail "GET /: curl could not connect to $base"
+mode=$(jq -r .mode <<<"$service")
+site=$(jq -r '.sites[0] // empty' <<<"$service")
+[ "$mode" = sim ] || { [ "$mode" = live ] && [ -n "$site" ]; } ||
+  fail "GET /: expected \"mode\": sim, or live with its sites" "$service"
+ok "GET / says the server runs in $mode mode${site:+ (first site $site)}"
 
 # http METHOD PATH [curl args...]: sets $status and $body.
 http() {
@@ -142,7 +151,10 @@ example() {
     found && inside { print }' "$file")
   [ -n "$code" ] || fail "example '$1' not found in $file"
   code=${code//http:\/\/localhost:4000/$base}
-  printf '%s\n' "${code//ws:\/\/localhost:4000/$ws}"
+  code=${code//ws:\/\/localhost:4000/$ws}
+  # A live server counts its own sites: the examples' site becomes its first.
+  [ "$mode" = live ] && code=${code//example.com/$site}
+  printf '%s\n' "$code"
 }
 # run NAME SECONDS [FILE]: its output; an endless example is stopped after SECONDS.
 run() { timeout "$2" bash -c "$(example "$1" "${3:-$readme}")" 2>&1 </dev/null; true; }
@@ -180,19 +192,25 @@ check() {
       "$(diff <(shape <<<"$want") <(printf '%s\n' "$got") | head -20)"
 }
 
-for name in latest service error history; do
+for name in latest error history; do
   check "$name" 10
   ok "README example and output: $name"
 done
 
-check websocat 15
-mapfile -t frames <<<"$out"
-jq -e '.type == "welcome"' >/dev/null <<<"${frames[0]}" && is_sample "${frames[1]}" && is_sample "${frames[2]}" ||
-  fail "README websocat example: expected the welcome and two samples" "$out"
-ok "README example and output: websocat"
+# The examples whose output shows the simulator's welcome.
+if [ "$mode" = sim ]; then
+  check service 10
+  ok "README example and output: service"
 
-check sse 15
-ok "README example and output: SSE with curl"
+  check websocat 15
+  mapfile -t frames <<<"$out"
+  jq -e '.type == "welcome"' >/dev/null <<<"${frames[0]}" && is_sample "${frames[1]}" && is_sample "${frames[2]}" ||
+    fail "README websocat example: expected the welcome and two samples" "$out"
+  ok "README example and output: websocat"
+
+  check sse 15
+  ok "README example and output: SSE with curl"
+fi
 
 check resume 15
 mapfile -t lines <<<"$out"
@@ -219,5 +237,57 @@ ok "chaos cookbook example and output: chaos=gap skips samples"
 
 check chaos-error 10 "$chaos"
 ok "chaos cookbook example and output: chaos=error answers 503 with Retry-After and X-Chaos"
+
+if [ "$mode" = sim ]; then
+  http POST /api/event -H 'Content-Type: text/plain' -d '{"n":"pageview","u":"https://example.com/","d":"example.com"}'
+  [ "$status" = 409 ] && jq -e '.message | test("MODE=live")' >/dev/null <<<"$body" ||
+    fail "POST /api/event in sim mode: expected 409 naming MODE=live" "$status $body"
+  ok "POST /api/event in sim mode gets 409 naming MODE=live"
+  echo "$passed passed, 0 failed"
+  exit 0
+fi
+
+# Live mode: the README's "Going live" section, and what a site's tracker meets.
+src=$(example tracker | grep -o 'src="[^"]*"' | cut -d'"' -f2)
+http GET "${src#https://YOUR-SERVER}" -D "$tmp/headers"
+[ "$status" = 200 ] && grep -qi '^content-type: text/javascript' "$tmp/headers" && [ "${#body}" -lt 1024 ] ||
+  fail "README tracker: expected $src to answer with under 1 KB of JavaScript" "$status ${#body} bytes"
+ok "README tracker: $src is ${#body} bytes of JavaScript"
+
+views() { curl -sS --max-time 5 "$base/api/analytics/history?last=1m" | jq '[.samples[].page_views] | add'; }
+before=$(views)
+check event 10
+ok "README example and output: a page view sent as Plausible's Events API"
+for _ in $(seq 20); do
+  [ "$(views)" -gt "$before" ] && break
+  sleep 0.5
+done
+[ "$(views)" -gt "$before" ] || fail "README event example: the page view is not in the history" "$(views) views, $before before"
+active=$(curl -sS --max-time 5 "$base/api/analytics" | jq .active_users)
+[ "$active" -ge 1 ] || fail "README event example: expected an active visitor" "$active"
+ok "the page view is counted: $active active, in the history"
+
+http POST /api/event -H 'Content-Type: text/plain;charset=UTF-8' -H 'User-Agent: Mozilla/5.0' \
+  -d "{\"n\":\"pageview\",\"u\":\"https://$site/\",\"d\":\"$site\",\"r\":null,\"w\":1280}"
+[ "$status" = 202 ] || fail "POST /api/event as navigator.sendBeacon sends it: expected 202" "$status $body"
+ok "a beacon (text/plain, the tracker's short keys) gets 202"
+
+http OPTIONS /api/event -D "$tmp/headers" -H 'Origin: https://shop.example' \
+  -H 'Access-Control-Request-Method: POST' -H 'Access-Control-Request-Headers: content-type'
+[ "$status" = 204 ] && grep -qi '^access-control-allow-origin:' "$tmp/headers" ||
+  fail "OPTIONS /api/event: expected a 204 preflight for a JSON event" "$status"
+ok "an application/json event's preflight gets 204"
+
+for bad in '{"n":"pageview"}|400' 'not json|400' '{"n":"pageview","u":"https://a.invalid/","d":"a.invalid"}|403'; do
+  http POST /api/event -H 'Content-Type: application/json' -d "${bad%|*}"
+  [ "$status" = "${bad#*|}" ] && jq -e '(.error|length) > 0 and (.message|length) > 0' >/dev/null <<<"$body" ||
+    fail "POST /api/event ${bad%|*}: expected ${bad#*|} with a JSON error" "$status $body"
+done
+ok "a bad event (a field missing, not JSON, another site) gets a JSON 400 or 403"
+
+http GET '/api/analytics?profile=shop'
+[ "$status" = 400 ] && jq -e '.message | test("live")' >/dev/null <<<"$body" ||
+  fail "GET /api/analytics?profile=shop in live mode: expected 400 saying why" "$status $body"
+ok "a simulator option gets 400 in live mode"
 
 echo "$passed passed, 0 failed"

@@ -114,9 +114,14 @@ echo "== the server against its own OpenAPI document (schemathesis)"
 schemathesis run "$url/openapi.json" --max-examples 25 --seed 1 --request-timeout 2 \
   --exclude-checks positive_data_acceptance
 
-echo "== live mode: Postman's import and schemathesis again, against MODE=live"
+echo "== live mode, started as the README's \"Going live\" says: its examples, Postman's import, schemathesis"
 serve "$live_log" MODE=live SITES=example.com
 live_pid=$served_pid live_url=$served_url
+if ! scripts/smoke.sh "$live_url"; then
+  echo "--- server log" >&2
+  cat "$live_log" >&2
+  exit 1
+fi
 node tests/web/postman.mjs "$live_url"
 schemathesis run "$live_url/openapi.json" --max-examples 25 --seed 1 --request-timeout 2 \
   --exclude-checks positive_data_acceptance
