@@ -303,7 +303,7 @@ pub const VARS: [Var; 28] = [
         "SITES",
         "none",
         "a comma-separated list of up to 8 domains such as example.com,shop.example.com, or none",
-        "the sites live mode counts, as their trackers name them (data-domain); ?site= picks one, the first by default",
+        "the sites live mode counts, as their trackers name them (data-domain); ?site= picks one, the first by default. Required with MODE=live, refused without it",
         |c, s| {
             c.sites = match s {
                 "none" => Vec::new(),
@@ -582,6 +582,14 @@ impl Config {
                 "the domains to count, such as SITES=example.com, with MODE=live",
             );
         }
+        if self.mode == Mode::Sim && !self.sites.is_empty() {
+            // Else a dashboard would show simulated traffic as the sites'.
+            return refuse(
+                "SITES",
+                self.sites.join(","),
+                "unset in sim mode: add MODE=live to count these sites, or unset SITES to simulate",
+            );
+        }
         if self.active_window > self.session_timeout {
             return refuse(
                 "ACTIVE_WINDOW",
@@ -707,6 +715,38 @@ mod tests {
                 let c = from(&[(name, empty)]).unwrap_or_else(|e| panic!("{name}={empty:?}: {e}"));
                 assert_eq!(format!("{c:?}"), defaults, "{name}={empty:?}");
             }
+        }
+    }
+
+    #[test]
+    fn live_mode_variables_go_together() {
+        let c = from(&[("MODE", "live"), ("SITES", "Shop.example, blog.example")]).unwrap();
+        assert_eq!(
+            (c.mode, c.sites.join(",")),
+            (Mode::Live, "shop.example,blog.example".into())
+        );
+        for (pairs, var, says) in [
+            (&[("MODE", "live")][..], "SITES", "MODE=live"),
+            // SITES without MODE=live would show simulated traffic as the sites'.
+            (&[("SITES", "shop.example")][..], "SITES", "add MODE=live"),
+            (
+                &[("MODE", "sim"), ("SITES", "shop.example")][..],
+                "SITES",
+                "add MODE=live",
+            ),
+            (
+                &[
+                    ("MODE", "live"),
+                    ("SITES", "a.example"),
+                    ("ACTIVE_WINDOW", "31m"),
+                ][..],
+                "ACTIVE_WINDOW",
+                "SESSION_TIMEOUT",
+            ),
+        ] {
+            let e = from(pairs).unwrap_err();
+            assert_eq!(e.var, var, "{pairs:?}");
+            assert!(e.allowed.contains(says), "{pairs:?}: {}", e.allowed);
         }
     }
 

@@ -1,6 +1,7 @@
 //! What REST and the streams share, built once by `server`: the hubs, the feed, the
-//! metrics, readiness and the caps in force.
+//! metrics, readiness, the caps in force and the API document.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
@@ -25,6 +26,9 @@ pub struct Context {
     pub default_host: String,
     /// Turns for encoding histories and replays (see `budget`).
     pub turns: Turns,
+    /// `/openapi.json` as this server answers it: made once, at start-up, since live mode's
+    /// names its sites.
+    pub openapi: Cow<'static, str>,
 }
 
 impl Context {

@@ -60,7 +60,7 @@ pub fn handle(request: &ClientRequest, ctx: &Arc<Context>) -> Decision {
             Route::Health => health(ctx),
             Route::Ready => ready(ctx),
             Route::Metrics => metrics(&ctx.metrics),
-            Route::OpenApi => document(&openapi(ctx.feed.sites()), request, ctx),
+            Route::OpenApi => document(&ctx.openapi, request, ctx),
             Route::AsyncApi => document(ASYNCAPI, request, ctx),
             Route::Dashboard => dashboard(),
             Route::Tracker => tracker(),
@@ -264,7 +264,11 @@ fn describe(request: &ClientRequest, ctx: &Context) -> Reply {
         "mode": ctx.feed.mode().name(),
         "interval_ms": ctx.feed.model.interval_ms(),
         "fields": &FIELDS[..4],
-        "detail_fields": &FIELDS[4..],
+        // Live mode has no geolocation: no countries.
+        "detail_fields": FIELDS[4..]
+            .iter()
+            .filter(|&&f| ctx.feed.live.is_none() || f != "countries")
+            .collect::<Vec<_>>(),
         "limits": {
             "max_ws_clients": ctx.caps.streams,
             "max_http_connections": ctx.caps.http,
@@ -325,7 +329,7 @@ const TRACKER: &str = include_str!("static/tracker.js");
 /// The REST API as this server answers it: in live mode, `site` (one of `SITES`) takes the
 /// place of the simulator's `profile` and `scenario`, so that a client generated from the
 /// document (Postman's import) sends only what this server takes.
-fn openapi(sites: &[String]) -> Cow<'static, str> {
+pub fn openapi(sites: &[String]) -> Cow<'static, str> {
     let [first, ..] = sites else {
         return Cow::Borrowed(OPENAPI);
     };

@@ -170,6 +170,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         Mode::Sim => None,
     };
     let feed = Feed { model, live };
+    let openapi = routes::openapi(feed.sites());
     let ready = Arc::new(AtomicBool::new(true));
     let ctx = Arc::new(Context {
         hubs: feed
@@ -184,6 +185,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         caps,
         default_host: default_host(addr),
         turns: Turns::new(budget.turns),
+        openapi,
     });
     let (stop, stopped) = bounded::<()>(0);
     let (failed_tx, failed) = bounded(WORKERS + 1);

@@ -206,6 +206,10 @@ fn the_service_and_the_welcome_say_which_mode_and_site() {
     let v = get(s.addr, "/").json();
     assert_eq!(v["mode"], "live");
     assert_eq!(v["sites"][0], SITE);
+    assert!(
+        !v["detail_fields"].to_string().contains("countries"),
+        "no geolocation: {v}"
+    );
     let (mut ws, welcome) = ws_connect(s.addr, "/api/analytics?site=blog.example");
     assert_eq!(
         (welcome["mode"].as_str(), welcome["site"].as_str()),
