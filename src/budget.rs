@@ -96,6 +96,11 @@ pub struct Budget {
     pub turns: usize,
 }
 
+/// The least memory budget whose live share ([`Budget::live`]) is `share` bytes.
+pub fn live_budget_for(share: u64) -> u64 {
+    BASE + share.div_ceil(20) * 100
+}
+
 impl Budget {
     /// The budget for `memory` bytes and `cpus`, or, for each that is `None`, what the
     /// host gives ([`crate::platform::memory_limit`], [`crate::platform::cpu_limit`], the
@@ -126,14 +131,14 @@ impl Budget {
         }
     }
 
-    /// For the start-up log, beside the caps in force: the budget, where it came from,
-    /// and the turns it gives.
     /// Live mode's share: its visitors and kept samples may take a fifth of the memory
     /// beyond the process's own (streams take 60 % and HTTP connections 15 %).
     pub fn live(&self) -> u64 {
         self.memory.saturating_sub(BASE) / 100 * 20
     }
 
+    /// For the start-up log, beside the caps in force: the budget, where it came from,
+    /// and the turns it gives.
     pub fn summary(&self) -> String {
         format!(
             "memory budget {} MiB ({}), {} CPU, {} turns for requests and encoding",

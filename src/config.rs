@@ -152,6 +152,7 @@ pub struct ConfigError {
     pub value: String,
     /// The value is not UTF-8 text.
     pub not_utf8: bool,
+    /// What is allowed, and what to do.
     pub allowed: String,
 }
 
@@ -164,7 +165,7 @@ impl fmt::Display for ConfigError {
         };
         write!(
             f,
-            "invalid {}=\"{}\": {not_utf8}expected {} (unset it to use the default)",
+            "invalid {}=\"{}\": {not_utf8}expected {}",
             self.var, self.value, self.allowed
         )
     }
@@ -224,7 +225,7 @@ impl Var {
             var: self.name,
             value: printable(value),
             not_utf8,
-            allowed: self.allowed(),
+            allowed: format!("{} (unset it to use the default)", self.allowed()),
         }
     }
 }

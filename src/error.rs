@@ -83,8 +83,8 @@ impl fmt::Display for StartError {
             } => write!(
                 f,
                 "live mode needs {needed_mib} MiB for what {var} asks, and the memory budget \
-                 leaves {share_mib} MiB for it (a fifth; MEMORY_BUDGET sets the budget): \
-                 {advice}"
+                 leaves {share_mib} MiB for it (a fifth of what is left past the server's own \
+                 32 MiB; MEMORY_BUDGET sets the budget): {advice}"
             ),
         }
     }

@@ -503,16 +503,17 @@ fn event(request: &ClientRequest, ctx: &Context) -> Reply {
         Ok(event) => event,
         Err(BadEvent(message)) => return http::error(400, "bad_event", &message, &[]),
     };
-    let accepted = |counted: bool| {
-        let mut body = json!({ "status": "accepted", "counted": counted });
-        if !counted {
-            body["reason"] = json!("bot");
+    let accepted = |not_counted: Option<&str>| {
+        let mut body = json!({ "status": "accepted", "counted": not_counted.is_none() });
+        if let Some(reason) = not_counted {
+            body["reason"] = json!(reason);
         }
         http::json(202, &body)
     };
     match live.record(&event, sender.visitor, sender.bot, now) {
-        Recorded::Counted => accepted(true),
-        Recorded::Bot => accepted(false),
+        Recorded::Counted => accepted(None),
+        Recorded::Bot => accepted(Some("bot")),
+        Recorded::NoSession => accepted(Some("no_session")),
         Recorded::UnknownSite => http::error(
             403,
             "unknown_site",

@@ -70,18 +70,20 @@ fn live_settings(config: &Config, budget: &Budget) -> Result<live::Settings, Sta
     // Kept samples take half the share at most, so that visitors have the other half.
     let fits = share / 2 / (sites * budget::KEPT_SAMPLE_COST);
     // Less than a minute of samples, or a thousand visitors, is no live mode to run.
-    let too_small = |needed_mib| StartError::LiveMemory {
+    let too_small = |needed: u64| StartError::LiveMemory {
         var: "MEMORY_BUDGET",
-        needed_mib,
+        needed_mib: mib(needed),
         share_mib: mib(share),
-        advice: "give the server more memory (MEMORY_BUDGET, or the container's limit), or \
-                 set fewer SITES"
-            .into(),
+        advice: format!(
+            "give the server at least MEMORY_BUDGET={}M (or a container that large), or set \
+             fewer SITES",
+            mib(budget::live_budget_for(needed))
+        ),
     };
     let minimum = |ticks: u64| sites * ticks * budget::KEPT_SAMPLE_COST;
     if fits * interval_ms < 60_000 || share / 2 / budget::VISITOR_COST < 1000 {
         let needed = 2 * minimum(60_000 / interval_ms).max(1000 * budget::VISITOR_COST);
-        return Err(too_small(mib(needed)));
+        return Err(too_small(needed));
     }
     let history_ticks = match config.live_history {
         Some(kept) => kept.as_millis() as u64 / interval_ms,
@@ -235,6 +237,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         max_header_bytes: config.max_header_bytes as usize,
         max_connections: caps.http,
         trusted_proxy_hops: config.trusted_proxy_hops,
+        hide_peers: config.mode == Mode::Live,
     };
     let edge = Arc::new(
         Edge::new(

@@ -314,3 +314,39 @@ fn no_address_or_user_agent_survives_in_memory_or_the_log() {
         );
     }
 }
+
+/// In live mode any peer may be a site's visitor: refusals name it by a digest, never by
+/// its address, and a flood of them writes a few lines a second, not one each.
+#[test]
+#[cfg(unix)] // stops the server with SIGTERM to read the rest of its log
+fn refusals_name_no_peer_and_do_not_flood_the_log() {
+    use std::io::Write;
+    let mut server = Process::spawn(&[("PORT", "0"), ("MODE", "live"), ("SITES", SITE)]);
+    let addr = server.wait_until_listening();
+    let started = std::time::Instant::now();
+    let mut peers = Vec::new();
+    for _ in 0..100 {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        peers.push(stream.local_addr().unwrap().to_string());
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut std::io::BufReader::new(stream), false);
+        assert_eq!(r.status, 400);
+    }
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    let log = server.rest_of_log();
+    let refusals: Vec<&String> = log.iter().filter(|l| l.contains("-> 400")).collect();
+    assert!(
+        !refusals.is_empty() && refusals.len() <= 10 * seconds,
+        "{} lines for 100 refusals in {seconds} s",
+        refusals.len()
+    );
+    for line in &refusals {
+        assert!(line.contains("client "), "{line}");
+        assert!(!peers.iter().any(|p| line.contains(p.as_str())), "{line}");
+    }
+}

@@ -204,6 +204,7 @@ impl Edge {
                 });
             if let Err(e) = spawned {
                 self.stop_waiting(id);
+                let peer = self.identity.name(peer);
                 log::error!(
                     "cannot start a connection thread: {e}; connection from {peer} dropped"
                 );
@@ -250,7 +251,10 @@ impl Edge {
             error: "too_many_connections",
             message: "The server is at its connection limit. Retry in a few seconds.".into(),
         };
-        log::info!("{peer} -> 503 (over_capacity), connection closed");
+        if let Some(unlogged) = self.refusals_logged.take() {
+            let peer = self.identity.name(peer);
+            log::info!("{peer} -> 503 (over_capacity), connection closed{unlogged}");
+        }
         self.write_refusal(socket, &refusal, None);
     }
 }

@@ -172,7 +172,10 @@ impl Edge {
                     drop(client);
                     let socket = Arc::try_unwrap(socket)
                         .or_else(|shared| shared.try_clone())
-                        .map_err(|e| log::error!("{peer}: cannot take over the socket: {e}"));
+                        .map_err(|e| {
+                            let peer = self.identity.name(peer);
+                            log::error!("{peer}: cannot take over the socket: {e}")
+                        });
                     // The head buffer is not kept for the stream's lifetime: only what
                     // followed the request goes on.
                     let leftover = buf[end..].to_vec();
@@ -180,6 +183,7 @@ impl Edge {
                     return socket.ok().map(|socket| (run, socket, leftover));
                 }
                 None => {
+                    let peer = self.identity.name(peer);
                     log::error!("{peer}: no answer from the workers within {ANSWER_WITHIN:?}");
                     break ConnectionEnd::Refuse(unavailable(), origin(&head));
                 }
@@ -227,17 +231,19 @@ impl Edge {
                 };
                 self.metrics.http_closed(reason);
                 self.metrics.request("other", refusal.status);
-                // An event's sender is a site's visitor, whose address is never logged.
-                let who = if counts_sender {
-                    "an event's sender".to_string()
-                } else {
-                    peer.to_string()
-                };
-                log::info!(
-                    "{who} -> {} ({}), connection closed",
-                    refusal.status,
-                    refusal.error
-                );
+                if let Some(unlogged) = self.refusals_logged.take() {
+                    // An event's sender is a site's visitor, whose address is never logged.
+                    let who = if counts_sender {
+                        "an event's sender".to_string()
+                    } else {
+                        self.identity.name(peer)
+                    };
+                    log::info!(
+                        "{who} -> {} ({}), connection closed{unlogged}",
+                        refusal.status,
+                        refusal.error
+                    );
+                }
                 self.write_refusal(&socket, &refusal, origin.as_deref());
             }
             ConnectionEnd::OverCapacity => self.over_capacity(&socket, peer),

@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use siphasher::sip::SipHasher13;
 
@@ -16,19 +16,33 @@ use super::head::Head;
 pub(super) const IDENTIFYING: [&str; 4] =
     ["user-agent", "x-forwarded-for", "forwarded", "x-real-ip"];
 
-/// The key of this process's digests (random, never written anywhere) and how many
-/// proxies in front are trusted to name the client.
+/// The key of this process's digests (random, never written anywhere), how many
+/// proxies in front are trusted to name the client, and whether the log may name peers.
 pub struct Identity {
     key: (u64, u64),
     trusted_proxy_hops: usize,
+    hide_peers: bool,
 }
 
 impl Identity {
-    pub fn new(trusted_proxy_hops: usize) -> Identity {
+    pub fn new(trusted_proxy_hops: usize, hide_peers: bool) -> Identity {
         Identity {
             key: (rand::random(), rand::random()),
             trusted_proxy_hops,
+            hide_peers,
         }
+    }
+
+    /// `peer` as the log names it: its address, or, when peers are hidden (live mode:
+    /// any peer may be a site's visitor), `client` and a keyed digest of its address,
+    /// the same for the same address for the life of the process.
+    pub fn name(&self, peer: SocketAddr) -> String {
+        if !self.hide_peers {
+            return peer.to_string();
+        }
+        let mut h = SipHasher13::new_with_keys(self.key.1, self.key.0);
+        peer.ip().hash(&mut h);
+        format!("client {:08x}", h.finish() >> 32)
     }
 
     /// The `X-Edge-Client` value for `head`, from `peer`: the client's digest (for the
@@ -37,10 +51,9 @@ impl Identity {
     /// headers' values in `head`.
     pub fn digest(&self, head: &mut Head, peer: SocketAddr) -> String {
         let mut client = SipHasher13::new_with_keys(self.key.0, self.key.1);
-        match self.forwarded_client(head) {
-            Some(address) => address.trim().hash(&mut client),
-            None => peer.ip().hash(&mut client),
-        }
+        self.forwarded_client(head)
+            .unwrap_or(peer.ip())
+            .hash(&mut client);
         let mut visitor = client;
         let user_agent = head.header("User-Agent").unwrap_or("");
         user_agent.hash(&mut visitor);
@@ -60,8 +73,9 @@ impl Identity {
 
     /// With `n` trusted proxies, the `n`th address from the right of the last
     /// `X-Forwarded-For` (each proxy appends the address it was reached from); the
-    /// header is ignored without trusted proxies, so that no client can forge it.
-    fn forwarded_client<'h>(&self, head: &'h Head) -> Option<&'h str> {
+    /// header is ignored without trusted proxies, so that no client can forge it, and
+    /// so is an entry that is no IP address, so that a client cannot pick its own name.
+    fn forwarded_client(&self, head: &Head) -> Option<IpAddr> {
         let n = self.trusted_proxy_hops;
         if n == 0 {
             return None;
@@ -73,23 +87,48 @@ impl Identity {
             .find(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))?;
         let addresses: Vec<&str> = forwarded.1.split(',').collect();
         let i = addresses.len().saturating_sub(n);
-        addresses.get(i).copied().filter(|a| !a.trim().is_empty())
+        addresses.get(i).and_then(|a| ip_of(a.trim()))
     }
 }
 
-/// User-Agents whose events are accepted and not counted: none at all, and those that
-/// name themselves crawlers, previews or monitors.
+/// An address as proxies write it: `192.0.2.1`, `2001:db8::1`, with a port
+/// (`192.0.2.1:443`, `[2001:db8::1]:443`) or bracketed; an IPv4-mapped IPv6 address is
+/// its IPv4 one, so that one client has one name.
+fn ip_of(entry: &str) -> Option<IpAddr> {
+    let ip = entry
+        .parse::<IpAddr>()
+        .or_else(|_| entry.parse::<SocketAddr>().map(|s| s.ip()))
+        .or_else(|_| entry.trim_start_matches('[').trim_end_matches(']').parse())
+        .ok()?;
+    Some(ip.to_canonical())
+}
+
+/// User-Agents whose events are accepted and not counted: none at all, those that name
+/// themselves crawlers, previews or monitors, and HTTP libraries and command-line
+/// clients, which no visitor browses with. Headless Chrome is counted: Plausible's
+/// tracker already stays silent under automation, and our browser tests run it.
 pub fn is_bot(user_agent: &str) -> bool {
-    const BOTS: [&str; 9] = [
+    const BOTS: [&str; 20] = [
         "bot",
         "crawl",
         "spider",
         "slurp",
+        "scrapy",
         "facebookexternalhit",
         "preview",
         "monitor",
         "uptime",
         "lighthouse",
+        "curl/",
+        "wget/",
+        "python-",
+        "go-http-client",
+        "okhttp",
+        "java/",
+        "libwww",
+        "httpclient",
+        "node-fetch",
+        "axios/",
     ];
     let ua = user_agent.to_ascii_lowercase();
     ua.trim().is_empty() || BOTS.iter().any(|b| ua.contains(b))
@@ -109,11 +148,11 @@ mod tests {
     fn the_client_is_the_peer_unless_proxies_are_trusted() {
         let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         let forged = "X-Forwarded-For: 198.51.100.7\r\nUser-Agent: Mozilla/5.0\r\n";
-        let untrusted = Identity::new(0);
+        let untrusted = Identity::new(0, false);
         let a = untrusted.digest(&mut head(forged), peer);
         let b = untrusted.digest(&mut head("User-Agent: Mozilla/5.0\r\n"), peer);
         assert_eq!(a, b, "a forged X-Forwarded-For is ignored");
-        let trusted = Identity::new(1);
+        let trusted = Identity::new(1, false);
         let digests = |xff: &str| {
             trusted.digest(
                 &mut head(&format!("X-Forwarded-For: {xff}\r\nUser-Agent: UA\r\n")),
@@ -129,7 +168,25 @@ mod tests {
             client(digests("203.0.113.9")),
             client(digests("203.0.113.8"))
         );
-        let two = Identity::new(2);
+        // Only an IP address names a client: one client, one name.
+        for same in ["203.0.113.9:443", "[203.0.113.9]", "::ffff:203.0.113.9"] {
+            assert_eq!(
+                client(digests("203.0.113.9")),
+                client(digests(same)),
+                "{same}"
+            );
+        }
+        let v6 = client(digests("[2001:db8::1]:443"));
+        assert_eq!(v6, client(digests("2001:db8::1")));
+        let peer_only = client(trusted.digest(&mut head("User-Agent: UA\r\n"), peer));
+        for garbage in ["garbage1", "garbage2", "unknown", ""] {
+            assert_eq!(
+                client(digests(garbage)),
+                peer_only,
+                "{garbage:?} is no address"
+            );
+        }
+        let two = Identity::new(2, false);
         let mut h = head("X-Forwarded-For: 203.0.113.9, 10.0.0.1\r\nUser-Agent: UA\r\n");
         let mut h2 = head("X-Forwarded-For: 203.0.113.9\r\nUser-Agent: UA\r\n");
         assert_eq!(
@@ -139,19 +196,41 @@ mod tests {
     }
 
     #[test]
+    fn hidden_peers_are_named_by_a_digest() {
+        let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        assert_eq!(Identity::new(0, false).name(peer), "192.0.2.1:5000");
+        let hidden = Identity::new(0, true);
+        let name = hidden.name(peer);
+        assert!(
+            name.starts_with("client ") && !name.contains("192"),
+            "{name}"
+        );
+        assert_eq!(name, hidden.name("192.0.2.1:6000".parse().unwrap()));
+        assert_ne!(name, hidden.name("192.0.2.2:5000".parse().unwrap()));
+    }
+
+    #[test]
     fn digests_replace_the_identifying_headers() {
         let mut h = head("X-Forwarded-For: 203.0.113.9\r\nUser-Agent: Secret/1.0\r\n");
-        let line = Identity::new(1).digest(&mut h, "192.0.2.1:1".parse().unwrap());
+        let line = Identity::new(1, false).digest(&mut h, "192.0.2.1:1".parse().unwrap());
         assert_eq!(line.len(), 33, "{line}");
         assert_eq!(h.header("User-Agent"), Some("0000000000"));
         assert_eq!(h.header("X-Forwarded-For"), Some("00000000000"));
         let mut bot = head("User-Agent: Googlebot/2.1\r\n");
         assert!(
-            Identity::new(0)
+            Identity::new(0, false)
                 .digest(&mut bot, "192.0.2.1:1".parse().unwrap())
                 .ends_with(" bot")
         );
         assert!(is_bot(""));
+        for client in [
+            "curl/8.5.0",
+            "python-requests/2.31",
+            "Wget/1.21",
+            "Go-http-client/2.0",
+        ] {
+            assert!(is_bot(client), "{client}");
+        }
         assert!(!is_bot(
             "Mozilla/5.0 (X11; Linux x86_64) HeadlessChrome/120.0"
         ));

@@ -78,6 +78,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// `TRUSTED_PROXY_HOPS`: see [`identity`].
     pub trusted_proxy_hops: usize,
+    /// The log names no peer by its address (live mode: any peer may be a site's
+    /// visitor), only by a digest.
+    pub hide_peers: bool,
 }
 
 pub struct Edge {
@@ -102,7 +105,43 @@ pub struct Edge {
     /// new connection at the caps may take the place of one that sent nothing
     /// ([`Edge::evict`]).
     waiting_probes: Mutex<VecDeque<(u64, Arc<TcpStream>)>>,
+    /// Refusals are logged at most [`REFUSALS_LOGGED`] a second.
+    refusals_logged: LogQuota,
     stopping: AtomicBool,
+}
+
+/// The most refusals logged in a second: a flood of bad requests, one line each, would
+/// flood the log (disk, and CPU on a small host). `/metrics` counts them all.
+const REFUSALS_LOGGED: u32 = 10;
+
+/// Log lines of one kind left this second, and how many were not written since the last.
+#[derive(Default)]
+struct LogQuota(Mutex<(u64, u32, u64)>);
+
+impl LogQuota {
+    /// `None` past the quota (the line is counted, not written); otherwise what to add
+    /// to the line: how many were not written before it, if any.
+    fn take(&self) -> Option<String> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        self.take_at(now.map_or(0, |d| d.as_secs()))
+    }
+
+    fn take_at(&self, second: u64) -> Option<String> {
+        let mut quota = lock(&self.0);
+        let (at, written, unwritten) = &mut *quota;
+        if *at != second {
+            (*at, *written) = (second, 0);
+        }
+        if *written == REFUSALS_LOGGED {
+            *unwritten += 1;
+            return None;
+        }
+        *written += 1;
+        Some(match std::mem::take(unwritten) {
+            0 => String::new(),
+            n => format!(" ({n} more refusals before this one not logged)"),
+        })
+    }
 }
 
 impl Edge {
@@ -122,7 +161,7 @@ impl Edge {
         let addr = listener.local_addr()?;
         let upstream = Upstream::open(tiny_http, &clients.secret, &acked)?;
         Ok(Edge {
-            identity: identity::Identity::new(limits.trusted_proxy_hops),
+            identity: identity::Identity::new(limits.trusted_proxy_hops, limits.hide_peers),
             listener,
             addr,
             limits,
@@ -134,6 +173,7 @@ impl Edge {
             places: Places::new(limits.max_connections, Some(Arc::clone(&metrics))),
             probe_places: Places::new(PROBE_PLACES, None),
             waiting_probes: Mutex::default(),
+            refusals_logged: LogQuota::default(),
             metrics,
             stopping: AtomicBool::new(false),
         })
@@ -170,5 +210,23 @@ pub fn loopback(addr: SocketAddr) -> SocketAddr {
         SocketAddr::new(ip, addr.port())
     } else {
         addr
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_past_the_quota_are_counted_in_the_next_line() {
+        let quota = LogQuota::default();
+        for _ in 0..REFUSALS_LOGGED {
+            assert_eq!(quota.take_at(7).as_deref(), Some(""));
+        }
+        assert_eq!(quota.take_at(7), None);
+        assert_eq!(quota.take_at(7), None);
+        let next = quota.take_at(8).unwrap();
+        assert!(next.contains("(2 more refusals"), "{next}");
+        assert_eq!(quota.take_at(8).as_deref(), Some(""));
     }
 }

@@ -2,6 +2,8 @@
 //! `url`, `domain`, `referrer`, `props`) or the short ones its browser tracker sends (`n`,
 //! `u`, `d`, `r`, `w`, `h`, `p`), read into what live mode counts and nothing more.
 
+use std::fmt::Write;
+
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -51,7 +53,7 @@ struct Body {
     domain: Option<String>,
     #[serde(alias = "r")]
     referrer: Option<Value>,
-    #[serde(alias = "w")]
+    #[serde(alias = "w", alias = "screen_width")]
     width: Option<Value>,
     #[serde(alias = "h")]
     hash: Option<Value>,
@@ -59,12 +61,17 @@ struct Body {
 
 /// Reads an event body (JSON, as `application/json` or `text/plain`).
 pub fn parse(body: &[u8]) -> Result<Event, BadEvent> {
-    let body: Body = serde_json::from_slice(body).map_err(|e| {
+    let not_an_event = |why: String| {
         BadEvent(format!(
-            "The body is not a JSON object of an event ({e}). Send e.g. \
+            "The body is not a JSON object of an event ({why}). Send e.g. \
              {{\"name\":\"pageview\",\"url\":\"https://example.com/\",\"domain\":\"example.com\"}}."
         ))
-    })?;
+    };
+    // serde would read an array into the fields in order; an event is an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(not_an_event("it does not start with {".into()));
+    }
+    let body: Body = serde_json::from_slice(body).map_err(|e| not_an_event(e.to_string()))?;
     let missing = |field: &str| BadEvent(format!("The event has no \"{field}\": send it."));
     let name = body
         .name
@@ -134,7 +141,7 @@ fn path_of(url: &str, hash_mode: bool) -> Option<String> {
         out.push('#');
         out.push_str(fragment);
     }
-    Some(cut(out))
+    Some(label(&out))
 }
 
 /// The host of an http(s) URL, lowercased, without port or user info.
@@ -147,7 +154,7 @@ fn host_of(url: &str) -> Option<String> {
         None => host.split(':').next().unwrap_or(""),
     };
     let host = host.trim_start_matches("www.").to_ascii_lowercase();
-    (!host.is_empty()).then(|| cut(host))
+    (!host.is_empty()).then(|| label(&host))
 }
 
 fn host_matches(host: &str, url: &str) -> bool {
@@ -162,16 +169,24 @@ fn strip_scheme(url: &str) -> Option<&str> {
     })
 }
 
-/// Cuts `text` to [`MAX_LABEL`] bytes, at a character boundary.
-fn cut(mut text: String) -> String {
-    if text.len() > MAX_LABEL {
-        let mut end = MAX_LABEL;
-        while !text.is_char_boundary(end) {
-            end -= 1;
+/// `text` as a label: the bytes a browser percent-encodes in a URL (controls, space,
+/// `"`, `<`, `>`, `` ` `` and every byte of a non-ASCII character) encoded as
+/// `location.href` has them, so that no label carries markup or control characters into
+/// a dashboard; cut to [`MAX_LABEL`] bytes, never inside an escape.
+fn label(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(MAX_LABEL));
+    for b in text.bytes() {
+        let escape = !(0x21..0x7f).contains(&b) || b"\"<>`".contains(&b);
+        if out.len() + if escape { 3 } else { 1 } > MAX_LABEL {
+            break;
         }
-        text.truncate(end);
+        if escape {
+            let _ = write!(out, "%{b:02X}");
+        } else {
+            out.push(char::from(b));
+        }
     }
-    text
+    out
 }
 
 #[cfg(test)]
@@ -214,12 +229,33 @@ mod tests {
             "p".repeat(1000)
         );
         assert_eq!(e(&long).unwrap().path.len(), MAX_LABEL);
+        // What a browser would percent-encode is encoded: no markup, no control or
+        // direction characters reach a dashboard.
+        let odd =
+            e(r#"{"n":"pageview","u":"https://a.example/a\"b<i>\u0007\u202e é","d":"a.example"}"#);
+        assert_eq!(odd.unwrap().path, "/a%22b%3Ci%3E%07%E2%80%AE%20%C3%A9");
+        let escapes = format!(
+            r#"{{"n":"pageview","u":"https://a.example/{}","d":"a.example"}}"#,
+            "é".repeat(100)
+        );
+        let cut = e(&escapes).unwrap().path;
+        assert!(cut.len() <= MAX_LABEL && cut.ends_with("%A9"), "{cut}");
+        // The Events API's name for the screen width.
+        let api = e(
+            r#"{"name":"pageview","url":"https://a.example/","domain":"a.example","screen_width":390}"#,
+        );
+        assert_eq!(api.unwrap().width, Some(390));
     }
 
     #[test]
     fn bad_bodies_say_what_to_fix() {
         let e = |body: &str| parse(body.as_bytes()).unwrap_err().0;
         assert!(e("not json").contains("not a JSON object"));
+        let array = e(r#"["pageview","https://a.example/","a.example",null,1,null]"#);
+        assert!(
+            array.contains("not a JSON object") && !array.contains("struct"),
+            "{array}"
+        );
         assert!(e(r#"{"u":"https://a.example","d":"a.example"}"#).contains("\"name\""));
         assert!(e(r#"{"n":"pageview","d":"a.example"}"#).contains("\"url\""));
         assert!(e(r#"{"n":"pageview","u":"https://a.example"}"#).contains("\"domain\""));

@@ -88,6 +88,8 @@ pub enum Recorded {
     Counted,
     /// A bot's (as the edge judged its User-Agent): accepted, not counted.
     Bot,
+    /// An engagement with no session open to extend: accepted, not counted.
+    NoSession,
     /// For none of `SITES`.
     UnknownSite,
 }
@@ -229,9 +231,13 @@ impl Live {
         }
         let mut state = lock(&self.state);
         state.rotate(now_ms);
+        let mut counted = false;
         for site in sites {
             let id = state.hash(site_and(site, visitor));
-            state.touch(id, site, event, now_ms, &self.settings, &self.metrics);
+            counted |= state.touch(id, site, event, now_ms, &self.settings, &self.metrics);
+        }
+        if !counted {
+            return Recorded::NoSession;
         }
         self.metrics.event_counted();
         self.metrics.visitors(state.visitors.len());
@@ -323,14 +329,14 @@ impl State {
         now_ms: u64,
         settings: &Settings,
         metrics: &Metrics,
-    ) {
+    ) -> bool {
         // An event is never older than the window's closed part (the clock a request read
         // may trail the generator's): it is counted, and its window closes.
         let now_ms = now_ms.max(self.cutoff);
         let session_timeout = settings.session_timeout.as_millis() as u64;
         let open = |v: &Visitor| now_ms.saturating_sub(v.last) <= session_timeout;
         if event.kind == Kind::Engagement && !self.visitors.get(&id).is_some_and(open) {
-            return;
+            return false;
         }
         if !self.visitors.contains_key(&id) && self.visitors.len() >= settings.max_visitors {
             self.evict_one(metrics);
@@ -373,6 +379,7 @@ impl State {
         visitor.active = true;
         site_counts.enter(visitor);
         self.by_last.insert((visitor.last, id));
+        true
     }
 
     /// Ends the activity of visitors whose window closed, and forgets those of earlier
@@ -641,7 +648,10 @@ mod tests {
             kind: Kind::Engagement,
             ..view("/", None, None)
         };
-        live.record(&engagement, v("1.1.1.1"), false, T0);
+        assert_eq!(
+            live.record(&engagement, v("1.1.1.1"), false, T0),
+            Recorded::NoSession
+        );
         let s = tick(&live, T0);
         assert_eq!(
             (s.active_users, s.page_views),

@@ -197,6 +197,14 @@ pub fn parse(
                 FIELDS.join(", ")
             ),
         })?;
+        // `all` stays valid: it takes what there is.
+        if !sites.is_empty() && v.trim() != "all" && options.fields.names().contains(&"countries") {
+            return Err(invalid(
+                "fields",
+                "countries are not counted in live mode: there is no geolocation. Send \
+                 the request without it.",
+            ));
+        }
     }
     if let Some(v) = get("seq") {
         options.seq = match v {
@@ -399,6 +407,13 @@ mod tests {
             let e = live(q).unwrap_err();
             assert!(e.message.contains("MODE=live"), "{q}: {}", e.message);
         }
+        let e = live("fields=active_users,countries").unwrap_err();
+        assert!(e.message.contains("geolocation"), "{}", e.message);
+        assert!(live("fields=all").is_ok(), "all takes what there is");
+        assert!(
+            opts("fields=countries").is_ok(),
+            "the simulator has countries"
+        );
         let e = opts("site=a.example").unwrap_err();
         assert_eq!(e.parameter, "site");
         assert!(e.message.contains("MODE=sim"));
