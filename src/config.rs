@@ -73,6 +73,9 @@ pub struct Config {
     pub heartbeat: Duration,
     /// `CHAOS` and `CHAOS_SEED`: delivery faults for every client that asks for none.
     pub chaos: chaos::Defaults,
+    /// `INSTANCE`: this instance's name in the welcome and at `/`. `None`: a random one,
+    /// drawn at start.
+    pub instance: Option<String>,
     /// `MODE`: simulated traffic, or real sites' events.
     pub mode: Mode,
     /// `SITES`: the domains live mode counts, lowercased (required with `MODE=live`).
@@ -132,6 +135,7 @@ impl Default for Config {
             ws_max_skipped: 20,
             heartbeat: Duration::from_secs(15),
             chaos: chaos::Defaults::default(),
+            instance: None,
             mode: Mode::Sim,
             sites: Vec::new(),
             trusted_proxy_hops: 0,
@@ -261,7 +265,7 @@ const fn text(
 }
 
 /// Every variable the server reads, in the order people look for them.
-pub const VARS: [Var; 28] = [
+pub const VARS: [Var; 29] = [
     integer(
         "PORT",
         "4000",
@@ -285,6 +289,25 @@ pub const VARS: [Var; 28] = [
         (100, 60_000),
         "time between samples, in milliseconds",
         |c, n| c.interval = Duration::from_millis(n),
+    ),
+    text(
+        "INSTANCE",
+        "random",
+        "1 to 64 letters, digits, '.', '_' or '-', or \"random\"",
+        "this instance's name in the welcome and at /, so that a client behind a load balancer sees which instance it reached; random: 8 hex digits drawn at start",
+        |c, s| {
+            let name = |s: &str| {
+                s.len() <= 64
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            };
+            c.instance = match s {
+                "random" => None,
+                _ if name(s) => Some(s.to_string()),
+                _ => return None,
+            };
+            Some(())
+        },
     ),
     text(
         "MODE",
@@ -716,6 +739,17 @@ mod tests {
                 let c = from(&[(name, empty)]).unwrap_or_else(|e| panic!("{name}={empty:?}: {e}"));
                 assert_eq!(format!("{c:?}"), defaults, "{name}={empty:?}");
             }
+        }
+    }
+
+    #[test]
+    fn an_instance_is_named_for_the_log_and_urls_alike() {
+        assert_eq!(from(&[]).unwrap().instance, None, "random");
+        let c = from(&[("INSTANCE", "eu-1.web_2")]).unwrap();
+        assert_eq!(c.instance.as_deref(), Some("eu-1.web_2"));
+        for bad in ["two words", "a/b", "<b>", &"x".repeat(65)] {
+            let e = from(&[("INSTANCE", bad)]).unwrap_err();
+            assert_eq!(e.var, "INSTANCE", "{bad}");
         }
     }
 

@@ -26,6 +26,8 @@ pub struct Context {
     pub default_host: String,
     /// Turns for encoding histories and replays (see `budget`).
     pub turns: Turns,
+    /// `INSTANCE`, or the random name drawn at start: said in the welcome and at `/`.
+    pub instance: String,
     /// `/openapi.json` as this server answers it: made once, at start-up, since live mode's
     /// names its sites.
     pub openapi: Cow<'static, str>,

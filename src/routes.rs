@@ -262,6 +262,7 @@ fn describe(request: &ClientRequest, ctx: &Context) -> Reply {
         "description": "Website-traffic analytics, simulated or counted live: poll over \
                         REST, or stream over WebSocket or Server-Sent Events on the same path.",
         "mode": ctx.feed.mode().name(),
+        "instance": ctx.instance,
         "interval_ms": ctx.feed.model.interval_ms(),
         "fields": &FIELDS[..4],
         // Live mode has no geolocation: no countries.

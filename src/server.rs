@@ -188,6 +188,10 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         default_host: default_host(addr),
         turns: Turns::new(budget.turns),
         openapi,
+        instance: config
+            .instance
+            .clone()
+            .unwrap_or_else(|| format!("{:08x}", rand::random::<u32>())),
     });
     let (stop, stopped) = bounded::<()>(0);
     let (failed_tx, failed) = bounded(WORKERS + 1);

@@ -323,6 +323,7 @@ impl<E: Encoder> Client<'_, E> {
             self.route,
             self.options,
             feed,
+            &self.streams.ctx.instance,
             latest.seq,
             replay.clone(),
             E::RESUME,
@@ -559,6 +560,7 @@ fn welcome(
     route: Route,
     options: &Options,
     feed: &Feed,
+    instance: &str,
     latest: u64,
     replay: Option<RangeInclusive<u64>>,
     resume: &str,
@@ -577,6 +579,7 @@ fn welcome(
         "path": route.path(),
         "streaming": streaming,
         "mode": feed.mode().name(),
+        "instance": instance,
         "interval_ms": feed.model.interval_ms() * options.every,
         "fields": options.fields.names(),
         "seq": latest,
@@ -634,8 +637,9 @@ mod tests {
         };
         let options = crate::options::parse(&[], &model, &[], &Default::default(), 10).unwrap();
         let model = &Feed { model, live: None };
-        let v = welcome(Route::Analytics, &options, model, 10, None, "hint");
+        let v = welcome(Route::Analytics, &options, model, "a", 10, None, "hint");
         assert_eq!(v["mode"], "sim");
+        assert_eq!(v["instance"], "a");
         assert_eq!(v["profile"], "blog");
         assert_eq!(v["type"], "welcome");
         assert_eq!(v["streaming"], true);
@@ -643,7 +647,7 @@ mod tests {
         assert_eq!(v["seq"], 10);
         assert_eq!(v["resume"], "hint");
         assert_eq!(v["fields"].as_array().unwrap().len(), 4);
-        let v = welcome(Route::Api, &options, model, 10, Some(5..=10), "hint");
+        let v = welcome(Route::Api, &options, model, "a", 10, Some(5..=10), "hint");
         assert_eq!(v["streaming"], false);
         assert_eq!(v["path"], "/api");
         assert!(
@@ -655,7 +659,7 @@ mod tests {
             resume_ignored: Some("why".into()),
             ..options.clone()
         };
-        let v = welcome(Route::Analytics, &resumed, model, 10, None, "");
+        let v = welcome(Route::Analytics, &resumed, model, "a", 10, None, "");
         assert_eq!(v["resume_ignored"], "why");
         let at_latest = Options {
             since: Some(10),
@@ -665,6 +669,7 @@ mod tests {
             Route::Analytics,
             &at_latest,
             model,
+            "a",
             10,
             at_latest.replay(10),
             "",
@@ -676,7 +681,7 @@ mod tests {
                 since: Some(since),
                 ..options.clone()
             };
-            let v = welcome(Route::Analytics, &options, model, 10, Some(5..=10), "");
+            let v = welcome(Route::Analytics, &options, model, "a", 10, Some(5..=10), "");
             assert_eq!(v["replay"]["cut"], cut, "since={since}");
         }
     }
