@@ -11,6 +11,9 @@
 #   scripts/bench.sh --ab OLD  # about 7 minutes: the release binary OLD (built from an
 #                              # earlier commit) and ours, alternated twice: REST and
 #                              # fan-out at 1000 and 5000 clients; writes out/ab.md
+#   scripts/bench.sh --fleet   # about 2 minutes: fan-out through haproxy (the README's
+#                              # configuration) to 3 instances x 1000 clients, against
+#                              # one instance with 1000; writes out/fleet.md
 #
 # Needs: wrk, node and npm, jq, curl, python3, and the Node peer (NODE_PEER, by default
 # ../shared/peers/node-seed; it is copied, since shared/ may be read-only). Load comes
@@ -19,9 +22,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=no old=
+quick=no old= fleet=no
 [ "${1:-}" = --quick ] && quick=yes
-if [ "${1:-}" = --ab ]; then
+if [ "${1:-}" = --fleet ]; then
+  fleet=yes window=20 out=out/fleet.md
+elif [ "${1:-}" = --ab ]; then
   old=$(realpath "${2:?usage: scripts/bench.sh --ab OLD_BINARY}")
   counts="1000 5000"; window=20; wrk_time=10s; out=out/ab.md
 elif [ $quick = yes ]; then
@@ -187,6 +192,79 @@ live() {
   kill "$pid"
   wait "$pid" 2>/dev/null || true
 }
+
+# fleet CLIENTS: the README's haproxy in front of 3 instances, CLIENTS WebSocket clients
+# through it, then CLIENTS / 3 on one instance alone: spread and CPU, as JSON lines.
+fleet() {
+  local clients=$1 pids=() servers= port cfg lg t0 t1 run
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] ||
+    { echo "bench: haproxy is not installed; scripts/test.sh installs it (or: apt-get install haproxy)" >&2; exit 1; }
+  for name in a b c; do
+    port=$(free_port)
+    pids+=("$(env PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warn INSTANCE=$name "$release/loadgen" startup \
+      --port "$port" --log "out/fleet-$name.log" -- "$release/realtime-analytics-backend" | jq .pid)")
+    servers+="    server $name 127.0.0.1:$port"$'\n'
+  done
+  port=$(free_port)
+  cfg=out/haproxy.cfg
+  awk '/^<!-- haproxy -->$/ { on = 1; next } on && /^```/ { if (inside) exit; inside = 1; next }
+       on && inside' README.md | grep -v '^    server ' |
+    sed "s/^    bind .*/    bind 127.0.0.1:$port/" >"$cfg"
+  printf '%s' "$servers" >>"$cfg"
+  "$(command -v haproxy || echo /usr/sbin/haproxy)" -db -f "$cfg" >out/haproxy.log 2>&1 &
+  local haproxy=$!
+  for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+  ticks() { local sum=0 pid; for pid in "$@"; do sum=$((sum + $(cpu_ticks "$pid"))); done; echo $sum; }
+  cpu() { awk -v a="$1" -v b="$2" -v hz="$hz" -v w="$window" 'BEGIN { printf "%.2f", (b - a) / hz / w * 100 }'; }
+  run=$(awk -v n="$clients" -v w="$window" 'BEGIN { printf "%.1f", n / 1000 + 3 + w }')
+  "$release/loadgen" --url "ws://127.0.0.1:$port/api/analytics" --clients "$clients" \
+    --seconds "$run" --ramp 1000 >out/fleet-3.json &
+  lg=$!
+  sleep "$(awk -v n="$clients" 'BEGIN { printf "%.1f", n / 1000 + 3 }')"
+  t0=$(ticks "${pids[@]}") h0=$(cpu_ticks "$haproxy")
+  sleep "$window"
+  t1=$(ticks "${pids[@]}") h1=$(cpu_ticks "$haproxy")
+  wait $lg
+  jq -c --argjson n "$clients" --argjson cpu "$(cpu "$t0" "$t1")" --argjson lb "$(cpu "$h0" "$h1")" \
+    '{server: "fleet", kind: "fanout", clients: $n, instances: 3, cpu_pct: $cpu, haproxy_cpu_pct: $lb,
+      spread_p50_ms: .spread_ms.p50, spread_p99_ms: .spread_ms.p99, lost: .samples_lost, connected}' \
+    out/fleet-3.json >>"$results"
+  echo "fleet: $(tail -1 "$results")" >&2
+  kill "$haproxy" "${pids[@]:1}"
+  wait "$haproxy" 2>/dev/null || true
+  # One instance alone, with a third of the clients: what each of the three carried.
+  port=$(awk -F: '/server a / { print $2 }' "$cfg")
+  run=$(awk -v n="$clients" -v w="$window" 'BEGIN { printf "%.1f", n / 3000 + 3 + w }')
+  "$release/loadgen" --url "ws://127.0.0.1:$port/api/analytics" --clients $((clients / 3)) \
+    --seconds "$run" --ramp 1000 >out/fleet-1.json &
+  lg=$!
+  sleep "$(awk -v n="$clients" 'BEGIN { printf "%.1f", n / 3000 + 3 }')"
+  t0=$(cpu_ticks "${pids[0]}")
+  sleep "$window"
+  t1=$(cpu_ticks "${pids[0]}")
+  wait $lg
+  jq -c --argjson n $((clients / 3)) --argjson cpu "$(cpu "$t0" "$t1")" \
+    '{server: "alone", kind: "fanout", clients: $n, instances: 1, cpu_pct: $cpu,
+      spread_p50_ms: .spread_ms.p50, spread_p99_ms: .spread_ms.p99, lost: .samples_lost, connected}' \
+    out/fleet-1.json >>"$results"
+  echo "fleet: $(tail -1 "$results")" >&2
+  kill "${pids[0]}"
+}
+
+if [ $fleet = yes ]; then
+  fleet 3000
+  {
+    echo "# Fan-out through haproxy: 3 instances against one"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, \`scripts/bench.sh --fleet\`"
+    echo
+    echo "| run | instances | clients | CPU % (instances) | haproxy CPU % | spread p50 / p99 ms | lost | connected |"
+    echo "|---|---|---|---|---|---|---|---|"
+    jq -r '"| \(.server) | \(.instances) | \(.clients) | \(.cpu_pct) | \(.haproxy_cpu_pct // "–") | \(.spread_p50_ms) / \(.spread_p99_ms) | \(.lost) | \(.connected) |"' "$results"
+  } >"$out"
+  cat "$out"
+  exit 0
+fi
 
 if [ -n "$old" ]; then
   for round in 1 2; do
