@@ -325,6 +325,23 @@ fn clients_of_a_stopped_instance_move_with_its_hint_and_miss_nothing() {
     let direct = fleet.instances["b"].1;
     let followed = followers(&fleet, 300, 8, || {
         fleet.signal("b", libc::SIGTERM);
+        // New clients meanwhile, every 2 ms: haproxy retries a refusal or a dropped
+        // connection of the stopping instance on another one, before its next check.
+        let refused: Vec<String> = (0..60)
+            .filter_map(|_| {
+                thread::sleep(Duration::from_millis(2));
+                let url = format!("ws://{}/api/analytics", fleet.addr);
+                let stream = TcpStream::connect(fleet.addr).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let request = url.into_client_request().unwrap();
+                tungstenite::client(request, stream)
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect();
+        assert!(refused.is_empty(), "while b stopped: {refused:?}");
         let not_ready = eventually(Duration::from_secs(2), || {
             status(direct, "/readyz").is_none_or(|s| s == 503)
         });
