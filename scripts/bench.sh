@@ -6,8 +6,9 @@
 # the tables.
 #
 #   scripts/bench.sh           # the full run, about 13 minutes: writes BENCHMARKS.md
-#   scripts/bench.sh --quick   # seconds, at tiny scale: writes out/bench.md (what CI runs,
-#                              # so that the benchmark never rots; it asserts nothing)
+#   scripts/bench.sh --quick   # minutes, at tiny scale (--fleet's too): writes out/bench.md
+#                              # (what CI runs, so that the benchmark never rots; it
+#                              # asserts nothing)
 #   scripts/bench.sh --ab OLD  # about 7 minutes: the release binary OLD (built from an
 #                              # earlier commit) and ours, alternated twice: REST and
 #                              # fan-out at 1000 and 5000 clients; writes out/ab.md
@@ -226,7 +227,7 @@ fleet() {
   t1=$(ticks "${pids[@]}") h1=$(cpu_ticks "$haproxy")
   wait $lg
   jq -c --argjson n "$clients" --argjson cpu "$(cpu "$t0" "$t1")" --argjson lb "$(cpu "$h0" "$h1")" \
-    '{server: "fleet", kind: "fanout", clients: $n, instances: 3, cpu_pct: $cpu, haproxy_cpu_pct: $lb,
+    '{server: "fleet", kind: "fleet", clients: $n, instances: 3, cpu_pct: $cpu, haproxy_cpu_pct: $lb,
       spread_p50_ms: .spread_ms.p50, spread_p99_ms: .spread_ms.p99, lost: .samples_lost, connected}' \
     out/fleet-3.json >>"$results"
   echo "fleet: $(tail -1 "$results")" >&2
@@ -244,7 +245,7 @@ fleet() {
   t1=$(cpu_ticks "${pids[0]}")
   wait $lg
   jq -c --argjson n $((clients / 3)) --argjson cpu "$(cpu "$t0" "$t1")" \
-    '{server: "alone", kind: "fanout", clients: $n, instances: 1, cpu_pct: $cpu,
+    '{server: "alone", kind: "fleet", clients: $n, instances: 1, cpu_pct: $cpu,
       spread_p50_ms: .spread_ms.p50, spread_p99_ms: .spread_ms.p99, lost: .samples_lost, connected}' \
     out/fleet-1.json >>"$results"
   echo "fleet: $(tail -1 "$results")" >&2
@@ -288,6 +289,7 @@ fi
 if [ $quick = yes ]; then
   bench ours env MAX_WS_CLIENTS=50 "$release/realtime-analytics-backend"
   few=100 many=1000 live 5
+  fleet 30
 else
   bench ours "$release/realtime-analytics-backend"
   few=10000 many=100000 live 20

@@ -212,6 +212,20 @@ if live_events and live_visitors:
     w("|---|---|---|---|---|---|")
     w(f"| {v['visitors']:,} | {v['rss_kb'] / 1024:.1f} MB | {v['rss_per_visitor_bytes']} B | {v['evicted']} | "
       f"{v['tick_active_ms']:.2f} ms | {v['tick_leaving_ms']:.2f} ms |")
+fleet_rows = [r for r in rows if r["kind"] == "fleet"]
+if fleet_rows:
+    w("")
+    w("## Several instances behind haproxy")
+    w("")
+    w("The README's haproxy configuration in front of 3 instances, then one instance alone with a "
+      "third of the clients (`scripts/bench.sh --fleet` at full scale).")
+    w("")
+    w("| run | instances | clients | CPU, instances together | haproxy CPU | spread p50 / p99 | lost |")
+    w("|---|---|---|---|---|---|---|")
+    for r in fleet_rows:
+        lb = f"{r['haproxy_cpu_pct']:.2f} %" if "haproxy_cpu_pct" in r else "–"
+        w(f"| {r['server']} | {r['instances']} | {r['clients']} | {r['cpu_pct']:.2f} % | {lb} | "
+          f"{r['spread_p50_ms']:.1f} / {r['spread_p99_ms']:.1f} ms | {r['lost']} |")
 # Measurements bench.sh does not take (soak, sizing) are kept from the current file.
 KEEP = "<!-- Everything below is kept by scripts/bench.sh"
 try:
