@@ -288,7 +288,8 @@ impl<E: Encoder> Client<'_, E> {
             latest,
             subscription,
         } = start;
-        if let Err(end) = self.open(&latest, subscription.is_some()) {
+        let samples = subscription.as_ref().map(|s| &s.samples);
+        if let Err(end) = self.open(&latest, samples) {
             return end;
         }
         let events = match self.watch() {
@@ -306,15 +307,16 @@ impl<E: Encoder> Client<'_, E> {
 
     /// Writes the welcome and the opening samples, blocking with a timeout: none of it
     /// may be skipped. The opening samples are the latest, or the replay the client asked
-    /// for with `since` ([`Client::replay`]).
+    /// for with `since` ([`Client::replay`]); `samples` is the subscription of a path
+    /// that streams them.
     #[inline(never)]
-    fn open(&mut self, latest: &Tick, streaming: bool) -> Result<(), End> {
+    fn open(&mut self, latest: &Tick, samples: Option<&Receiver<Tick>>) -> Result<(), End> {
         let feed = &self.streams.ctx.feed;
         // In live mode, from the oldest sample kept at most: the welcome says it was cut.
         let replay = self
             .options
             .replay(latest.seq)
-            .filter(|_| streaming)
+            .filter(|_| samples.is_some())
             .map(|ticks| {
                 let oldest = feed.oldest(self.options.site).unwrap_or(0);
                 (*ticks.start()).max(oldest)..=*ticks.end()
@@ -335,33 +337,37 @@ impl<E: Encoder> Client<'_, E> {
             .map_err(|e| End::Lost(e.to_string()))?;
         self.encoder.open(&welcome)?;
         drop(welcome);
-        self.opened_to = latest.seq;
+        let Some(samples) = samples else {
+            return self.encoder.opened();
+        };
         match replay {
-            Some(ticks) => self.replay(ticks)?,
-            None if streaming => {
+            Some(ticks) => self.opened_to = ticks.start() - 1,
+            None => {
                 let json = self.options.encode(feed, latest.seq, Some(latest));
                 self.encoder.open_sample(latest.seq, json)?;
                 self.counted_sent();
+                self.opened_to = latest.seq;
             }
-            None => {}
         }
-        self.encoder.opened()
+        self.replay(latest.seq, samples)
     }
 
-    /// Sends the samples the client missed, then those published meanwhile: the live
-    /// samples that follow start after the last one sent, with no gap. Samples are encoded
-    /// a batch at a time (`budget::BATCH`) under one of the server's turns, given back
-    /// before the batch is written; the client must keep up with `budget::MIN_RATE` after
+    /// Sends the samples after `opened_to` up to `last`, then those published meanwhile,
+    /// until all are written and none is newer: the live samples that follow start after
+    /// the last one sent, with no gap. The samples queued for the stream meanwhile are
+    /// stale, and are dropped before each look at the latest, so that the queue has room
+    /// for the samples published after it. Samples are encoded a batch at a time
+    /// (`budget::BATCH`) under one of the server's turns, given back before the batch is
+    /// written; the client must keep up with `budget::MIN_RATE` after
     /// `OPENING_WRITE_TIMEOUT`. Closes 1013 if no turn frees up in time.
     #[inline(never)]
-    fn replay(&mut self, ticks: RangeInclusive<u64>) -> Result<(), End> {
+    fn replay(&mut self, mut last: u64, samples: &Receiver<Tick>) -> Result<(), End> {
         let ctx = &self.streams.ctx;
         let started = Instant::now();
-        let (mut next, mut last) = ticks.into_inner();
         let mut bytes = 0;
         let mut batch = Vec::new();
         loop {
-            let mut seqs = (next..=last)
+            let mut seqs = (self.opened_to + 1..=last)
                 .filter(|seq| seq % self.options.every == 0)
                 .peekable();
             while seqs.peek().is_some() {
@@ -388,11 +394,13 @@ impl<E: Encoder> Client<'_, E> {
                 }
             }
             self.opened_to = last;
+            self.encoder.opened()?;
+            while samples.try_recv().is_ok() {}
             let latest = ctx.hub(self.options.site).latest().seq;
             if latest <= last {
                 return Ok(());
             }
-            (next, last) = (last + 1, latest);
+            last = latest;
         }
     }
 
