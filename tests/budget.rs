@@ -8,11 +8,19 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// Every test here measures this process's RSS, or floods both cores: run together, they
+/// would measure each other (one history test saw 44 MiB where it holds under 40, beside
+/// a flood's clients). Each holds this guard throughout.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The seq of the latest sample.
 fn latest(addr: SocketAddr) -> u64 {
@@ -59,6 +67,7 @@ fn peak_growth(before: usize, window: Duration) -> usize {
 /// time as the client takes it, and long ones take turns.
 #[test]
 fn long_resumes_never_read_cost_bounded_memory() {
+    let _one = one_at_a_time();
     let s = TestServer::start();
     let target = worst_resume(s.addr);
     let (threads, _) = threads_and_fds();
@@ -124,6 +133,7 @@ fn read_slowly_to_the_end(since: u64, mut next: impl FnMut() -> u64) {
 /// over WebSocket when the stream's thread was descheduled there, in 1 of ~50 runs).
 #[test]
 fn a_long_resume_read_slowly_continues_without_a_gap() {
+    let _one = one_at_a_time();
     let s = TestServer::with(|c| c.interval = Duration::from_millis(100));
     let since = latest(s.addr) - 9999;
     let target = format!("/api/analytics?since={since}&fields=all&seq=1");
@@ -160,6 +170,7 @@ fn a_long_resume_read_slowly_continues_without_a_gap() {
 /// piece at a time, and at most a few at once.
 #[test]
 fn big_histories_never_read_cost_bounded_memory() {
+    let _one = one_at_a_time();
     let s = TestServer::start();
     let before = rss();
     let request = format!("GET {WORST_HISTORY} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -178,6 +189,7 @@ fn big_histories_never_read_cost_bounded_memory() {
 /// (36 of 50 got that when the held bytes ran out).
 #[test]
 fn slow_readers_of_big_histories_get_the_answer_or_a_retry() {
+    let _one = one_at_a_time();
     let s = TestServer::with(|c| c.cpu_budget = Some(0.05));
     let turns = s.server().budget().turns;
     let addr = s.addr;
@@ -238,6 +250,7 @@ fn slow_readers_of_big_histories_get_the_answer_or_a_retry() {
 /// a 503, and so did every other history and long resume.
 #[test]
 fn clients_that_stop_reading_hold_no_turns() {
+    let _one = one_at_a_time();
     let s = TestServer::with(|c| c.cpu_budget = Some(0.01));
     assert_eq!(s.server().budget().turns, 4);
     let request = format!("GET {WORST_HISTORY} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -269,6 +282,7 @@ fn clients_that_stop_reading_hold_no_turns() {
 /// welcome, with no `replay`, then the stream stays open for the next sample.
 #[test]
 fn a_resume_that_missed_nothing_stays_open() {
+    let _one = one_at_a_time();
     let s = TestServer::with(|c| c.interval = Duration::from_secs(60));
     let latest = latest(s.addr);
     let (mut ws, welcome) = ws_connect(s.addr, &format!("/api/analytics?since={latest}"));
@@ -288,6 +302,7 @@ fn a_resume_that_missed_nothing_stays_open() {
 /// kernel's socket buffers to this).
 #[test]
 fn streams_that_park_unfinished_messages_stay_within_their_cost() {
+    let _one = one_at_a_time();
     use realtime_analytics_backend::budget::STREAM_COST;
     let s = TestServer::start();
     let (threads, _) = threads_and_fds();
@@ -431,9 +446,6 @@ fn health_checks_at_a_tenth_of_a_core(
     request: impl Fn(SocketAddr) -> String,
     flood: fn(SocketAddr, &[u8], &AtomicBool),
 ) -> Vec<(u16, Duration, String)> {
-    // One at a time: two floods on the same two cores would measure each other.
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let limit = CpuLimit::new(
         &format!("rab-{name}-{}", std::process::id()),
         Duration::from_millis(10),
@@ -488,6 +500,7 @@ fn health_checks_at_a_tenth_of_a_core(
 #[test]
 #[ignore = "slow tier: floods a server in a cpu cgroup for 12 s; needs root; scripts/test.sh runs it"]
 fn a_tenth_of_a_core_flooded_with_requests_answers_health_checks() {
+    let _one = one_at_a_time();
     let probes = health_checks_at_a_tenth_of_a_core(
         "requests",
         |_| "GET /api/analytics/history?last=6m HTTP/1.1\r\nHost: x\r\n\r\n".into(),
@@ -523,6 +536,7 @@ fn a_tenth_of_a_core_flooded_with_requests_answers_health_checks() {
 #[test]
 #[ignore = "slow tier: floods a server in a cpu cgroup for 12 s; needs root; scripts/test.sh runs it"]
 fn a_tenth_of_a_core_with_hundreds_of_stalled_resumes_answers_health_checks() {
+    let _one = one_at_a_time();
     let probes = health_checks_at_a_tenth_of_a_core(
         "resumes",
         |addr| upgrade_request(addr, &worst_resume(addr), HANDSHAKE),
@@ -559,6 +573,7 @@ fn a_tenth_of_a_core_with_hundreds_of_stalled_resumes_answers_health_checks() {
 #[test]
 #[ignore = "slow tier: floods a server in a cpu cgroup for 12 s; needs root; scripts/test.sh runs it"]
 fn a_tenth_of_a_core_with_silent_sockets_reconnecting_answers_health_checks() {
+    let _one = one_at_a_time();
     let probes = health_checks_at_a_tenth_of_a_core(
         "squatters",
         |_| String::new(),
