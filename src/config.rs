@@ -92,6 +92,9 @@ pub struct Config {
     pub active_window: Duration,
     /// `SESSION_TIMEOUT`: a session ends this long after its last event.
     pub session_timeout: Duration,
+    /// `REDIS_URL`: where live mode keeps its state for several instances. `None`: in
+    /// this process.
+    pub redis_url: Option<String>,
 }
 
 /// Where samples come from.
@@ -138,6 +141,7 @@ impl Default for Config {
             instance: None,
             mode: Mode::Sim,
             sites: Vec::new(),
+            redis_url: None,
             trusted_proxy_hops: 0,
             max_visitors: None,
             live_history: None,
@@ -225,9 +229,13 @@ impl Var {
 
     /// The error for a value of this variable that cannot be used.
     fn refuse(&self, value: &[u8], not_utf8: bool) -> ConfigError {
+        let value = printable(value);
         ConfigError {
             var: self.name,
-            value: printable(value),
+            value: match self.name {
+                "REDIS_URL" => without_password(&value),
+                _ => value,
+            },
             not_utf8,
             allowed: format!("{} (unset it to use the default)", self.allowed()),
         }
@@ -265,7 +273,7 @@ const fn text(
 }
 
 /// Every variable the server reads, in the order people look for them.
-pub const VARS: [Var; 29] = [
+pub const VARS: [Var; 30] = [
     integer(
         "PORT",
         "4000",
@@ -377,6 +385,22 @@ pub const VARS: [Var; 29] = [
         "live mode: a session ends this long after its last event",
         |c, s| {
             c.session_timeout = duration(s, 1000, 86_400_000)?;
+            Some(())
+        },
+    ),
+    text(
+        "REDIS_URL",
+        "unset",
+        "redis://[[user]:password@]host[:port][/db], or \"unset\"",
+        "live mode: the Redis (7 or later, or Valkey) where several instances keep their state, so that each serves the same samples; unset: the state is in this process",
+        |c, s| {
+            c.redis_url = match s {
+                "unset" => None,
+                url if url.starts_with("redis://") && redis::parse_redis_url(url).is_some() => {
+                    Some(url.to_string())
+                }
+                _ => return None,
+            };
             Some(())
         },
     ),
@@ -614,6 +638,13 @@ impl Config {
                 "unset in sim mode: add MODE=live to count these sites, or unset SITES to simulate",
             );
         }
+        if let (Mode::Sim, Some(url)) = (self.mode, &self.redis_url) {
+            return refuse(
+                "REDIS_URL",
+                without_password(url),
+                "unset in sim mode, where every instance agrees without it: add MODE=live, or unset REDIS_URL",
+            );
+        }
         if self.active_window > self.session_timeout {
             return refuse(
                 "ACTIVE_WINDOW",
@@ -622,6 +653,19 @@ impl Config {
             );
         }
         Ok(())
+    }
+}
+
+/// `url` with its user and password (if any) replaced by `***`, and all of it if it is
+/// no URL (it may be a password pasted alone): fit for a log line.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".to_string();
+    };
+    let host = rest.find('/').map_or(rest, |end| &rest[..end]);
+    match host.rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -740,6 +784,35 @@ mod tests {
                 assert_eq!(format!("{c:?}"), defaults, "{name}={empty:?}");
             }
         }
+    }
+
+    /// A Redis URL may hold a password: no error shows it.
+    #[test]
+    fn redis_is_for_live_mode_and_its_password_is_never_shown() {
+        let live = [("MODE", "live"), ("SITES", "a.example")];
+        let with = |url| {
+            let mut pairs = live.to_vec();
+            pairs.push(("REDIS_URL", url));
+            from(&pairs)
+        };
+        let url = "redis://:s3cret@red-1.internal:6379/2";
+        assert_eq!(with(url).unwrap().redis_url.as_deref(), Some(url));
+        assert_eq!(with("unset").unwrap().redis_url, None);
+        for bad in [
+            "rediss://:s3cret@red-1.internal:6379",
+            "http://s3cret@red-1.internal",
+            "redis://:s3cret@",
+            "s3cret",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.var, "REDIS_URL", "{bad}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let e = from(&[("REDIS_URL", url)]).unwrap_err();
+        assert_eq!(e.var, "REDIS_URL");
+        assert!(e.to_string().contains("add MODE=live"), "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        assert_eq!(without_password(url), "redis://***@red-1.internal:6379/2");
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct Metrics {
     visitors_evicted: AtomicU64,
     /// The longest live tick so far, in microseconds.
     tick_max_us: AtomicU64,
+    buffered: AtomicU64,
+    dropped: AtomicU64,
+    stale_ticks: AtomicU64,
 }
 
 /// One metric: what `/metrics` says about it, and how to read its values.
@@ -73,7 +76,7 @@ const fn metric(
 }
 
 /// Every metric, in the order `/metrics` lists them.
-pub const METRICS: [Metric; 23] = [
+pub const METRICS: [Metric; 26] = [
     metric(
         "analytics_mode",
         "gauge",
@@ -125,6 +128,24 @@ pub const METRICS: [Metric; 23] = [
             live(m, &m.tick_max_us)
                 .map(|values| values.into_iter().map(|(l, us)| (l, us / 1e6)).collect())
         },
+    ),
+    metric(
+        "analytics_live_buffered_events",
+        "gauge",
+        "Live mode with REDIS_URL: events held while Redis fails, counted once it answers.",
+        |m| live(m, &m.buffered),
+    ),
+    metric(
+        "analytics_live_dropped_events_total",
+        "counter",
+        "Live mode with REDIS_URL: events not counted, received while Redis failed and the buffer was full.",
+        |m| live(m, &m.dropped),
+    ),
+    metric(
+        "analytics_live_stale_ticks_total",
+        "counter",
+        "Live mode with REDIS_URL: ticks published stale, Redis having failed.",
+        |m| live(m, &m.stale_ticks),
     ),
     metric(
         "analytics_samples_generated_total",
@@ -405,6 +426,21 @@ impl Metrics {
     pub fn live_tick(&self, took: Duration) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.tick_max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Events held for Redis now.
+    pub fn events_buffered(&self, n: usize) {
+        self.buffered.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// An event dropped: Redis failed and the buffer was full.
+    pub fn event_dropped(&self) {
+        add(&self.dropped, 1);
+    }
+
+    /// A tick published stale.
+    pub fn stale_tick(&self) {
+        add(&self.stale_ticks, 1);
     }
 
     /// A request the workers decided on: a reply, one computed later, or a stream.

@@ -424,18 +424,27 @@ fn health(ctx: &Context) -> Reply {
     )
 }
 
-/// `GET /readyz`: whether to send new clients here (503 while shutting down).
+/// `GET /readyz`: whether to send new clients here (503 while shutting down, or while
+/// the Redis of live mode fails).
 fn ready(ctx: &Context) -> Reply {
-    if ctx.ready.load(Ordering::SeqCst) {
-        http::json(200, &json!({ "status": "ready" }))
-    } else {
-        http::error(
+    if !ctx.ready.load(Ordering::SeqCst) {
+        return http::error(
             503,
             "shutting_down",
             "This instance is shutting down; send new clients to another one.",
             &[],
-        )
+        );
     }
+    if ctx.feed.live.as_ref().is_some_and(|live| !live.ready()) {
+        return http::error(
+            503,
+            "redis_unavailable",
+            "This instance cannot reach its Redis (REDIS_URL): its samples are stale. Send \
+             new clients to another one; the log says what failed.",
+            &[],
+        );
+    }
+    http::json(200, &json!({ "status": "ready" }))
 }
 
 /// `GET /metrics`: Prometheus text exposition format.
@@ -515,6 +524,17 @@ fn event(request: &ClientRequest, ctx: &Context) -> Reply {
         Recorded::Counted => accepted(None),
         Recorded::Bot => accepted(Some("bot")),
         Recorded::NoSession => accepted(Some("no_session")),
+        Recorded::Buffered => accepted(Some("buffered")),
+        Recorded::Dropped => http::error(
+            503,
+            "redis_unavailable",
+            &format!(
+                "This instance cannot reach its Redis, and holds {} events already: this \
+                 one was not counted. Retry after the Retry-After header's seconds.",
+                live::BUFFER
+            ),
+            &[],
+        ),
         Recorded::UnknownSite => http::error(
             403,
             "unknown_site",

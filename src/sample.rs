@@ -37,6 +37,9 @@ pub struct Sample {
     pub page_views: u32,
     /// Minutes, one decimal.
     pub avg_session_duration: f64,
+    /// Live mode with Redis: Redis failed, and this sample repeats the last one's gauges
+    /// with no page views (`"stale": true`, after the fields).
+    pub stale: bool,
     /// Computed only when a client selected a detail field.
     pub details: Option<Details>,
 }
@@ -156,6 +159,7 @@ pub fn encode(sample: &Sample, fields: Fields, with_seq: bool) -> Bytes {
             .filter(|_| pick("top_pages"))
             .map(|d| Breakdown(&d.top_pages)),
         seq: with_seq.then_some(sample.seq),
+        stale: sample.stale.then_some(true),
     };
     // Strings and numbers cannot fail to serialize.
     Bytes::from(serde_json::to_vec(&out).unwrap_or_default())
@@ -185,6 +189,8 @@ struct Out<'a> {
     top_pages: Option<Breakdown<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stale: Option<bool>,
 }
 
 /// A breakdown as a JSON object, largest-first order kept: `{"desktop": 41, ...}`.
@@ -228,6 +234,7 @@ mod tests {
             active_users: 87,
             page_views: 152,
             avg_session_duration: 4.6,
+            stale: false,
             details: details.then(|| Details {
                 bounce_rate: 0.412,
                 new_visitors: 30,

@@ -27,6 +27,7 @@ use crate::feed::Feed;
 use crate::generator;
 use crate::http::{self, Cors, Decision, Reply, StreamFn};
 use crate::hub::Hub;
+use crate::live::store::Store;
 use crate::live::{self, Live};
 use crate::metrics::Metrics;
 use crate::paths::{self, Route};
@@ -167,7 +168,12 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let live = match config.mode {
         Mode::Live => {
             let settings = live_settings(config, &budget)?;
-            Some(Arc::new(Live::new(settings, Arc::clone(&metrics))))
+            let store = config.redis_url.as_deref().map(Store::new).transpose();
+            let store = store.map_err(|e| StartError::Part {
+                what: "the Redis client",
+                source: Box::new(e),
+            })?;
+            Some(Arc::new(Live::new(settings, Arc::clone(&metrics), store)))
         }
         Mode::Sim => None,
     };
@@ -242,6 +248,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         max_connections: caps.http,
         trusted_proxy_hops: config.trusted_proxy_hops,
         hide_peers: config.mode == Mode::Live,
+        fleet_digests: config.redis_url.is_some(),
     };
     let edge = Arc::new(
         Edge::new(
@@ -334,9 +341,12 @@ impl Server {
         let live = self.streams.ctx.feed.live.as_ref()?;
         let s = &live.settings;
         let kept = s.interval * s.history_ticks as u32;
+        let state = live.redis().map_or("in this process".to_string(), |url| {
+            format!("in Redis at {url}")
+        });
         Some(format!(
             "live mode: SITES={} MAX_VISITORS={}, samples kept {} min, active window {} s, \
-             sessions end after {} s idle",
+             sessions end after {} s idle, state {state}",
             s.sites.join(","),
             s.max_visitors,
             kept.as_secs() / 60,

@@ -277,6 +277,7 @@ impl Model {
             active_users,
             page_views,
             avg_session_duration: (session.clamp(0.5, 60.0) * 10.0).round() / 10.0,
+            stale: false,
             details: details.then(|| self.details(secs, &shape, burst, active_users, page_views)),
         }
     }

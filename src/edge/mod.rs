@@ -81,6 +81,8 @@ pub struct Limits {
     /// The log names no peer by its address (live mode: any peer may be a site's
     /// visitor), only by a digest.
     pub hide_peers: bool,
+    /// Digests the same in every instance: live mode's state is shared (`REDIS_URL`).
+    pub fleet_digests: bool,
 }
 
 pub struct Edge {
@@ -161,7 +163,11 @@ impl Edge {
         let addr = listener.local_addr()?;
         let upstream = Upstream::open(tiny_http, &clients.secret, &acked)?;
         Ok(Edge {
-            identity: identity::Identity::new(limits.trusted_proxy_hops, limits.hide_peers),
+            identity: identity::Identity::new(
+                limits.trusted_proxy_hops,
+                limits.hide_peers,
+                limits.fleet_digests,
+            ),
             listener,
             addr,
             limits,

@@ -40,9 +40,11 @@
 //! bounded too, the rest counted as `other`.
 
 pub mod event;
+pub mod store;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::Hasher;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,8 @@ use crate::metrics::Metrics;
 use crate::sample::{Details, Label, Sample, timestamp};
 use crate::sync::lock;
 use event::{Event, Kind};
+use redis::RedisError;
+use store::Store;
 
 /// A UTC day in milliseconds: visitor keys rotate at each day's start.
 const DAY_MS: u64 = 86_400_000;
@@ -64,6 +68,10 @@ const BURST: f64 = 60.0;
 const REFILL_PER_SEC: f64 = 10.0;
 /// Addresses with a bucket not yet full again, at most.
 const MAX_BUCKETS: usize = 100_000;
+/// Events one instance holds while Redis is unreachable, at most; past it, dropped.
+pub const BUFFER: usize = 10_000;
+/// Buffered events recorded per tick once Redis is back (each a round trip).
+const FLUSH_PER_TICK: usize = 2_000;
 
 /// How live mode counts.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +100,10 @@ pub enum Recorded {
     NoSession,
     /// For none of `SITES`.
     UnknownSite,
+    /// Redis is unreachable: held to be recorded when it is back.
+    Buffered,
+    /// Redis is unreachable and the buffer is full: not counted.
+    Dropped,
 }
 
 /// Live mode's state: the visitors, the counters each tick reads, and the samples kept.
@@ -101,12 +113,41 @@ pub struct Live {
     /// Per site, the samples of the last `history_ticks` ticks, oldest first.
     kept: Vec<Mutex<VecDeque<Sample>>>,
     metrics: Arc<Metrics>,
+    /// With `REDIS_URL`: the fleet's state, where events are recorded and ticks computed.
+    shared: Option<Shared>,
+}
+
+/// Live mode's state in Redis ([`store`]), and how this instance gets on without it.
+struct Shared {
+    store: Store,
+    /// [`STARTING`], [`UP`] or [`DOWN`]: whether the last call succeeded.
+    redis: AtomicU8,
+    /// Events received while Redis was down, oldest first, at most [`BUFFER`].
+    buffer: Mutex<VecDeque<Pending>>,
+    /// Ticks published stale, to be replaced by the fleet's once Redis is back, and
+    /// whether the fleet's history has been loaded.
+    catch_up: Mutex<(Vec<u64>, bool)>,
+}
+
+/// Redis has not answered yet, answers, or failed: `Shared::redis`.
+const STARTING: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// An event waiting for Redis.
+struct Pending {
+    event: Event,
+    sites: Vec<u16>,
+    visitor: u64,
+    now_ms: u64,
 }
 
 struct State {
     /// The day the key is for, and the key.
     day: u64,
     key: (u64, u64),
+    /// With Redis: the key is the fleet's (Redis holds each day's).
+    key_shared: bool,
     visitors: HashMap<u64, Visitor>,
     /// Every visitor by (last event, id): what a window's end and eviction walk.
     by_last: BTreeSet<(u64, u64)>,
@@ -163,13 +204,15 @@ fn device(width: Option<u32>) -> u8 {
 }
 
 impl Live {
-    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Live {
+    /// Live mode, counting in this process, or in Redis when `store` is given.
+    pub fn new(settings: Settings, metrics: Arc<Metrics>, store: Option<Store>) -> Live {
         metrics.go_live();
         let sites = settings.sites.len();
         Live {
             state: Mutex::new(State {
                 day: u64::MAX,
                 key: (0, 0),
+                key_shared: false,
                 visitors: HashMap::new(),
                 by_last: BTreeSet::new(),
                 cutoff: 0,
@@ -179,7 +222,25 @@ impl Live {
             kept: (0..sites).map(|_| Mutex::new(VecDeque::new())).collect(),
             metrics,
             settings,
+            shared: store.map(|store| Shared {
+                store,
+                redis: AtomicU8::new(STARTING),
+                buffer: Mutex::new(VecDeque::new()),
+                catch_up: Mutex::new((Vec::new(), false)),
+            }),
         }
+    }
+
+    /// Where the state is kept when not in this process: the Redis URL, without password.
+    pub fn redis(&self) -> Option<&str> {
+        self.shared.as_ref().map(|s| s.store.shown.as_str())
+    }
+
+    /// Whether to send this instance new clients: not while Redis, if used, fails.
+    pub fn ready(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|s| s.redis.load(Ordering::Relaxed) == UP)
     }
 
     /// Takes a token of the bucket of `client` (the edge's digest of the sender's
@@ -229,6 +290,22 @@ impl Live {
             self.metrics.bot_event();
             return Recorded::Bot;
         }
+        if let Some(shared) = &self.shared {
+            // While Redis is down, only the generator's ticks try it.
+            if shared.redis.load(Ordering::Relaxed) != DOWN {
+                match self.record_shared(shared, event, &sites, visitor, now_ms) {
+                    Ok(recorded) => return recorded,
+                    Err(e) => self.failed(shared, &e),
+                }
+            }
+            let pending = Pending {
+                event: event.clone(),
+                sites,
+                visitor,
+                now_ms,
+            };
+            return self.hold(shared, pending);
+        }
         let mut state = lock(&self.state);
         state.rotate(now_ms);
         let mut counted = false;
@@ -249,7 +326,9 @@ impl Live {
     pub fn tick(&self, seq: u64, now_ms: u64) -> Vec<Sample> {
         let interval_ms = self.settings.interval.as_millis() as u64;
         let started = Instant::now();
-        let samples: Vec<Sample> = {
+        let samples: Vec<Sample> = if let Some(shared) = &self.shared {
+            self.tick_shared(shared, seq)
+        } else {
             let mut state = lock(&self.state);
             state.rotate(now_ms);
             state.close_window(now_ms, &self.settings);
@@ -257,7 +336,7 @@ impl Live {
             state
                 .sites
                 .iter_mut()
-                .map(|site| site.sample(seq, seq * interval_ms))
+                .map(|site| site.take().sample(seq, seq * interval_ms))
                 .collect()
         };
         self.metrics.live_tick(started.elapsed());
@@ -287,8 +366,202 @@ impl Live {
             .cloned()
             .unwrap_or_else(|| {
                 let interval_ms = self.settings.interval.as_millis() as u64;
-                SiteCounts::default().sample(seq, seq * interval_ms)
+                Totals::default().sample(seq, seq * interval_ms)
             })
+    }
+    /// Records `event` in Redis for `sites`, from `visitor`, at `now_ms`.
+    fn record_shared(
+        &self,
+        shared: &Shared,
+        event: &Event,
+        sites: &[u16],
+        visitor: u64,
+        now_ms: u64,
+    ) -> Result<Recorded, RedisError> {
+        let pairs = {
+            let mut state = lock(&self.state);
+            state.rotate(now_ms);
+            if !state.key_shared {
+                state.key = shared.store.day_key(state.day, state.key)?;
+                state.key_shared = true;
+            }
+            let ids: Vec<(u16, u64)> = sites
+                .iter()
+                .map(|&site| (site, state.hash(site_and(site, visitor))))
+                .collect();
+            ids
+        };
+        let recorded = shared.store.record(
+            event,
+            &pairs,
+            now_ms,
+            self.settings.session_timeout.as_millis() as u64,
+            self.settings.max_visitors,
+        )?;
+        for _ in 0..recorded.evicted {
+            self.metrics.visitor_evicted();
+        }
+        Ok(if recorded.counted {
+            self.metrics.event_counted();
+            Recorded::Counted
+        } else {
+            Recorded::NoSession
+        })
+    }
+
+    /// Holds an event for Redis's return, or drops it when the buffer is full.
+    fn hold(&self, shared: &Shared, pending: Pending) -> Recorded {
+        let mut buffer = lock(&shared.buffer);
+        if buffer.len() >= BUFFER {
+            self.metrics.event_dropped();
+            return Recorded::Dropped;
+        }
+        buffer.push_back(pending);
+        self.metrics.events_buffered(buffer.len());
+        Recorded::Buffered
+    }
+
+    /// A Redis call failed: the first failure of an outage is logged.
+    fn failed(&self, shared: &Shared, error: &RedisError) {
+        if shared.redis.swap(DOWN, Ordering::Relaxed) != DOWN {
+            log::error!(
+                "Redis failed ({error}): streams go on with stale samples, /readyz answers \
+                 503, and events wait here (at most {BUFFER}) until Redis answers again"
+            );
+        }
+    }
+
+    /// Tick `seq`'s samples from the fleet's totals, after recording the events held;
+    /// while Redis fails, stale ones.
+    fn tick_shared(&self, shared: &Shared, seq: u64) -> Vec<Sample> {
+        let start_ms = seq * self.settings.interval.as_millis() as u64;
+        let sites = self.settings.sites.len();
+        let totals = self.flush(shared).and_then(|()| {
+            let ticked = shared.store.tick(seq, start_ms, &self.settings)?;
+            self.metrics.visitors(ticked.visitors);
+            Totals::parse(&ticked.totals, sites).ok_or_else(|| {
+                RedisError::from((redis::ErrorKind::UnexpectedReturnType, "malformed totals"))
+            })
+        });
+        match totals {
+            Ok(totals) => {
+                match shared.redis.swap(UP, Ordering::Relaxed) {
+                    DOWN => {
+                        log::info!("Redis answers again: counting in it, stale ticks replaced");
+                        // Redis may have restarted without its data: agree on a key again.
+                        lock(&self.state).key_shared = false;
+                    }
+                    STARTING => log::info!("Redis answers: counting in it"),
+                    _ => {}
+                }
+                self.catch_up(shared, seq);
+                totals
+                    .into_iter()
+                    .map(|t| t.sample(seq, start_ms))
+                    .collect()
+            }
+            Err(e) => {
+                self.failed(shared, &e);
+                self.metrics.stale_tick();
+                let mut catch_up = lock(&shared.catch_up);
+                if catch_up.0.len() >= self.settings.history_ticks {
+                    catch_up.0.remove(0);
+                }
+                catch_up.0.push(seq);
+                (0..sites).map(|site| self.stale(site, seq)).collect()
+            }
+        }
+    }
+
+    /// Records up to [`FLUSH_PER_TICK`] held events, oldest first.
+    fn flush(&self, shared: &Shared) -> Result<(), RedisError> {
+        for _ in 0..FLUSH_PER_TICK {
+            let Some(p) = lock(&shared.buffer).pop_front() else {
+                break;
+            };
+            // At the time it was received, with the key of the day it is counted in.
+            let recorded = self.record_shared(shared, &p.event, &p.sites, p.visitor, p.now_ms);
+            if let Err(e) = recorded {
+                let mut buffer = lock(&shared.buffer);
+                buffer.push_front(p);
+                return Err(e);
+            }
+            self.metrics.events_buffered(lock(&shared.buffer).len());
+        }
+        Ok(())
+    }
+
+    /// Once Redis answers: loads the fleet's history before tick `seq` (the first time),
+    /// and replaces the ticks published stale with the fleet's. Tried again at the next
+    /// tick if it fails.
+    fn catch_up(&self, shared: &Shared, seq: u64) {
+        let mut catch_up = lock(&shared.catch_up);
+        let (stale, loaded) = &mut *catch_up;
+        let seqs: Vec<u64> = if *loaded {
+            stale.clone()
+        } else {
+            let first = match shared.store.first() {
+                Ok(first) => first.unwrap_or(seq),
+                Err(_) => return,
+            };
+            let from = first.max((seq + 1).saturating_sub(self.settings.history_ticks as u64));
+            (from..seq).collect()
+        };
+        if seqs.is_empty() {
+            *loaded = true;
+            return;
+        }
+        let Ok(stored) = shared.store.totals(&seqs) else {
+            return;
+        };
+        let interval_ms = self.settings.interval.as_millis() as u64;
+        let sites = self.settings.sites.len();
+        for (site, kept) in self.kept.iter().enumerate() {
+            let mut kept = lock(kept);
+            let samples = seqs.iter().zip(&stored).map(|(&seq, totals)| {
+                let parsed = totals.as_deref().and_then(|t| Totals::parse(t, sites));
+                match parsed {
+                    Some(mut totals) => totals.swap_remove(site).sample(seq, seq * interval_ms),
+                    // No instance computed it: Redis was down for the whole fleet.
+                    None => Sample {
+                        stale: true,
+                        ..Totals::default().sample(seq, seq * interval_ms)
+                    },
+                }
+            });
+            if *loaded {
+                for sample in samples {
+                    let first = kept.front().map_or(u64::MAX, |s| s.seq);
+                    if let Some(slot) = sample
+                        .seq
+                        .checked_sub(first)
+                        .and_then(|i| kept.get_mut(i as usize))
+                    {
+                        *slot = sample;
+                    }
+                }
+            } else {
+                *kept = samples.collect();
+            }
+        }
+        stale.clear();
+        *loaded = true;
+    }
+
+    /// A stale sample for tick `seq` of `site`: the last one's gauges, with no page views,
+    /// marked `stale`.
+    fn stale(&self, site: usize, seq: u64) -> Sample {
+        let start_ms = seq * self.settings.interval.as_millis() as u64;
+        let last = lock(&self.kept[site]).back().cloned();
+        let mut sample = last.unwrap_or_else(|| Totals::default().sample(seq, start_ms));
+        sample.seq = seq;
+        sample.timestamp = timestamp(start_ms as i64);
+        sample.page_views = 0;
+        if let Some(details) = &mut sample.details {
+            details.top_pages.clear();
+        }
+        sample.stale = true;
+        sample
     }
 }
 
@@ -307,9 +580,11 @@ impl State {
     /// has ended.
     fn rotate(&mut self, now_ms: u64) {
         let day = now_ms / DAY_MS;
-        if day != self.day {
+        // Never back: a request may have read the clock before a tick that rotated.
+        if self.day == u64::MAX || day > self.day {
             self.day = day;
             self.key = (rand::random(), rand::random());
+            self.key_shared = false;
             self.buckets.clear();
         }
     }
@@ -481,8 +756,44 @@ impl SiteCounts {
         *self.pages.entry(path).or_default() += 1;
     }
 
-    /// This tick's sample; the interval's page views start again from zero.
-    fn sample(&mut self, seq: u64, unix_ms: u64) -> Sample {
+    /// This tick's totals; the interval's page views start again from zero.
+    fn take(&mut self) -> Totals {
+        Totals {
+            active: self.active,
+            duration_ms: self.duration_ms,
+            bounces: self.bounces,
+            new: self.new,
+            devices: self.devices,
+            referrers: self
+                .referrers
+                .iter()
+                .map(|(name, &n)| (Label::Shared(Arc::clone(name)), n))
+                .collect(),
+            views: std::mem::take(&mut self.views),
+            pages: std::mem::take(&mut self.pages)
+                .into_iter()
+                .map(|(name, n)| (Label::Shared(name), n))
+                .collect(),
+        }
+    }
+}
+
+/// A site's counters at a tick: what its sample is made of.
+#[derive(Default)]
+struct Totals {
+    active: u32,
+    duration_ms: u64,
+    bounces: u32,
+    new: u32,
+    devices: [u32; DEVICES.len()],
+    referrers: Vec<(Label, u32)>,
+    views: u32,
+    pages: Vec<(Label, u32)>,
+}
+
+impl Totals {
+    /// The sample of tick `seq`, which starts at `unix_ms`.
+    fn sample(self, seq: u64, unix_ms: u64) -> Sample {
         let active = self.active;
         let per_session = |total: f64| match active {
             0 => 0.0,
@@ -495,34 +806,61 @@ impl SiteCounts {
             .filter(|(_, n)| *n > 0)
             .map(|(&name, n)| (Label::from(name), n))
             .collect();
-        let mut referrers: Vec<(Label, u32)> = self
-            .referrers
-            .iter()
-            .map(|(name, &n)| (Label::Shared(Arc::clone(name)), n))
-            .collect();
+        let mut referrers = self.referrers;
         let referred: u32 = referrers.iter().map(|r| r.1).sum();
         if active > referred {
             referrers.push((Label::from("direct"), active - referred));
         }
-        let pages = std::mem::take(&mut self.pages)
-            .into_iter()
-            .map(|(name, n)| (Label::Shared(name), n))
-            .collect();
         Sample {
             seq,
             timestamp: timestamp(unix_ms as i64),
             active_users: active,
-            page_views: std::mem::take(&mut self.views),
+            page_views: self.views,
             avg_session_duration: (minutes * 10.0).round() / 10.0,
+            stale: false,
             details: Some(Details {
                 bounce_rate: (per_session(f64::from(self.bounces)) * 1000.0).round() / 1000.0,
                 new_visitors: self.new,
                 devices,
                 countries: None,
                 referrers: top(referrers),
-                top_pages: top(pages),
+                top_pages: top(self.pages),
             }),
         }
+    }
+
+    /// Every site's totals as `tick.lua` stores them, in `SITES` order.
+    fn parse(json: &str, sites: usize) -> Option<Vec<Totals>> {
+        let stored: Vec<Vec<serde_json::Value>> = serde_json::from_str(json).ok()?;
+        let pairs = |flat: &serde_json::Value| -> Option<Vec<(Label, u32)>> {
+            let flat = flat.as_array()?;
+            flat.chunks(2)
+                .map(|pair| {
+                    let name = pair.first()?.as_str()?;
+                    let n = pair.get(1)?.as_str()?.parse().ok()?;
+                    Some((Label::Shared(Arc::from(name)), n))
+                })
+                .collect()
+        };
+        let totals: Option<Vec<Totals>> = stored
+            .iter()
+            .map(|site| {
+                let n = |i: usize| site.get(i)?.as_u64();
+                let small = |i: usize| u32::try_from(n(i)?).ok();
+                let [d0, d1, d2, d3, d4] = [4, 5, 6, 7, 8].map(small);
+                Some(Totals {
+                    active: small(0)?,
+                    duration_ms: n(1)?,
+                    bounces: small(2)?,
+                    new: small(3)?,
+                    devices: [d0?, d1?, d2?, d3?, d4?],
+                    views: small(9)?,
+                    referrers: pairs(site.get(10)?)?,
+                    pages: pairs(site.get(11)?)?,
+                })
+            })
+            .collect();
+        totals.filter(|t| t.len() == sites)
     }
 }
 
@@ -561,6 +899,7 @@ mod tests {
                 history_ticks: 100,
             },
             Arc::default(),
+            None,
         )
     }
 
