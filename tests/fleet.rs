@@ -1,9 +1,10 @@
 //! Several instances behind a real load balancer: Debian's haproxy, configured as the
 //! README's "Running several instances" shows, in front of three instances of the built
-//! binary, every one a process on loopback. Nothing is mocked.
+//! binary, and in live mode Debian's redis-server behind them, every one a process on
+//! loopback. Nothing is mocked.
 //!
-//! The slow tier (`#[ignore]`): `scripts/test.sh` runs it, and installs haproxy first.
-//! Without haproxy these tests fail, saying how to install it.
+//! The slow tier (`#[ignore]`): `scripts/test.sh` runs it, and installs haproxy and
+//! redis-server first. Without them these tests fail, saying how to install them.
 #![cfg(unix)] // instances are stopped with kill(2); Windows has no signals to send
 
 mod common;
@@ -32,30 +33,137 @@ struct Fleet {
     dir: PathBuf,
 }
 
+/// A free port on loopback.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// A program Debian installs in /usr/sbin or /usr/bin, on no user's PATH but root's.
+fn debian_program(name: &str) -> String {
+    [
+        name.to_string(),
+        format!("/usr/sbin/{name}"),
+        format!("/usr/bin/{name}"),
+    ]
+    .into_iter()
+    .find(|p| Command::new(p).arg("-v").output().is_ok())
+    .unwrap_or_else(|| name.to_string())
+}
+
+/// Debian's redis-server on loopback, saving its data in a directory of its own when
+/// stopped, so that a restart finds it; stopped on drop.
+struct Redis {
+    server: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Redis {
+            server: None,
+            port,
+            dir,
+        };
+        redis.run();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn run(&mut self) {
+        let server = Command::new(debian_program("redis-server"))
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--save", "3600 1", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "redis-server does not start ({e}): apt-get install redis-server, as \
+                     scripts/test.sh does"
+                )
+            });
+        self.server = Some(server);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let up = eventually(Duration::from_secs(10), || {
+            TcpStream::connect(addr).is_ok_and(|mut s| {
+                let mut pong = [0; 7];
+                s.write_all(b"PING\r\n").is_ok()
+                    && s.read_exact(&mut pong).is_ok()
+                    && &pong == b"+PONG\r\n"
+            })
+        });
+        assert!(up, "redis-server did not answer on port {}", self.port);
+    }
+
+    /// Stops it as its service manager would (SIGTERM: it saves its data, then exits).
+    fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            // SAFETY: kill takes and returns integers only.
+            unsafe { libc::kill(server.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = server.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(server) = &mut self.server {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Instances a, b and c in live mode, their state in `redis`, behind haproxy.
+fn live_fleet(redis: &Redis) -> Fleet {
+    let env = [
+        ("MODE", "live".to_string()),
+        ("SITES", "fleet.example".into()),
+        ("REDIS_URL", redis.url()),
+        ("TRUSTED_PROXY_HOPS", "1".into()),
+        ("INTERVAL_MS", "500".into()),
+    ];
+    Fleet::start_with(&["a", "b", "c"], &env)
+}
+
 impl Fleet {
+    /// Three instances named `names`, in sim mode.
     fn start(names: &[&str]) -> Fleet {
+        Fleet::start_with(names, &[])
+    }
+
+    /// Three instances named `names`, each also started with `env`.
+    fn start_with(names: &[&str], env: &[(&str, String)]) -> Fleet {
         let mut instances = BTreeMap::new();
         let mut servers = Vec::new();
         for name in names {
-            let p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INSTANCE", name)]);
+            let mut vars = vec![("HOST", "127.0.0.1"), ("PORT", "0"), ("INSTANCE", name)];
+            vars.extend(env.iter().map(|(k, v)| (*k, v.as_str())));
+            let p = Process::spawn(&vars);
             let addr = p.wait_until_listening();
             servers.push((name.to_string(), addr));
             instances.insert(name.to_string(), (p, addr));
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("fleet-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("haproxy.cfg");
         std::fs::write(&config, haproxy_config(port, &servers)).unwrap();
-        // Debian installs it in /usr/sbin, on no user's PATH but root's.
-        let program = ["haproxy", "/usr/sbin/haproxy"]
-            .into_iter()
-            .find(|p| Command::new(p).arg("-v").output().is_ok())
-            .unwrap_or("haproxy");
-        let haproxy = Command::new(program)
+        let haproxy = Command::new(debian_program("haproxy"))
             .arg("-db")
             .arg("-f")
             .arg(&config)
@@ -94,14 +202,26 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
+        // A test failed: what the instances logged beyond info says why.
+        if thread::panicking() {
+            for (name, (p, _)) in &mut self.instances {
+                p.signal(libc::SIGKILL);
+                p.wait_exit();
+                for line in p.rest_of_log() {
+                    if line.contains("[WARN]") || line.contains("[ERROR]") {
+                        eprintln!("{name}: {line}");
+                    }
+                }
+            }
+        }
         let _ = self.haproxy.kill();
         let _ = self.haproxy.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-/// The README's haproxy configuration, listening on `port`, with `servers` in place of
-/// its three.
+/// The README's haproxy configuration, listening on `port`, with the addresses of
+/// `servers` in place of its three (127.0.0.1:4001 to 4003, in order).
 fn haproxy_config(port: u16, servers: &[(String, SocketAddr)]) -> String {
     let readme = include_str!("../README.md");
     let block = readme
@@ -109,23 +229,24 @@ fn haproxy_config(port: u16, servers: &[(String, SocketAddr)]) -> String {
         .nth(1)
         .and_then(|b| b.split("```").next())
         .expect("the README shows haproxy's configuration after <!-- haproxy -->");
-    let shown = block
-        .lines()
-        .filter(|l| l.trim_start().starts_with("server "))
-        .count();
-    assert_eq!(shown, 3, "the README's configuration names three instances");
+    assert_eq!(
+        servers.len(),
+        3,
+        "the README's configuration names three instances"
+    );
     let mut config = String::new();
     for line in block.lines() {
-        match line.split_whitespace().next() {
-            Some("server") => {}
-            Some("bind") => config.push_str(&format!("    bind 127.0.0.1:{port}\n")),
-            _ => config.push_str(&format!("{line}\n")),
+        let mut line = match line.split_whitespace().next() {
+            Some("bind") => format!("    bind 127.0.0.1:{port}"),
+            _ => line.to_string(),
+        };
+        for (i, (_, addr)) in servers.iter().enumerate() {
+            line = line.replace(&format!("127.0.0.1:400{}", i + 1), &addr.to_string());
         }
+        config.push_str(&line);
+        config.push('\n');
     }
-    // The servers are the last lines of the last section, the backend.
-    for (name, addr) in servers {
-        config.push_str(&format!("    server {name} {addr}\n"));
-    }
+    assert!(!config.contains(":400"), "{config}");
     config
 }
 
@@ -294,10 +415,14 @@ fn instances_behind_a_balancer_send_the_same_bytes_for_every_tick() {
         3,
         "round robin over all three: {by_instance:?}"
     );
-    // Each tick's sample, as every instance sent it: one text per tick.
+    assert_same_bytes(&followed, 0);
+}
+
+/// Every tick from `from` on, as every client received it: the same text.
+fn assert_same_bytes(followed: &[Followed], from: u64) {
     let mut texts: BTreeMap<u64, Vec<&String>> = BTreeMap::new();
-    for f in &followed {
-        for (seq, text) in &f.samples {
+    for f in followed {
+        for (seq, text) in f.samples.range(from..) {
             texts.entry(*seq).or_default().push(text);
         }
     }
@@ -321,9 +446,14 @@ fn clients_of_a_killed_instance_resume_on_the_others_and_miss_nothing() {
 #[test]
 #[ignore = "slow tier: needs haproxy (scripts/test.sh installs it)"]
 fn clients_of_a_stopped_instance_move_with_its_hint_and_miss_nothing() {
-    let fleet = Fleet::start(&["a", "b", "c"]);
+    stop_one_with_300_clients(&Fleet::start(&["a", "b", "c"]));
+}
+
+/// SIGTERM to instance b while 300 clients follow the fleet and new ones connect: they
+/// all get through, b says it is not ready, its clients move and miss nothing.
+fn stop_one_with_300_clients(fleet: &Fleet) -> Vec<Followed> {
     let direct = fleet.instances["b"].1;
-    let followed = followers(&fleet, 300, 8, || {
+    let followed = followers(fleet, 300, 8, || {
         fleet.signal("b", libc::SIGTERM);
         // New clients meanwhile, every 2 ms: haproxy retries a refusal or a dropped
         // connection of the stopping instance on another one, before its next check.
@@ -348,4 +478,155 @@ fn clients_of_a_stopped_instance_move_with_its_hint_and_miss_nothing() {
         assert!(not_ready, "an instance shutting down is not ready");
     });
     assert_moved_off(&followed, "b");
+    followed
+}
+
+/// A page view of `path` on fleet.example from visitor `n` (its User-Agent names it),
+/// posted to `addr`: the answer's status and body.
+fn page_view(addr: SocketAddr, n: usize, path: &str) -> (u16, Value) {
+    let body =
+        format!(r#"{{"n":"pageview","u":"https://fleet.example{path}","d":"fleet.example"}}"#);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST /api/event HTTP/1.1\r\nHost: fleet\r\nConnection: close\r\n\
+         User-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0 visitor-{n}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok());
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status.unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// Posts a page view of `path` for each visitor in `visitors` through the fleet, and
+/// asserts each answer.
+fn page_views(fleet: &Fleet, visitors: std::ops::Range<usize>, path: &str, reason: Option<&str>) {
+    for n in visitors {
+        let (status, body) = page_view(fleet.addr, n, path);
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["counted"], reason.is_none(), "{body}");
+        assert_eq!(body["reason"].as_str(), reason, "{body}");
+    }
+}
+
+/// The page views a client received over the ticks it followed.
+fn views(f: &Followed) -> u64 {
+    f.samples
+        .values()
+        .map(|t| {
+            serde_json::from_str::<Value>(t).unwrap()["page_views"]
+                .as_u64()
+                .unwrap()
+        })
+        .sum()
+}
+
+/// The last sample a client received.
+fn last(f: &Followed) -> Value {
+    serde_json::from_str(f.samples.values().last().unwrap()).unwrap()
+}
+
+#[test]
+#[ignore = "slow tier: needs haproxy and redis-server (scripts/test.sh installs them)"]
+fn live_instances_count_each_event_once_and_send_the_same_bytes() {
+    let redis = Redis::start();
+    let fleet = live_fleet(&redis);
+    let followed = followers(&fleet, 9, 8, || {
+        page_views(&fleet, 0..30, "/", None);
+        page_views(&fleet, 0..30, "/pricing", None);
+    });
+    let mut on = BTreeMap::new();
+    for f in &followed {
+        *on.entry(f.instances[0].as_str()).or_insert(0) += 1;
+        assert_no_gap_no_duplicate(f);
+        assert_eq!(views(f), 60, "via {:?}", f.instances);
+        assert_eq!(last(f)["active_users"], 30, "via {:?}", f.instances);
+    }
+    assert_eq!(on.len(), 3, "round robin over all three: {on:?}");
+    assert_same_bytes(&followed, 0);
+}
+
+#[test]
+#[ignore = "slow tier: needs haproxy and redis-server (scripts/test.sh installs them)"]
+fn live_clients_of_a_killed_instance_resume_on_the_others_and_miss_nothing() {
+    let redis = Redis::start();
+    let fleet = live_fleet(&redis);
+    let followed = followers(&fleet, 300, 12, || {
+        page_views(&fleet, 0..20, "/", None);
+        fleet.signal("a", libc::SIGKILL);
+        page_views(&fleet, 20..40, "/", None);
+    });
+    assert_moved_off(&followed, "a");
+    assert_same_bytes(&followed, 0);
+    for f in &followed {
+        assert_eq!(views(f), 40, "via {:?}", f.instances);
+    }
+}
+
+#[test]
+#[ignore = "slow tier: needs haproxy and redis-server (scripts/test.sh installs them)"]
+fn live_clients_of_a_stopped_instance_move_with_its_hint_and_miss_nothing() {
+    let redis = Redis::start();
+    let followed = stop_one_with_300_clients(&live_fleet(&redis));
+    assert_same_bytes(&followed, 0);
+}
+
+/// Redis stops for 10 s: every instance says it is not ready and stays healthy, streams
+/// go on with stale samples, events wait in the instances; once Redis is back, every
+/// event is counted and the instances agree again.
+#[test]
+#[ignore = "slow tier: needs haproxy and redis-server (scripts/test.sh installs them)"]
+fn redis_stopped_for_10_s_stalls_no_stream_and_loses_no_event() {
+    let mut redis = Redis::start();
+    let fleet = live_fleet(&redis);
+    let direct: Vec<SocketAddr> = fleet.instances.values().map(|(_, addr)| *addr).collect();
+    let all = |path: &str, want: u16| direct.iter().all(|&a| status(a, path) == Some(want));
+    let mut agreed = 0;
+    let followed = followers(&fleet, 9, 50, || {
+        page_views(&fleet, 0..10, "/before", None);
+        redis.stop();
+        let stopped = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(5), || all("/readyz", 503)),
+            "every instance says it is not ready"
+        );
+        assert!(all("/healthz", 200), "and healthy");
+        // haproxy has no instance ready: it sends clients to them anyway (the backups).
+        page_views(&fleet, 10..30, "/during", Some("buffered"));
+        thread::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed()));
+        redis.run();
+        assert!(
+            eventually(Duration::from_secs(10), || all("/readyz", 200)),
+            "every instance is ready again"
+        );
+        agreed = latest(fleet.addr) + 2;
+    });
+    for f in &followed {
+        assert_no_gap_no_duplicate(f);
+        assert_eq!(f.instances.len(), 1, "never reconnected: {:?}", f.instances);
+        let stale = f
+            .samples
+            .values()
+            .filter(|t| t.contains(r#""stale":true"#))
+            .count();
+        assert!(stale >= 10, "{stale} stale samples via {:?}", f.instances);
+        assert_eq!(views(f), 30, "via {:?}", f.instances);
+        assert_eq!(last(f)["active_users"], 30, "via {:?}", f.instances);
+    }
+    assert_same_bytes(&followed, agreed);
+    for addr in direct {
+        assert_eq!(common::metric(addr, "analytics_live_buffered_events"), 0.0);
+        assert!(common::metric(addr, "analytics_live_stale_ticks_total") >= 10.0);
+    }
 }
