@@ -2,8 +2,8 @@
 # Benchmarks our release binary, the design's floor (bench/src/bin/floor.rs: the least a
 # thread-per-client fan-out can cost, with and without a reader thread per client) and the
 # Node peer (../shared/peers/node-seed, broadcast variant) side by side, one server at a
-# time on this machine, then ours in live mode (ingestion, visitors, ticks), and writes
-# the tables.
+# time on this machine, then ours in live mode (ingestion, visitors, ticks; ingestion
+# again with its state in Redis), and writes the tables.
 #
 #   scripts/bench.sh           # the full run, about 13 minutes: writes BENCHMARKS.md
 #   scripts/bench.sh --quick   # minutes, at tiny scale (--fleet's too): writes out/bench.md
@@ -16,7 +16,7 @@
 #                              # configuration) to 3 instances x 1000 clients, against
 #                              # one instance with 1000; writes out/fleet.md
 #
-# Needs: wrk, node and npm, jq, curl, python3, and the Node peer (NODE_PEER, by default
+# Needs: wrk, node and npm, jq, curl, python3, redis-server, and the Node peer (NODE_PEER, by default
 # ../shared/peers/node-seed; it is copied, since shared/ may be read-only). Load comes
 # from target/release/loadgen (bench/), one thread for every client, its own CPU reported
 # with each run; live mode's from wrk with bench/events.lua.
@@ -194,6 +194,36 @@ live() {
   wait "$pid" 2>/dev/null || true
 }
 
+# live_redis: live mode's ingestion with its state in Redis (Debian's redis-server, no
+# persistence), as the figure above: events/s, and the CPU Redis spends on them.
+live_redis() {
+  local port redis_port redis started pid r0 r1
+  command -v redis-server >/dev/null ||
+    { echo "bench: redis-server is not installed; scripts/test.sh installs it (or: apt-get install redis-server)" >&2; exit 1; }
+  redis_port=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no >out/redis.log 2>&1 &
+  redis=$!
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  port=$(free_port)
+  started=$(env PORT="$port" HOST=127.0.0.1 LOG_LEVEL=warn MODE=live SITES=example.com \
+    TRUSTED_PROXY_HOPS=1 REDIS_URL="redis://127.0.0.1:$redis_port" \
+    "$release/loadgen" startup --port "$port" --log out/live-redis.log -- "$release/realtime-analytics-backend")
+  pid=$(jq .pid <<<"$started")
+  r0=$(cpu_ticks "$redis") t0=$(date +%s.%N)
+  VISITORS=$few wrk -t2 -c64 -d"$wrk_time" --latency -s bench/events.lua \
+    "http://127.0.0.1:$port/api/event" >out/live-redis-wrk.txt
+  r1=$(cpu_ticks "$redis") t1=$(date +%s.%N)
+  wrk_row live-redis events out/live-redis-wrk.txt |
+    jq -c --argjson cpu "$(awk -v a="$r0" -v b="$r1" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
+      'BEGIN { printf "%.2f", (b - a) / hz / (t1 - t0) * 100 }')" \
+      --argjson counted "$(curl -sf "http://127.0.0.1:$port/metrics" |
+        awk '$1 == "analytics_live_events_total" { print $2 }')" \
+      '. + {redis_cpu_pct: $cpu, counted: $counted}' >>"$results"
+  echo "live: events with Redis $(tail -1 "$results")" >&2
+  kill "$pid" "$redis"
+  wait "$pid" "$redis" 2>/dev/null || true
+}
+
 # fleet CLIENTS: the README's haproxy in front of 3 instances, CLIENTS WebSocket clients
 # through it, then CLIENTS / 3 on one instance alone: spread and CPU, as JSON lines.
 fleet() {
@@ -289,10 +319,12 @@ fi
 if [ $quick = yes ]; then
   bench ours env MAX_WS_CLIENTS=50 "$release/realtime-analytics-backend"
   few=100 many=1000 live 5
+  few=100 live_redis
   fleet 30
 else
   bench ours "$release/realtime-analytics-backend"
   few=10000 many=100000 live 20
+  few=10000 live_redis
 fi
 # The design's floor (bench/src/bin/floor.rs): REST and fan-out, then fan-out with the
 # second thread per client that tiny_http's upgrade used to pin.

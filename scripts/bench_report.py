@@ -212,6 +212,23 @@ if live_events and live_visitors:
     w("|---|---|---|---|---|---|")
     w(f"| {v['visitors']:,} | {v['rss_kb'] / 1024:.1f} MB | {v['rss_per_visitor_bytes']} B | {v['evicted']} | "
       f"{v['tick_active_ms']:.2f} ms | {v['tick_leaving_ms']:.2f} ms |")
+redis_events = pick("live-redis", "events")
+if live_events and redis_events:
+    w("")
+    w("## Live mode with its state in Redis")
+    w("")
+    w("The same wrk run against a server with `REDIS_URL` (Debian's redis-server on loopback, "
+      "no persistence): every event is one call of `record.lua` in Redis. Redis's CPU is read "
+      "from /proc over the run.")
+    w("")
+    r = redis_events
+    per_1000 = r["redis_cpu_pct"] / (r["rps"] / 1000)
+    w("| state | events/s | p50 | p99 | refused | Redis CPU | Redis CPU per 1000 events/s |")
+    w("|---|---|---|---|---|---|---|")
+    w(f"| in the process | {live_events['rps']:,.0f} | {live_events['p50_ms']:.2f} ms | "
+      f"{live_events['p99_ms']:.2f} ms | {live_events['refused']} | – | – |")
+    w(f"| in Redis | {r['rps']:,.0f} ({r['rps'] / live_events['rps']:.2f}×) | {r['p50_ms']:.2f} ms | "
+      f"{r['p99_ms']:.2f} ms | {r['refused']} | {r['redis_cpu_pct']:.1f} % | {per_1000:.1f} % |")
 fleet_rows = [r for r in rows if r["kind"] == "fleet"]
 if fleet_rows:
     w("")
