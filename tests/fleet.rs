@@ -128,16 +128,20 @@ impl Drop for Redis {
     }
 }
 
-/// Instances a, b and c in live mode, their state in `redis`, behind haproxy.
-fn live_fleet(redis: &Redis) -> Fleet {
-    let env = [
+/// What a live instance of these tests is started with, besides its name.
+fn live_env(redis: &Redis) -> [(&'static str, String); 5] {
+    [
         ("MODE", "live".to_string()),
         ("SITES", "fleet.example".into()),
         ("REDIS_URL", redis.url()),
         ("TRUSTED_PROXY_HOPS", "1".into()),
         ("INTERVAL_MS", "500".into()),
-    ];
-    Fleet::start_with(&["a", "b", "c"], &env)
+    ]
+}
+
+/// Instances a, b and c in live mode, their state in `redis`, behind haproxy.
+fn live_fleet(redis: &Redis) -> Fleet {
+    Fleet::start_with(&["a", "b", "c"], &live_env(redis))
 }
 
 impl Fleet {
@@ -629,4 +633,38 @@ fn redis_stopped_for_10_s_stalls_no_stream_and_loses_no_event() {
         assert_eq!(common::metric(addr, "analytics_live_buffered_events"), 0.0);
         assert!(common::metric(addr, "analytics_live_stale_ticks_total") >= 10.0);
     }
+}
+
+/// An instance started once the others have counted events serves the same history,
+/// byte for byte: it loads the fleet's.
+#[test]
+#[ignore = "slow tier: needs haproxy and redis-server (scripts/test.sh installs them)"]
+fn a_late_instance_serves_the_fleets_history() {
+    let redis = Redis::start();
+    let fleet = live_fleet(&redis);
+    let first = latest(fleet.addr);
+    page_views(&fleet, 0..10, "/", None);
+    assert!(eventually(Duration::from_secs(10), || latest(fleet.addr) >= first + 4));
+    let last = latest(fleet.addr);
+    let mut env = vec![("HOST", "127.0.0.1"), ("PORT", "0"), ("INSTANCE", "late")];
+    let vars = live_env(&redis);
+    env.extend(vars.iter().map(|(k, v)| (*k, v.as_str())));
+    let process = Process::spawn(&env);
+    let late = process.wait_until_listening();
+    let history = format!(
+        "/api/analytics/history?from={}&to={}&fields=all&seq=1",
+        (first - 4) * 500,
+        last * 500
+    );
+    let theirs = common::get(fleet.instances["a"].1, &history);
+    let ours = common::get(late, &history);
+    assert_eq!((theirs.status, ours.status), (200, 200));
+    assert_eq!(theirs.text(), ours.text());
+    let views: u64 = ours.json()["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["page_views"].as_u64().unwrap())
+        .sum();
+    assert_eq!(views, 10, "{}", ours.text());
 }
