@@ -88,8 +88,12 @@ serve() {
 }
 log=$(mktemp)
 live_log=$(mktemp)
-pid= live_pid= redis_pid=
-cleanup() { kill $pid $live_pid $redis_pid 2>/dev/null || true; rm -f "$log" "$live_log"; }
+pid= live_pid= redis_pid= fleet_pid=
+cleanup() {
+  kill $pid $live_pid $redis_pid 2>/dev/null || true
+  [ -z "$fleet_pid" ] || kill -- "-$fleet_pid" 2>/dev/null || true
+  rm -f "$log" "$live_log"
+}
 trap cleanup EXIT
 serve "$log"
 pid=$served_pid url=$served_url
@@ -149,6 +153,38 @@ fi
 kill "$live_pid" "$redis_pid"
 wait "$live_pid" "$redis_pid" 2>/dev/null || true
 live_pid= redis_pid=
+
+echo "== the README's three instances on one machine: Redis, haproxy, the same examples through it"
+# The README's commands and haproxy configuration as written, on free ports: 6379 and
+# 4001-4003 become others, and ./target/release the build's directory.
+fleet_dir=$(mktemp -d)
+n=$((RANDOM % 80 + 10)) redis_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+lb_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+awk '/^<!-- haproxy -->$/ { on = 1; next } on && /^```/ { if (inside) exit; inside = 1; next }
+     on && inside' README.md |
+  sed "s/^    bind .*/    bind 127.0.0.1:$lb_port/; s/127\.0\.0\.1:400\([1-3]\)/127.0.0.1:5${n}\1/" >"$fleet_dir/haproxy.cfg"
+commands=$(awk '/^<!-- three instances -->$/ { on = 1; next }
+     on && /^```/ { if (inside) exit; inside = 1; next } on && inside' README.md |
+  sed "s/6379/$redis_port/g; s/PORT=400/PORT=5$n/; s#\./target/release/realtime-analytics-backend#$bin#;
+       s#^haproxy #$(command -v haproxy || echo /usr/sbin/haproxy) -db #")
+[ -n "$commands" ] || { echo "the README shows no commands for three instances" >&2; exit 1; }
+# In a session of their own, to be stopped together.
+cd "$fleet_dir"
+setsid bash -c "$commands" >"$fleet_dir/log" 2>&1 &
+fleet_pid=$!
+cd - >/dev/null
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$lb_port/readyz" >/dev/null && break; sleep 0.1; done
+if ! BEHIND_PROXY=1 scripts/smoke.sh "http://127.0.0.1:$lb_port"; then
+  cat "$fleet_dir/log" >&2
+  exit 1
+fi
+# SIGTERM, and time for Redis to save its data there, before the directory goes.
+kill -- "-$fleet_pid"
+for _ in $(seq 50); do kill -0 -- "-$fleet_pid" 2>/dev/null || break; sleep 0.1; done
+kill -KILL -- "-$fleet_pid" 2>/dev/null || true
+wait "$fleet_pid" 2>/dev/null || true
+fleet_pid=
+rm -rf "$fleet_dir"
 
 kill -TERM "$pid"
 status=0
