@@ -197,7 +197,7 @@ live() {
 # live_redis: live mode's ingestion with its state in Redis (Debian's redis-server, no
 # persistence), as the figure above: events/s, and the CPU Redis spends on them.
 live_redis() {
-  local port redis_port redis started pid r0 r1
+  local port redis_port redis started pid r0 r1 t0 t1
   command -v redis-server >/dev/null ||
     { echo "bench: redis-server is not installed; scripts/test.sh installs it (or: apt-get install redis-server)" >&2; exit 1; }
   redis_port=$(free_port)
@@ -209,16 +209,21 @@ live_redis() {
     TRUSTED_PROXY_HOPS=1 REDIS_URL="redis://127.0.0.1:$redis_port" \
     "$release/loadgen" startup --port "$port" --log out/live-redis.log -- "$release/realtime-analytics-backend")
   pid=$(jq .pid <<<"$started")
+  used() { redis-cli -p "$redis_port" info memory | awk -F: '/^used_memory:/ { print $2 + 0 }'; }
+  local m0 m1
+  m0=$(used)
   r0=$(cpu_ticks "$redis") t0=$(date +%s.%N)
   VISITORS=$few wrk -t2 -c64 -d"$wrk_time" --latency -s bench/events.lua \
     "http://127.0.0.1:$port/api/event" >out/live-redis-wrk.txt
-  r1=$(cpu_ticks "$redis") t1=$(date +%s.%N)
+  r1=$(cpu_ticks "$redis") t1=$(date +%s.%N) m1=$(used)
   wrk_row live-redis events out/live-redis-wrk.txt |
     jq -c --argjson cpu "$(awk -v a="$r0" -v b="$r1" -v t0="$t0" -v t1="$t1" -v hz="$hz" \
       'BEGIN { printf "%.2f", (b - a) / hz / (t1 - t0) * 100 }')" \
       --argjson counted "$(curl -sf "http://127.0.0.1:$port/metrics" |
         awk '$1 == "analytics_live_events_total" { print $2 }')" \
-      '. + {redis_cpu_pct: $cpu, counted: $counted}' >>"$results"
+      --argjson grew "$((m1 - m0))" --argjson visitors "$(redis-cli -p "$redis_port" hlen rab:visitors)" \
+      '. + {redis_cpu_pct: $cpu, counted: $counted, visitors: $visitors,
+            redis_bytes_per_visitor: (if $visitors > 0 then ($grew / $visitors | floor) else null end)}' >>"$results"
   echo "live: events with Redis $(tail -1 "$results")" >&2
   kill "$pid" "$redis"
   wait "$pid" "$redis" 2>/dev/null || true

@@ -219,16 +219,20 @@ if live_events and redis_events:
     w("")
     w("The same wrk run against a server with `REDIS_URL` (Debian's redis-server on loopback, "
       "no persistence): every event is one call of `record.lua` in Redis. Redis's CPU is read "
-      "from /proc over the run.")
+      "from /proc over the run; its memory per visitor from `used_memory` before and after, over "
+      "the visitors it then tracks (their record, their place in the index by last event, and "
+      "the run's tick totals).")
     w("")
     r = redis_events
     per_1000 = r["redis_cpu_pct"] / (r["rps"] / 1000)
-    w("| state | events/s | p50 | p99 | refused | Redis CPU | Redis CPU per 1000 events/s |")
-    w("|---|---|---|---|---|---|---|")
+    per_visitor = r.get("redis_bytes_per_visitor")
+    w("| state | events/s | p50 | p99 | refused | Redis CPU | Redis CPU per 1000 events/s | Redis memory per visitor |")
+    w("|---|---|---|---|---|---|---|---|")
     w(f"| in the process | {live_events['rps']:,.0f} | {live_events['p50_ms']:.2f} ms | "
-      f"{live_events['p99_ms']:.2f} ms | {live_events['refused']} | – | – |")
+      f"{live_events['p99_ms']:.2f} ms | {live_events['refused']} | – | – | – |")
     w(f"| in Redis | {r['rps']:,.0f} ({r['rps'] / live_events['rps']:.2f}×) | {r['p50_ms']:.2f} ms | "
-      f"{r['p99_ms']:.2f} ms | {r['refused']} | {r['redis_cpu_pct']:.1f} % | {per_1000:.1f} % |")
+      f"{r['p99_ms']:.2f} ms | {r['refused']} | {r['redis_cpu_pct']:.1f} % | {per_1000:.1f} % | "
+      f"{per_visitor if per_visitor is not None else '–'} B ({r.get('visitors', 0):,} visitors) |")
 fleet_rows = [r for r in rows if r["kind"] == "fleet"]
 if fleet_rows:
     w("")
