@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::budget::Turns;
 use crate::chaos;
+use crate::edge::PeerNames;
 use crate::feed::Feed;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -31,6 +32,8 @@ pub struct Context {
     /// `/openapi.json` as this server answers it: made once, at start-up, since live mode's
     /// names its sites.
     pub openapi: Cow<'static, str>,
+    /// How the log names peers: by a digest in live mode.
+    pub peer_names: PeerNames,
 }
 
 impl Context {

@@ -21,7 +21,7 @@ use tiny_http::{Method, Request};
 use crate::budget::{self, Budget, Turns};
 use crate::config::{Config, Mode};
 use crate::context::{Caps, Context};
-use crate::edge::{self, Connections, Edge, Limits};
+use crate::edge::{self, Connections, Edge, Limits, PeerNames};
 use crate::error::{Failure, Refusal, StartError};
 use crate::feed::Feed;
 use crate::generator;
@@ -180,6 +180,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
     let feed = Feed { model, live };
     let openapi = routes::openapi(feed.sites());
     let ready = Arc::new(AtomicBool::new(true));
+    let peer_names = PeerNames::new(config.mode == Mode::Live);
     let ctx = Arc::new(Context {
         hubs: feed
             .ticks(first, now)
@@ -194,6 +195,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         default_host: default_host(addr),
         turns: Turns::new(budget.turns),
         openapi,
+        peer_names,
         instance: config
             .instance
             .clone()
@@ -247,7 +249,7 @@ pub fn start(config: &Config) -> Result<Server, StartError> {
         max_header_bytes: config.max_header_bytes as usize,
         max_connections: caps.http,
         trusted_proxy_hops: config.trusted_proxy_hops,
-        hide_peers: config.mode == Mode::Live,
+        peer_names,
         fleet_digests: config.redis_url.is_some(),
     };
     let edge = Arc::new(
@@ -508,7 +510,7 @@ struct Settlement<'r> {
     method: Method,
     target: Cow<'r, str>,
     /// The peer, for the log: none for an event, whose sender is a site's visitor.
-    peer: Option<SocketAddr>,
+    peer: Option<String>,
     /// The route's path, for the metrics.
     label: &'static str,
 }
@@ -637,8 +639,8 @@ impl Worker {
         // A refusal takes a slot too: its connection is a WebSocket until it closes.
         let slot = self.streams.reserve().map_err(refused)?;
         Ok(match request.options.clone() {
-            Ok(options) => ws::session(accept, slot, route, options, request.peer),
-            Err(invalid) => ws::refusal(accept, slot, invalid, request.peer),
+            Ok(options) => ws::session(accept, slot, route, options, self.peer(request)),
+            Err(invalid) => ws::refusal(accept, slot, invalid, self.peer(request)),
         })
     }
 
@@ -646,7 +648,12 @@ impl Worker {
         let options = request.options.clone().map_err(|e| e.reply())?;
         let slot = self.streams.reserve().map_err(|r| r.reply())?;
         let cors = http::cors_headers(&self.cors, request.origin);
-        Ok(sse::session(slot, options, cors, request.peer))
+        Ok(sse::session(slot, options, cors, self.peer(request)))
+    }
+
+    /// The request's peer, as the log names it.
+    fn peer(&self, request: &ClientRequest) -> String {
+        self.ctx.peer_names.name(request.peer)
     }
 
     /// With a `CORS_ORIGINS` allowlist, a browser's upgrade from another origin is refused
@@ -676,8 +683,8 @@ impl Worker {
             origin: request.origin.map(Cow::Borrowed),
             method: request.method.clone(),
             target: Cow::Borrowed(request.target),
-            // A site's visitor's address is never logged.
-            peer: (!event).then_some(request.peer),
+            // A site's visitor is never logged, not even by a digest.
+            peer: (!event).then(|| self.ctx.peer_names.name(request.peer)),
             label: request.route.map_or("other", |r| r.path()),
         }
     }

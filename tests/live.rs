@@ -350,3 +350,47 @@ fn refusals_name_no_peer_and_do_not_flood_the_log() {
         assert!(!peers.iter().any(|p| line.contains(p.as_str())), "{line}");
     }
 }
+
+/// The workers' lines too (an answer other than 2xx, a WebSocket's and an SSE stream's
+/// connect and disconnect) name a peer by its digest in live mode, as the edge's do: the
+/// peer's port appeared in them, and its address.
+#[test]
+#[cfg(unix)] // stops the server with SIGTERM to read the rest of its log
+fn answers_and_streams_name_no_peer_in_the_log() {
+    use std::io::Write;
+    let mut server = Process::spawn(&[("PORT", "0"), ("MODE", "live"), ("SITES", SITE)]);
+    let addr = server.wait_until_listening();
+    let mut peers = Vec::new();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    peers.push(stream.local_addr().unwrap().port());
+    stream
+        .write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut std::io::BufReader::new(stream), false).status,
+        404
+    );
+    let (ws, _) = ws_connect(addr, "/api/analytics");
+    peers.push(ws.get_ref().local_addr().unwrap().port());
+    drop(ws);
+    let (sse, _) = open_event_stream(addr, "");
+    peers.push(sse.local_addr().unwrap().port());
+    drop(sse);
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    let log = server.rest_of_log();
+    let lines: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("-> 404") || l.contains("connect"))
+        .collect();
+    assert!(lines.len() >= 5, "{log:#?}");
+    for line in lines {
+        assert!(line.contains("peer=client "), "{line}");
+        assert!(!line.contains("127.0.0.1"), "{line}");
+        assert!(
+            !peers.iter().any(|p| line.contains(&format!(":{p}"))),
+            "{line}"
+        );
+    }
+}

@@ -17,13 +17,48 @@ pub(super) const IDENTIFYING: [&str; 4] =
     ["user-agent", "x-forwarded-for", "forwarded", "x-real-ip"];
 
 /// The key of the digests, the key of the log's names for peers (random, never written
-/// anywhere), how many proxies in front are trusted to name the client, and whether the
-/// log may name peers.
+/// anywhere), how many proxies in front are trusted to name the client, and how the log
+/// names peers.
 pub struct Identity {
     key: (u64, u64),
-    name_key: (u64, u64),
+    names: PeerNames,
     trusted_proxy_hops: usize,
-    hide_peers: bool,
+}
+
+/// How the log names a peer: by its address, or, when peers are hidden (live mode: any
+/// peer may be a site's visitor), by `client` and a digest of its address under a key
+/// drawn at start and never written. The edge and the workers name peers alike.
+#[derive(Clone, Copy)]
+pub struct PeerNames {
+    key: Option<(u64, u64)>,
+}
+
+/// Says whether peers are hidden, never the key.
+impl std::fmt::Debug for PeerNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerNames")
+            .field("hidden", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl PeerNames {
+    pub fn new(hide: bool) -> PeerNames {
+        PeerNames {
+            key: hide.then(|| (rand::random(), rand::random())),
+        }
+    }
+
+    /// `peer` as the log names it: the same name for the same address for the life of
+    /// the process.
+    pub fn name(&self, peer: SocketAddr) -> String {
+        let Some(key) = self.key else {
+            return peer.to_string();
+        };
+        let mut h = SipHasher13::new_with_keys(key.0, key.1);
+        peer.ip().hash(&mut h);
+        format!("client {:08x}", h.finish() >> 32)
+    }
 }
 
 /// The digests' key when several instances count the same visitors (live mode with
@@ -34,26 +69,21 @@ const FLEET_KEY: (u64, u64) = (0x7261_622d_666c_6565, 0x742d_6469_6765_7374);
 impl Identity {
     /// With `fleet`, the digests are the same in every instance ([`FLEET_KEY`]); else
     /// their key is this process's, random.
-    pub fn new(trusted_proxy_hops: usize, hide_peers: bool, fleet: bool) -> Identity {
-        let random = || (rand::random(), rand::random());
+    pub fn new(trusted_proxy_hops: usize, names: PeerNames, fleet: bool) -> Identity {
         Identity {
-            key: if fleet { FLEET_KEY } else { random() },
-            name_key: random(),
+            key: if fleet {
+                FLEET_KEY
+            } else {
+                (rand::random(), rand::random())
+            },
+            names,
             trusted_proxy_hops,
-            hide_peers,
         }
     }
 
-    /// `peer` as the log names it: its address, or, when peers are hidden (live mode:
-    /// any peer may be a site's visitor), `client` and a keyed digest of its address,
-    /// the same for the same address for the life of the process.
+    /// `peer` as the log names it ([`PeerNames`]).
     pub fn name(&self, peer: SocketAddr) -> String {
-        if !self.hide_peers {
-            return peer.to_string();
-        }
-        let mut h = SipHasher13::new_with_keys(self.name_key.0, self.name_key.1);
-        peer.ip().hash(&mut h);
-        format!("client {:08x}", h.finish() >> 32)
+        self.names.name(peer)
     }
 
     /// The `X-Edge-Client` value for `head`, from `peer`: the client's digest (for the
@@ -159,11 +189,11 @@ mod tests {
     fn the_client_is_the_peer_unless_proxies_are_trusted() {
         let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
         let forged = "X-Forwarded-For: 198.51.100.7\r\nUser-Agent: Mozilla/5.0\r\n";
-        let untrusted = Identity::new(0, false, false);
+        let untrusted = Identity::new(0, PeerNames::new(false), false);
         let a = untrusted.digest(&mut head(forged), peer);
         let b = untrusted.digest(&mut head("User-Agent: Mozilla/5.0\r\n"), peer);
         assert_eq!(a, b, "a forged X-Forwarded-For is ignored");
-        let trusted = Identity::new(1, false, false);
+        let trusted = Identity::new(1, PeerNames::new(false), false);
         let digests = |xff: &str| {
             trusted.digest(
                 &mut head(&format!("X-Forwarded-For: {xff}\r\nUser-Agent: UA\r\n")),
@@ -197,7 +227,7 @@ mod tests {
                 "{garbage:?} is no address"
             );
         }
-        let two = Identity::new(2, false, false);
+        let two = Identity::new(2, PeerNames::new(false), false);
         let mut h = head("X-Forwarded-For: 203.0.113.9, 10.0.0.1\r\nUser-Agent: UA\r\n");
         let mut h2 = head("X-Forwarded-For: 203.0.113.9\r\nUser-Agent: UA\r\n");
         assert_eq!(
@@ -209,8 +239,11 @@ mod tests {
     #[test]
     fn hidden_peers_are_named_by_a_digest() {
         let peer: SocketAddr = "192.0.2.1:5000".parse().unwrap();
-        assert_eq!(Identity::new(0, false, false).name(peer), "192.0.2.1:5000");
-        let hidden = Identity::new(0, true, false);
+        assert_eq!(
+            Identity::new(0, PeerNames::new(false), false).name(peer),
+            "192.0.2.1:5000"
+        );
+        let hidden = Identity::new(0, PeerNames::new(true), false);
         let name = hidden.name(peer);
         assert!(
             name.starts_with("client ") && !name.contains("192"),
@@ -223,13 +256,14 @@ mod tests {
     #[test]
     fn digests_replace_the_identifying_headers() {
         let mut h = head("X-Forwarded-For: 203.0.113.9\r\nUser-Agent: Secret/1.0\r\n");
-        let line = Identity::new(1, false, false).digest(&mut h, "192.0.2.1:1".parse().unwrap());
+        let line = Identity::new(1, PeerNames::new(false), false)
+            .digest(&mut h, "192.0.2.1:1".parse().unwrap());
         assert_eq!(line.len(), 33, "{line}");
         assert_eq!(h.header("User-Agent"), Some("0000000000"));
         assert_eq!(h.header("X-Forwarded-For"), Some("00000000000"));
         let mut bot = head("User-Agent: Googlebot/2.1\r\n");
         assert!(
-            Identity::new(0, false, false)
+            Identity::new(0, PeerNames::new(false), false)
                 .digest(&mut bot, "192.0.2.1:1".parse().unwrap())
                 .ends_with(" bot")
         );

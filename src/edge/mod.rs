@@ -58,6 +58,7 @@ use crate::sync::lock;
 pub use accept::PROBE_PLACES;
 use accept::Places;
 pub use handoff::{Ack, Connections, Hop, finish};
+pub use identity::PeerNames;
 pub use upstream::LINKS as INTERNAL_CONNECTIONS;
 use upstream::Upstream;
 
@@ -80,7 +81,7 @@ pub struct Limits {
     pub trusted_proxy_hops: usize,
     /// The log names no peer by its address (live mode: any peer may be a site's
     /// visitor), only by a digest.
-    pub hide_peers: bool,
+    pub peer_names: PeerNames,
     /// Digests the same in every instance: live mode's state is shared (`REDIS_URL`).
     pub fleet_digests: bool,
 }
@@ -165,7 +166,7 @@ impl Edge {
         Ok(Edge {
             identity: identity::Identity::new(
                 limits.trusted_proxy_hops,
-                limits.hide_peers,
+                limits.peer_names,
                 limits.fleet_digests,
             ),
             listener,

@@ -15,7 +15,7 @@
 //! bytes pile up, and no request is answered inside the stream.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -36,7 +36,7 @@ const RETRY_MS: u64 = 2000;
 
 /// The event stream for a request, run on the connection's own thread. `cors` goes into
 /// the head; `leftover` is what the client sent after the request.
-pub fn session(slot: Slot, options: Options, cors: Vec<Header>, peer: SocketAddr) -> StreamFn {
+pub fn session(slot: Slot, options: Options, cors: Vec<Header>, peer: String) -> StreamFn {
     let start = Start::new(&slot.0, Route::Analytics, options.site);
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
         let streams = &slot.0;

@@ -3,7 +3,7 @@
 //! for its ends.
 
 use std::io::{self, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -80,7 +80,7 @@ pub fn session(
     slot: Slot,
     route: Route,
     options: Options,
-    peer: SocketAddr,
+    peer: String,
 ) -> StreamFn {
     let start = Start::new(&slot.0, route, options.site);
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
@@ -129,7 +129,7 @@ fn websocket(socket: TcpStream, leftover: Vec<u8>) -> Box<WebSocket<WatchedSocke
 /// get (`"type": "error"`), and closes with 1008 and a short reason. Browsers and Flutter's
 /// `web_socket_channel` show nothing of a refused handshake but its status; they do show
 /// a message and a close reason. The connection holds its `slot` until it closes.
-pub fn refusal(accept: String, slot: Slot, invalid: Invalid, peer: SocketAddr) -> StreamFn {
+pub fn refusal(accept: String, slot: Slot, invalid: Invalid, peer: String) -> StreamFn {
     Box::new(move |socket: TcpStream, leftover: Vec<u8>| {
         let _slot = slot;
         log::info!(
