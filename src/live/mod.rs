@@ -424,6 +424,7 @@ impl Live {
     /// A Redis call failed: the first failure of an outage is logged.
     fn failed(&self, shared: &Shared, error: &RedisError) {
         if shared.redis.swap(DOWN, Ordering::Relaxed) != DOWN {
+            shared.store.close_idle();
             log::error!(
                 "Redis failed ({error}): streams go on with stale samples, /readyz answers \
                  503, and events wait here (at most {BUFFER}) until Redis answers again"

@@ -99,6 +99,15 @@ impl Store {
         }
     }
 
+    /// Closes the idle connections: after a failure, those opened before it may be
+    /// broken too (Redis restarted), and each would fail once more when Redis is back.
+    pub fn close_idle(&self) {
+        let idle = self.idle.1.try_iter().count();
+        for _ in 0..idle {
+            let _ = self.idle.0.send(None);
+        }
+    }
+
     fn connect(&self) -> Result<Connection, RedisError> {
         let connection = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
         connection.set_read_timeout(Some(CALL_TIMEOUT))?;
