@@ -396,7 +396,8 @@ pub const VARS: [Var; 30] = [
         |c, s| {
             c.redis_url = match s {
                 "unset" => None,
-                url if url.starts_with("redis://") && redis::parse_redis_url(url).is_some() => {
+                // The client takes it: a database that is no number is refused here.
+                url if url.starts_with("redis://") && redis::Client::open(url).is_ok() => {
                     Some(url.to_string())
                 }
                 _ => return None,
@@ -800,6 +801,7 @@ mod tests {
         assert_eq!(with("unset").unwrap().redis_url, None);
         for bad in [
             "rediss://:s3cret@red-1.internal:6379",
+            "redis://:s3cret@red-1.internal:6379/notadb",
             "http://s3cret@red-1.internal",
             "redis://:s3cret@",
             "s3cret",
