@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -348,6 +348,63 @@ fn follow(addr: SocketAddr, query: &str, until: u64, connected: &AtomicUsize) ->
     }
 }
 
+/// As [`follow`], over Server-Sent Events: on the stream's end it waits the last
+/// `retry:` it was given (the close's reconnect delay), on a lost or refused connection a
+/// tenth of a second, then connects again with `Last-Event-ID` the last id received.
+fn follow_sse(addr: SocketAddr, query: &str, until: u64, connected: &AtomicUsize) -> Followed {
+    let mut got = Followed::default();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(Instant::now() < deadline, "did not reach tick {until}");
+        let resume = got
+            .seqs
+            .last()
+            .map_or(String::new(), |s| format!("Last-Event-ID: {s}\r\n"));
+        let mut wait = Duration::from_millis(100);
+        if let Ok(mut stream) = TcpStream::connect(addr) {
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let request = format!(
+                "GET /api/analytics?seq=1{query} HTTP/1.1\r\nHost: fleet\r\n\
+                 Accept: text/event-stream\r\n{resume}\r\n"
+            );
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let mut event = String::new();
+                for line in std::io::BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(ms) = line.strip_prefix("retry: ") {
+                        wait = Duration::from_millis(ms.parse().unwrap());
+                    } else if let Some(name) = line.strip_prefix("event: ") {
+                        event = name.to_string();
+                    } else if let Some(data) = line.strip_prefix("data: ") {
+                        let v: Value = serde_json::from_str(data).unwrap();
+                        match event.as_str() {
+                            "welcome" => {
+                                if got.instances.is_empty() {
+                                    connected.fetch_add(1, Ordering::Relaxed);
+                                }
+                                got.instances
+                                    .push(v["instance"].as_str().unwrap().to_string());
+                            }
+                            "sample" => {
+                                let seq = v["seq"].as_u64().unwrap();
+                                got.seqs.push(seq);
+                                got.samples.insert(seq, data.to_string());
+                                if seq >= until {
+                                    return got;
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        thread::sleep(wait);
+    }
+}
+
 /// The latest tick, from any instance.
 fn latest(addr: SocketAddr) -> u64 {
     common::get(addr, "/api/analytics?seq=1").json()["seq"]
@@ -355,16 +412,20 @@ fn latest(addr: SocketAddr) -> u64 {
         .unwrap()
 }
 
-/// `clients` followers of the fleet until `ticks` after the latest; `during` runs once
-/// they are all connected.
+/// `clients` followers of the fleet until `ticks` after the latest, one in three over
+/// SSE; `during` runs once they are all connected.
 fn followers(fleet: &Fleet, clients: usize, ticks: u64, during: impl FnOnce()) -> Vec<Followed> {
     let until = latest(fleet.addr) + ticks;
     let connected = Arc::new(AtomicUsize::new(0));
     let addr = fleet.addr;
+    // Every third over Server-Sent Events.
     let handles: Vec<_> = (0..clients)
-        .map(|_| {
+        .map(|i| {
             let connected = Arc::clone(&connected);
-            thread::spawn(move || follow(addr, "&fields=all", until, &connected))
+            thread::spawn(move || match i % 3 {
+                2 => follow_sse(addr, "&fields=all", until, &connected),
+                _ => follow(addr, "&fields=all", until, &connected),
+            })
         })
         .collect();
     let all = eventually(Duration::from_secs(30), || {
@@ -593,7 +654,7 @@ fn live_clients_of_a_stopped_instance_move_with_its_hint_and_miss_nothing() {
 #[ignore = "slow tier: needs haproxy and redis-server (scripts/test.sh installs them)"]
 fn redis_stopped_for_10_s_stalls_no_stream_and_loses_no_event() {
     let mut redis = Redis::start();
-    let fleet = live_fleet(&redis);
+    let mut fleet = live_fleet(&redis);
     let direct: Vec<SocketAddr> = fleet.instances.values().map(|(_, addr)| *addr).collect();
     let all = |path: &str, want: u16| direct.iter().all(|&a| status(a, path) == Some(want));
     let mut agreed = 0;
@@ -632,6 +693,18 @@ fn redis_stopped_for_10_s_stalls_no_stream_and_loses_no_event() {
     for addr in direct {
         assert_eq!(common::metric(addr, "analytics_live_buffered_events"), 0.0);
         assert!(common::metric(addr, "analytics_live_stale_ticks_total") >= 10.0);
+    }
+    // The outage is logged once by each instance, and so is its end.
+    for (name, (p, _)) in &mut fleet.instances {
+        p.signal(libc::SIGTERM);
+        p.wait_exit();
+        let log = p.rest_of_log();
+        let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
+        assert_eq!(
+            (count("Redis failed ("), count("Redis answers again: ")),
+            (1, 1),
+            "{name}: {log:#?}"
+        );
     }
 }
 
