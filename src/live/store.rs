@@ -45,7 +45,7 @@ pub struct Store {
 }
 
 /// What [`Store::record`] did.
-pub struct Recorded {
+pub struct Touched {
     pub counted: bool,
     pub evicted: u64,
 }
@@ -147,7 +147,7 @@ impl Store {
         now_ms: u64,
         session_timeout_ms: u64,
         max_visitors: usize,
-    ) -> Result<Recorded, RedisError> {
+    ) -> Result<Touched, RedisError> {
         let kind = match event.kind {
             Kind::PageView => "p",
             Kind::Engagement => "e",
@@ -169,7 +169,7 @@ impl Store {
             invocation.arg(site).arg(format!("{id:016x}"));
         }
         let (counted, evicted): (u8, u64) = self.with(|c| invocation.invoke(c))?;
-        Ok(Recorded {
+        Ok(Touched {
             counted: counted == 1,
             evicted,
         })
