@@ -238,20 +238,46 @@ fn haproxy_config(port: u16, servers: &[(String, SocketAddr)]) -> String {
         3,
         "the README's configuration names three instances"
     );
+    let readme_servers: Vec<String> = (1..=3).map(|i| format!("127.0.0.1:400{i}")).collect();
     let mut config = String::new();
     for line in block.lines() {
-        let mut line = match line.split_whitespace().next() {
-            Some("bind") => format!("    bind 127.0.0.1:{port}"),
+        let words: Vec<&str> = line.split_whitespace().collect();
+        // Whole addresses, each line once: a port put in may begin as the README's do.
+        let server = servers
+            .iter()
+            .zip(&readme_servers)
+            .find(|(_, readme)| words.contains(&readme.as_str()));
+        let line = match (words.first(), server) {
+            (Some(&"bind"), _) => format!("    bind 127.0.0.1:{port}"),
+            (_, Some(((_, addr), readme))) => line.replacen(readme, &addr.to_string(), 1),
             _ => line.to_string(),
         };
-        for (i, (_, addr)) in servers.iter().enumerate() {
-            line = line.replace(&format!("127.0.0.1:400{}", i + 1), &addr.to_string());
-        }
         config.push_str(&line);
         config.push('\n');
     }
-    assert!(!config.contains(":400"), "{config}");
     config
+}
+
+#[test]
+fn the_readmes_haproxy_configuration_takes_any_ports() {
+    // Ephemeral ports that begin as the README's do, or as another's.
+    let servers: Vec<(String, SocketAddr)> = [40021, 40083, 4003]
+        .iter()
+        .zip(["a", "b", "c"])
+        .map(|(port, name)| (name.to_string(), SocketAddr::from(([127, 0, 0, 1], *port))))
+        .collect();
+    let config = haproxy_config(40012, &servers);
+    let servers: Vec<&str> = config
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("server "))
+        .map(|server| server.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        servers,
+        ["127.0.0.1:40021", "127.0.0.1:40083", "127.0.0.1:4003"].repeat(2),
+        "{config}"
+    );
+    assert!(config.contains("\n    bind 127.0.0.1:40012\n"), "{config}");
 }
 
 /// The instance that answered `GET /` through the balancer, if one did.
