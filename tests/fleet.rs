@@ -313,122 +313,131 @@ struct Followed {
     samples: BTreeMap<u64, String>,
     /// The instance each connection's welcome named, in order.
     instances: Vec<String>,
+    /// The tick it follows the stream until.
+    until: u64,
+    /// Counts the followers that received a first welcome.
+    connected: Arc<AtomicUsize>,
 }
 
-/// Follows `/api/analytics` through the balancer at `addr` until tick `until`: on a
-/// close it waits the `reconnect_after_ms` it was given, on a lost or refused connection
-/// a tenth of a second, then connects again with `since=` the last seq received.
-/// `connected` counts the first welcome.
-fn follow(addr: SocketAddr, query: &str, until: u64, connected: &AtomicUsize) -> Followed {
-    let mut got = Followed::default();
+impl Followed {
+    /// Records a connection's welcome.
+    fn welcome(&mut self, text: &str) {
+        if self.instances.is_empty() {
+            self.connected.fetch_add(1, Ordering::Relaxed);
+        }
+        let v: Value = serde_json::from_str(text).unwrap();
+        self.instances
+            .push(v["instance"].as_str().unwrap().to_string());
+    }
+
+    /// Records a sample as sent; true once it is tick `until` or later.
+    fn sample(&mut self, text: &str) -> bool {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let seq = v["seq"].as_u64().unwrap();
+        self.seqs.push(seq);
+        self.samples.insert(seq, text.to_string());
+        seq >= self.until
+    }
+}
+
+/// Follows `/api/analytics?seq=1{query}` through the balancer at `addr` until tick
+/// `until`, one connection at a time by `over` ([`over_websocket`] or [`over_sse`]),
+/// each resuming from the last seq received. Between them it waits what `over` says, or
+/// a tenth of a second after a refused connection.
+fn follow(
+    addr: SocketAddr,
+    over: fn(TcpStream, &str, &mut Followed) -> Result<(), Duration>,
+    query: &str,
+    until: u64,
+    connected: Arc<AtomicUsize>,
+) -> Followed {
+    let mut got = Followed {
+        until,
+        connected,
+        ..Followed::default()
+    };
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         assert!(Instant::now() < deadline, "did not reach tick {until}");
-        let since = got
-            .seqs
-            .last()
-            .map_or(String::new(), |s| format!("&since={s}"));
-        let url = format!("ws://{addr}/api/analytics?seq=1{query}{since}");
-        let stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let Ok((mut ws, _)) = tungstenite::client(url.into_client_request().unwrap(), stream)
-        else {
-            thread::sleep(Duration::from_millis(100));
-            continue;
+        let wait = match TcpStream::connect(addr) {
+            Ok(stream) => {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                match over(stream, query, &mut got) {
+                    Ok(()) => return got,
+                    Err(wait) => wait,
+                }
+            }
+            Err(_) => Duration::from_millis(100),
         };
-        let mut wait = Duration::from_millis(100);
-        loop {
-            match ws.read() {
-                Ok(Message::Text(text)) => {
-                    let v: Value = serde_json::from_str(&text).unwrap();
-                    if v["type"] == "welcome" {
-                        if got.instances.is_empty() {
-                            connected.fetch_add(1, Ordering::Relaxed);
-                        }
-                        got.instances
-                            .push(v["instance"].as_str().unwrap().to_string());
-                        continue;
-                    }
-                    let seq = v["seq"].as_u64().unwrap();
-                    got.seqs.push(seq);
-                    got.samples.insert(seq, text.to_string());
-                    if seq >= until {
-                        return got;
-                    }
-                }
-                Ok(Message::Close(frame)) => {
-                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    let hint: Value = serde_json::from_str(&reason).unwrap_or_default();
-                    if let Some(ms) = hint["reconnect_after_ms"].as_u64() {
-                        wait = Duration::from_millis(ms);
-                    }
-                    break;
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
         thread::sleep(wait);
     }
 }
 
-/// As [`follow`], over Server-Sent Events: on the stream's end it waits the last
-/// `retry:` it was given (the close's reconnect delay), on a lost or refused connection a
-/// tenth of a second, then connects again with `Last-Event-ID` the last id received.
-fn follow_sse(addr: SocketAddr, query: &str, until: u64, connected: &AtomicUsize) -> Followed {
-    let mut got = Followed::default();
-    let deadline = Instant::now() + Duration::from_secs(90);
+/// One WebSocket connection, with `since=`: `Ok` once tick `until` came, else the time
+/// to wait before the next (a close's `reconnect_after_ms`, or a tenth of a second).
+fn over_websocket(stream: TcpStream, query: &str, got: &mut Followed) -> Result<(), Duration> {
+    let mut wait = Duration::from_millis(100);
+    let since = got
+        .seqs
+        .last()
+        .map_or(String::new(), |s| format!("&since={s}"));
+    let url = format!("ws://fleet/api/analytics?seq=1{query}{since}");
+    let (mut ws, _) =
+        tungstenite::client(url.into_client_request().unwrap(), stream).map_err(|_| wait)?;
     loop {
-        assert!(Instant::now() < deadline, "did not reach tick {until}");
-        let resume = got
-            .seqs
-            .last()
-            .map_or(String::new(), |s| format!("Last-Event-ID: {s}\r\n"));
-        let mut wait = Duration::from_millis(100);
-        if let Ok(mut stream) = TcpStream::connect(addr) {
-            stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
-                .unwrap();
-            let request = format!(
-                "GET /api/analytics?seq=1{query} HTTP/1.1\r\nHost: fleet\r\n\
-                 Accept: text/event-stream\r\n{resume}\r\n"
-            );
-            if stream.write_all(request.as_bytes()).is_ok() {
-                let mut event = String::new();
-                for line in std::io::BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(ms) = line.strip_prefix("retry: ") {
-                        wait = Duration::from_millis(ms.parse().unwrap());
-                    } else if let Some(name) = line.strip_prefix("event: ") {
-                        event = name.to_string();
-                    } else if let Some(data) = line.strip_prefix("data: ") {
-                        let v: Value = serde_json::from_str(data).unwrap();
-                        match event.as_str() {
-                            "welcome" => {
-                                if got.instances.is_empty() {
-                                    connected.fetch_add(1, Ordering::Relaxed);
-                                }
-                                got.instances
-                                    .push(v["instance"].as_str().unwrap().to_string());
-                            }
-                            "sample" => {
-                                let seq = v["seq"].as_u64().unwrap();
-                                got.seqs.push(seq);
-                                got.samples.insert(seq, data.to_string());
-                                if seq >= until {
-                                    return got;
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
+        match ws.read() {
+            Ok(Message::Text(text)) if text.contains(r#""type":"welcome""#) => got.welcome(&text),
+            Ok(Message::Text(text)) => {
+                if got.sample(&text) {
+                    return Ok(());
                 }
             }
+            Ok(Message::Close(frame)) => {
+                let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                let hint: Value = serde_json::from_str(&reason).unwrap_or_default();
+                if let Some(ms) = hint["reconnect_after_ms"].as_u64() {
+                    wait = Duration::from_millis(ms);
+                }
+                return Err(wait);
+            }
+            Ok(_) => {}
+            Err(_) => return Err(wait),
         }
-        thread::sleep(wait);
     }
+}
+
+/// One Server-Sent Events connection, with `Last-Event-ID`: `Ok` once tick `until` came,
+/// else the time to wait before the next (the last `retry:`, which a close sets to its
+/// reconnect delay, or a tenth of a second).
+fn over_sse(mut stream: TcpStream, query: &str, got: &mut Followed) -> Result<(), Duration> {
+    let mut wait = Duration::from_millis(100);
+    let resume = got
+        .seqs
+        .last()
+        .map_or(String::new(), |s| format!("Last-Event-ID: {s}\r\n"));
+    let request = format!(
+        "GET /api/analytics?seq=1{query} HTTP/1.1\r\nHost: fleet\r\n\
+         Accept: text/event-stream\r\n{resume}\r\n"
+    );
+    stream.write_all(request.as_bytes()).map_err(|_| wait)?;
+    let mut event = String::new();
+    for line in std::io::BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        if let Some(ms) = line.strip_prefix("retry: ") {
+            wait = Duration::from_millis(ms.parse().unwrap());
+        } else if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_string();
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            match event.as_str() {
+                "welcome" => got.welcome(data),
+                "sample" if got.sample(data) => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+    Err(wait)
 }
 
 /// The latest tick, from any instance.
@@ -448,10 +457,8 @@ fn followers(fleet: &Fleet, clients: usize, ticks: u64, during: impl FnOnce()) -
     let handles: Vec<_> = (0..clients)
         .map(|i| {
             let connected = Arc::clone(&connected);
-            thread::spawn(move || match i % 3 {
-                2 => follow_sse(addr, "&fields=all", until, &connected),
-                _ => follow(addr, "&fields=all", until, &connected),
-            })
+            let over = if i % 3 == 2 { over_sse } else { over_websocket };
+            thread::spawn(move || follow(addr, over, "&fields=all", until, connected))
         })
         .collect();
     let all = eventually(Duration::from_secs(30), || {
