@@ -511,15 +511,19 @@ struct Settlement<'r> {
     target: Cow<'r, str>,
     /// The peer, for the log: none for an event, whose sender is a site's visitor.
     peer: Option<String>,
-    /// The route's path, for the metrics.
-    label: &'static str,
+    /// The route, for the metrics and the log.
+    route: Option<Route>,
 }
 
 impl Settlement<'_> {
     fn reply(self, reply: Reply) -> Reply {
         let status = reply.status_code().0;
-        self.metrics.request(self.label, status);
-        if !(200..400).contains(&status) {
+        self.metrics
+            .request(self.route.map_or("other", Route::path), status);
+        // `/readyz`'s 503 is a state whose start and end are logged (shutdown, Redis
+        // failing), not once per health check.
+        let state = self.route == Some(Route::Ready) && status == 503;
+        if !(200..400).contains(&status) && !state {
             let level = if status >= 500 {
                 log::Level::Warn
             } else {
@@ -544,7 +548,7 @@ impl Settlement<'_> {
             method: self.method,
             target: Cow::Owned(self.target.into_owned()),
             peer: self.peer,
-            label: self.label,
+            route: self.route,
         }
     }
 }
@@ -685,7 +689,7 @@ impl Worker {
             target: Cow::Borrowed(request.target),
             // A site's visitor is never logged, not even by a digest.
             peer: (!event).then(|| self.ctx.peer_names.name(request.peer)),
-            label: request.route.map_or("other", |r| r.path()),
+            route: request.route,
         }
     }
 }
