@@ -72,13 +72,18 @@ pub fn parse(body: &[u8]) -> Result<Event, BadEvent> {
         return Err(not_an_event("it does not start with {".into()));
     }
     let body: Body = serde_json::from_slice(body).map_err(|e| not_an_event(e.to_string()))?;
-    let missing = |field: &str| BadEvent(format!("The event has no \"{field}\": send it."));
+    // Each key named as the Events API and as the tracker send it.
+    let missing = |field: &str, short: &str| {
+        BadEvent(format!(
+            "The event has no \"{field}\" (\"{short}\"): send it."
+        ))
+    };
     let name = body
         .name
         .filter(|n| !n.trim().is_empty())
-        .ok_or_else(|| missing("name"))?;
-    let url = body.url.ok_or_else(|| missing("url"))?;
-    let domain = body.domain.ok_or_else(|| missing("domain"))?;
+        .ok_or_else(|| missing("name", "n"))?;
+    let url = body.url.ok_or_else(|| missing("url", "u"))?;
+    let domain = body.domain.ok_or_else(|| missing("domain", "d"))?;
     let hash_mode = match body.hash {
         None | Some(Value::Null) => false,
         Some(Value::Bool(on)) => on,
@@ -86,7 +91,7 @@ pub fn parse(body: &[u8]) -> Result<Event, BadEvent> {
         Some(_) => return Err(BadEvent("\"h\" (hash mode) is 0, 1, true or false.".into())),
     };
     let path = path_of(&url, hash_mode).ok_or_else(|| {
-        BadEvent("\"url\" must be an absolute http(s) URL, as location.href is.".into())
+        BadEvent("\"url\" (\"u\") must be an absolute http(s) URL, as location.href is.".into())
     })?;
     let domains: Vec<String> = domain
         .split(',')
@@ -94,14 +99,14 @@ pub fn parse(body: &[u8]) -> Result<Event, BadEvent> {
         .filter(|d| !d.is_empty())
         .collect();
     if domains.is_empty() {
-        return Err(missing("domain"));
+        return Err(missing("domain", "d"));
     }
     let referrer = match body.referrer {
         None | Some(Value::Null) => None,
         Some(Value::String(r)) => host_of(&r),
         Some(_) => {
             return Err(BadEvent(
-                "\"referrer\" is a URL (document.referrer) or null.".into(),
+                "\"referrer\" (\"r\") is a URL (document.referrer) or null.".into(),
             ));
         }
     };
@@ -112,7 +117,7 @@ pub fn parse(body: &[u8]) -> Result<Event, BadEvent> {
         }
         Some(_) => {
             return Err(BadEvent(
-                "\"w\" (screen width) is a number of CSS pixels.".into(),
+                "\"screen_width\" (\"w\") is a number of CSS pixels.".into(),
             ));
         }
     };
@@ -266,8 +271,15 @@ mod tests {
                 r#"{{"n":"pageview","u":"https://a.example","d":"a.example",{field}}}"#
             ))
         };
-        assert!(typed(r#""w":{}"#).contains("\"w\""));
+        // Each names the key as the tracker and as the Events API send it.
+        for w in [r#""w":{}"#, r#""screen_width":-5"#] {
+            let e = typed(w);
+            assert!(e.contains("\"screen_width\" (\"w\")"), "{w}: {e}");
+        }
         assert!(typed(r#""h":2"#).contains("\"h\""));
-        assert!(typed(r#""r":5"#).contains("\"referrer\""));
+        for r in [r#""r":5"#, r#""referrer":[]"#] {
+            let e = typed(r);
+            assert!(e.contains("\"referrer\" (\"r\")"), "{r}: {e}");
+        }
     }
 }
