@@ -116,6 +116,12 @@ impl Fields {
         FIELDS.into_iter().filter(|f| self.has(f)).collect()
     }
 
+    /// These fields but `name`.
+    pub fn without(self, name: &str) -> Fields {
+        let bit = FIELDS.iter().position(|f| *f == name).map_or(0, |i| 1 << i);
+        Fields(self.0 & !bit)
+    }
+
     fn has(self, name: &str) -> bool {
         FIELDS
             .iter()

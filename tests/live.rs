@@ -66,6 +66,9 @@ fn n_visitors_are_n_active_users_and_every_view_is_counted_once() {
         sample.get("countries").is_none(),
         "no country without geolocation"
     );
+    let (_ws, welcome) = ws_connect(s.addr, "/api/analytics?fields=all");
+    let fields = welcome["fields"].as_array().unwrap();
+    assert!(!fields.contains(&"countries".into()), "{fields:?}");
     // Every view is in exactly one interval: the history's sum is what was sent.
     let history = get(s.addr, "/api/analytics/history?last=1m").json();
     let views: u64 = history["samples"]

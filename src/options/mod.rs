@@ -198,12 +198,15 @@ pub fn parse(
             ),
         })?;
         // `all` stays valid: it takes what there is.
-        if !sites.is_empty() && v.trim() != "all" && options.fields.names().contains(&"countries") {
-            return Err(invalid(
-                "fields",
-                "countries are not counted in live mode: there is no geolocation. Send \
-                 the request without it.",
-            ));
+        if !sites.is_empty() && options.fields.names().contains(&"countries") {
+            if v.trim() != "all" {
+                return Err(invalid(
+                    "fields",
+                    "countries are not counted in live mode: there is no geolocation. Send \
+                     the request without it.",
+                ));
+            }
+            options.fields = options.fields.without("countries");
         }
     }
     if let Some(v) = get("seq") {
@@ -409,7 +412,12 @@ mod tests {
         }
         let e = live("fields=active_users,countries").unwrap_err();
         assert!(e.message.contains("geolocation"), "{}", e.message);
-        assert!(live("fields=all").is_ok(), "all takes what there is");
+        let all = live("fields=all").unwrap().fields.names();
+        assert!(
+            !all.contains(&"countries"),
+            "all takes what there is: {all:?}"
+        );
+        assert!(all.contains(&"referrers"), "{all:?}");
         assert!(
             opts("fields=countries").is_ok(),
             "the simulator has countries"
