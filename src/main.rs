@@ -70,12 +70,13 @@ fn serve(config: &Config) -> ExitCode {
     let caps = server.caps();
     let host = server.host();
     log::info!(
-        "{} {} listening on http://{addr} ({}, interval {} ms): REST http://{host}/api/analytics, \
+        "{} {} listening on http://{addr} (instance {}, {}, interval {} ms): REST http://{host}/api/analytics, \
          WebSocket ws://{host}/api/analytics, SSE the same URL with Accept: text/event-stream, \
          dashboard http://{host}/dashboard, API http://{host}/openapi.json, service info \
          http://{host}/ and http://{host}/api",
         env!("CARGO_PKG_NAME"),
         env!("CARGO_PKG_VERSION"),
+        server.instance(),
         match config.mode {
             Mode::Sim => format!("seed {}", config.seed),
             Mode::Live => format!("live, SITES={}", config.sites.join(",")),

@@ -318,6 +318,11 @@ impl Server {
         default_host(self.addr)
     }
 
+    /// This instance's name (`INSTANCE`, or drawn at start), as the welcome and `/` say it.
+    pub fn instance(&self) -> &str {
+        &self.streams.ctx.instance
+    }
+
     /// Receives a message if the server can no longer serve (tiny_http's workers lost
     /// their queue, or the watchdog's probes went unanswered). The process should then
     /// exit non-zero so that it is restarted.

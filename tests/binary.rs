@@ -167,8 +167,10 @@ fn client_text_is_cut_in_log_lines() {
 
 #[test]
 fn startup_line_gives_the_url_of_every_endpoint() {
-    let p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0")]);
+    let p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INSTANCE", "eu-1")]);
     let line = p.wait_for_line("listening on");
+    // Which of several instances wrote this log.
+    assert!(line.contains("(instance eu-1, "), "{line}");
     let addr = p_addr(&line);
     for url in [
         format!("http://{addr}/api/analytics"),

@@ -208,9 +208,17 @@ fn the_log_excerpt_is_the_servers() {
     lines.push(server.wait_for_line("sse disconnect"));
     assert_eq!(get(addr, "/bad").status, 404);
     lines.push(server.wait_for_line("GET /bad"));
+    // The name drawn at start, as the README's examples show it.
+    let instance = lines[0]
+        .split("(instance ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap()
+        .to_string();
     let text = lines
         .join("\n")
-        .replace(&format!(":{}", addr.port()), ":4000");
+        .replace(&format!(":{}", addr.port()), ":4000")
+        .replace(&format!("instance {instance},"), "instance 7f3a9c21,");
     check_shape("ARCHITECTURE.md", "log", &format!("```text\n{text}\n```\n"));
 }
 
