@@ -95,7 +95,20 @@ pub struct Config {
     /// `REDIS_URL`: where live mode keeps its state for several instances. `None`: in
     /// this process.
     pub redis_url: Option<String>,
+    /// Variables set that mean nothing in this mode (the other mode's), for the start-up
+    /// log to name.
+    pub ignored: Vec<&'static str>,
 }
+
+/// Variables only the simulator reads.
+const SIM_ONLY: [&str; 4] = ["SEED", "PROFILE", "SCENARIO", "UTC_OFFSET_HOURS"];
+/// Variables only live mode reads (`SITES` and `REDIS_URL` are refused in sim mode).
+const LIVE_ONLY: [&str; 4] = [
+    "MAX_VISITORS",
+    "LIVE_HISTORY",
+    "ACTIVE_WINDOW",
+    "SESSION_TIMEOUT",
+];
 
 /// Where samples come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +160,7 @@ impl Default for Config {
             live_history: None,
             active_window: Duration::from_secs(5 * 60),
             session_timeout: Duration::from_secs(30 * 60),
+            ignored: Vec::new(),
         }
     }
 }
@@ -600,6 +614,7 @@ impl Config {
     /// A value that is not UTF-8 is refused like any other invalid value.
     pub fn from_vars(get: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Config, ConfigError> {
         let mut config = Config::default();
+        let mut set = Vec::new();
         for var in &VARS {
             let Some(raw) = get(var.name) else {
                 continue;
@@ -608,9 +623,16 @@ impl Config {
             // An empty value counts as unset: Render's dashboard and shells produce them.
             if !value.trim().is_empty() {
                 var.apply(&mut config, value.trim())?;
+                set.push(var.name);
             }
         }
         config.check_live()?;
+        // Kept set, such as a blueprint's SEED when MODE=live is added: said, not refused.
+        let other_mode = match config.mode {
+            Mode::Sim => LIVE_ONLY,
+            Mode::Live => SIM_ONLY,
+        };
+        config.ignored = set.into_iter().filter(|v| other_mode.contains(v)).collect();
         Ok(config)
     }
 
@@ -826,6 +848,27 @@ mod tests {
             let e = from(&[("INSTANCE", bad)]).unwrap_err();
             assert_eq!(e.var, "INSTANCE", "{bad}");
         }
+    }
+
+    #[test]
+    fn the_other_modes_variables_are_named_as_ignored() {
+        let live = from(&[
+            ("MODE", "live"),
+            ("SITES", "shop.example"),
+            ("SEED", "7"),
+            ("PROFILE", "shop"),
+            ("ACTIVE_WINDOW", "60s"),
+            ("LOG_LEVEL", "warn"),
+        ])
+        .unwrap();
+        assert_eq!(live.ignored, ["SEED", "PROFILE"]);
+        let sim = from(&[
+            ("SCENARIO", "spike"),
+            ("MAX_VISITORS", "1000"),
+            ("SEED", " "),
+        ])
+        .unwrap();
+        assert_eq!(sim.ignored, ["MAX_VISITORS"]);
     }
 
     #[test]

@@ -92,6 +92,18 @@ fn serve(config: &Config) -> ExitCode {
     if let Some(live) = server.live_summary() {
         log::info!("{live}");
     }
+    if !config.ignored.is_empty() {
+        let it = if config.ignored.len() == 1 {
+            "it"
+        } else {
+            "them"
+        };
+        log::warn!(
+            "{} set but ignored: {} mode does not read {it}; unset {it} to silence this",
+            config.ignored.join(", "),
+            config.mode.name(),
+        );
+    }
     // Once serving: resizing the futex hash took the kernel 30-45 ms here, which start-up
     // must not wait for.
     platform::expect_threads(caps.streams + caps.http);

@@ -165,6 +165,24 @@ fn client_text_is_cut_in_log_lines() {
     assert!(lines.contains("Unknown scenario \"xxxx"), "{lines}");
 }
 
+/// A blueprint's simulator settings kept when `MODE=live` is added start the server, and
+/// the log says they mean nothing.
+#[test]
+fn the_other_modes_variables_are_logged_as_ignored() {
+    let p = Process::spawn(&[
+        ("PORT", "0"),
+        ("MODE", "live"),
+        ("SITES", "shop.example"),
+        ("SEED", "20250412"),
+        ("PROFILE", "blog"),
+    ]);
+    let line = p.wait_for_line("ignored");
+    assert!(
+        line.contains("[WARN] SEED, PROFILE set but ignored: live mode does not read them"),
+        "{line}"
+    );
+}
+
 #[test]
 fn startup_line_gives_the_url_of_every_endpoint() {
     let p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INSTANCE", "eu-1")]);
