@@ -2,7 +2,9 @@
 -- Keys: rab:visitors (id -> record), rab:by_last (id by last event), rab:cutoff (events
 -- before it are outside the active window), rab:site:N (counters), rab:site:N:refs
 -- (active sessions by referrer), rab:site:N:pages (this tick's views by path),
--- rab:tick:SEQ (a tick's totals), rab:first (the first tick with totals).
+-- rab:tick:SEQ (a tick's totals), rab:first (the first tick with totals), rab:call:ID
+-- (the number of the last record.lua call connection ID ran), rab:event:ID (an event
+-- held and sent again).
 local P = 'rab:'
 local MAX_LABELS = 1000
 

@@ -55,7 +55,7 @@ use crate::sample::{Details, Label, Sample, timestamp};
 use crate::sync::lock;
 use event::{Event, Kind};
 use redis::RedisError;
-use store::Store;
+use store::{Attempt, CALL_TIMEOUT, Call, Store, Unanswered};
 
 /// A UTC day in milliseconds: visitor keys rotate at each day's start.
 const DAY_MS: u64 = 86_400_000;
@@ -137,6 +137,10 @@ const DOWN: u8 = 2;
 /// An event waiting for Redis.
 struct Pending {
     event: Event,
+    /// Its id in Redis, the same at each send.
+    id: u64,
+    /// The first send, if it was sent: it may yet run.
+    first: Option<Call>,
     sites: Vec<u16>,
     visitor: u64,
     now_ms: u64,
@@ -291,19 +295,24 @@ impl Live {
             return Recorded::Bot;
         }
         if let Some(shared) = &self.shared {
-            // While Redis is down, only the generator's ticks try it.
-            if shared.redis.load(Ordering::Relaxed) != DOWN {
-                match self.record_shared(shared, event, &sites, visitor, now_ms) {
-                    Ok(recorded) => return recorded,
-                    Err(e) => self.failed(shared, &e),
-                }
-            }
-            let pending = Pending {
+            let mut pending = Pending {
                 event: event.clone(),
+                id: rand::random(),
+                first: None,
                 sites,
                 visitor,
                 now_ms,
             };
+            // While Redis is down, only the generator's ticks try it.
+            if shared.redis.load(Ordering::Relaxed) != DOWN {
+                match self.record_shared(shared, &pending, Attempt::First) {
+                    Ok(recorded) => return recorded,
+                    Err(failed) => {
+                        self.failed(shared, &failed.error);
+                        pending.first = failed.call;
+                    }
+                }
+            }
             return self.hold(shared, pending);
         }
         let mut state = lock(&self.state);
@@ -369,35 +378,34 @@ impl Live {
                 Totals::default().sample(seq, seq * interval_ms)
             })
     }
-    /// Records `event` in Redis for `sites`, from `visitor`, at `now_ms`.
+    /// Records an event in Redis, at the time it was received.
     fn record_shared(
         &self,
         shared: &Shared,
-        event: &Event,
-        sites: &[u16],
-        visitor: u64,
-        now_ms: u64,
-    ) -> Result<Recorded, RedisError> {
+        p: &Pending,
+        attempt: Attempt,
+    ) -> Result<Recorded, Unanswered> {
         let pairs = {
             let mut state = lock(&self.state);
-            state.rotate(now_ms);
+            state.rotate(p.now_ms);
             if !state.key_shared {
-                state.key = shared.store.day_key(state.day, state.key)?;
+                state.key = shared
+                    .store
+                    .day_key(state.day, state.key)
+                    .map_err(|error| Unanswered { error, call: None })?;
                 state.key_shared = true;
             }
-            let ids: Vec<(u16, u64)> = sites
+            let ids: Vec<(u16, u64)> = p
+                .sites
                 .iter()
-                .map(|&site| (site, state.hash(site_and(site, visitor))))
+                .map(|&site| (site, state.hash(site_and(site, p.visitor))))
                 .collect();
             ids
         };
-        let recorded = shared.store.record(
-            event,
-            &pairs,
-            now_ms,
-            self.settings.session_timeout.as_millis() as u64,
-            self.settings.max_visitors,
-        )?;
+        let recorded =
+            shared
+                .store
+                .record(&p.event, p.id, attempt, &pairs, p.now_ms, &self.settings)?;
         for _ in 0..recorded.evicted {
             self.metrics.visitor_evicted();
         }
@@ -425,8 +433,14 @@ impl Live {
     fn failed(&self, shared: &Shared, error: &RedisError) {
         if shared.redis.swap(DOWN, Ordering::Relaxed) != DOWN {
             shared.store.close_idle();
+            // A read that timed out says only "Resource temporarily unavailable".
+            let why = if error.is_timeout() {
+                format!("no answer within {} ms: {error}", CALL_TIMEOUT.as_millis())
+            } else {
+                error.to_string()
+            };
             log::error!(
-                "Redis failed ({error}): streams go on with stale samples, /readyz answers \
+                "Redis failed ({why}): streams go on with stale samples, /readyz answers \
                  503, and events wait here (at most {BUFFER}) until Redis answers again"
             );
         }
@@ -481,11 +495,9 @@ impl Live {
                 break;
             };
             // At the time it was received, with the key of the day it is counted in.
-            let recorded = self.record_shared(shared, &p.event, &p.sites, p.visitor, p.now_ms);
-            if let Err(e) = recorded {
-                let mut buffer = lock(&shared.buffer);
-                buffer.push_front(p);
-                return Err(e);
+            if let Err(failed) = self.record_shared(shared, &p, Attempt::Again(p.first)) {
+                lock(&shared.buffer).push_front(p);
+                return Err(failed.error);
             }
             self.metrics.events_buffered(lock(&shared.buffer).len());
         }

@@ -13,6 +13,15 @@
 //!
 //! Every call has a deadline ([`CALL_TIMEOUT`]), and at most [`POOL`] connections are
 //! open; a call that cannot get one in time fails like one that timed out.
+//!
+//! A call that timed out may still run: a Redis that hung runs the commands waiting in
+//! its sockets when it resumes. So an event held after a failed call is counted once
+//! however often it is sent, and whichever send runs first. `record.lua` marks each call
+//! it runs (`rab:call:CONNECTION` = the call's number on that connection, whose calls
+//! are sent one at a time: one key per connection), and each event sent again
+//! (`rab:event:ID`, kept [`EVENT_MARK_TTL_MS`]). An event sent again is not counted if
+//! its first send ran or another send counted it; a first send that runs late is not
+//! counted if a send again did.
 
 use std::time::Duration;
 
@@ -28,8 +37,11 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 const POOL: usize = 8;
 /// Ticks read by one `MGET` when history is loaded.
 const LOAD_BATCH: usize = 1000;
-/// Two days: a day's key outlives the day's last session.
+/// Two days: a day's key outlives the day's last session, and a call's mark the
+/// events held while Redis fails.
 const KEY_TTL_MS: u64 = 2 * 86_400_000;
+/// An event sent again is marked this long: a first send that was late runs within it.
+const EVENT_MARK_TTL_MS: u64 = 600_000;
 
 const COMMON: &str = include_str!("common.lua");
 
@@ -39,9 +51,38 @@ pub struct Store {
     pub shown: String,
     client: Client,
     /// The pool: a slot per connection, `None` until it is opened (again).
-    idle: (Sender<Option<Connection>>, Receiver<Option<Connection>>),
+    idle: (Sender<Option<Pooled>>, Receiver<Option<Pooled>>),
     record: Script,
     tick: Script,
+}
+
+/// An open connection, with its calls so far.
+struct Pooled {
+    connection: Connection,
+    id: u64,
+    calls: u64,
+}
+
+/// One call on one connection: the connection's id, and the call's number on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Call {
+    connection: u64,
+    number: u64,
+}
+
+/// A call that failed; `call` if it was sent, so that it may have run.
+pub struct Unanswered {
+    pub error: RedisError,
+    pub call: Option<Call>,
+}
+
+/// Which send of an event a [`Store::record`] is.
+#[derive(Debug, Clone, Copy)]
+pub enum Attempt {
+    /// For the first time.
+    First,
+    /// Again, held since its first send failed: that call, if it was sent.
+    Again(Option<Call>),
 }
 
 /// What [`Store::record`] did.
@@ -78,23 +119,45 @@ impl Store {
         &self,
         call: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, RedisError> {
+        self.with_call(|connection, _| call(connection))
+            .map_err(|failed| failed.error)
+    }
+
+    /// As [`Store::with`], giving `call` the [`Call`] it is.
+    fn with_call<T>(
+        &self,
+        call: impl FnOnce(&mut Connection, Call) -> Result<T, RedisError>,
+    ) -> Result<T, Unanswered> {
+        let unsent = |error| Unanswered { error, call: None };
         let slot = self.idle.1.recv_timeout(CALL_TIMEOUT).map_err(|_| {
-            RedisError::from(std::io::Error::new(
+            unsent(RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "every Redis connection is busy",
-            ))
+            )))
         })?;
-        let result = slot
-            .map_or_else(|| self.connect(), Ok)
-            .and_then(|mut connection| call(&mut connection).map(|t| (t, connection)));
-        match result {
-            Ok((t, connection)) => {
-                let _ = self.idle.0.send(Some(connection));
+        let mut pooled = match slot {
+            Some(pooled) => pooled,
+            None => self.connect().map_err(|e| {
+                let _ = self.idle.0.send(None);
+                unsent(e)
+            })?,
+        };
+        pooled.calls += 1;
+        let this = Call {
+            connection: pooled.id,
+            number: pooled.calls,
+        };
+        match call(&mut pooled.connection, this) {
+            Ok(t) => {
+                let _ = self.idle.0.send(Some(pooled));
                 Ok(t)
             }
-            Err(e) => {
+            Err(error) => {
                 let _ = self.idle.0.send(None);
-                Err(e)
+                Err(Unanswered {
+                    error,
+                    call: Some(this),
+                })
             }
         }
     }
@@ -108,11 +171,15 @@ impl Store {
         }
     }
 
-    fn connect(&self) -> Result<Connection, RedisError> {
+    fn connect(&self) -> Result<Pooled, RedisError> {
         let connection = self.client.get_connection_with_timeout(CALL_TIMEOUT)?;
         connection.set_read_timeout(Some(CALL_TIMEOUT))?;
         connection.set_write_timeout(Some(CALL_TIMEOUT))?;
-        Ok(connection)
+        Ok(Pooled {
+            connection,
+            id: rand::random(),
+            calls: 0,
+        })
     }
 
     /// The key of `day`'s visitor hash: the one stored, or `fresh`, stored now.
@@ -139,15 +206,17 @@ impl Store {
         })
     }
 
-    /// Counts `event` for each site and visitor id in `pairs`.
+    /// Counts `event` (`id`: random, the same at each send) for each site and visitor id
+    /// in `pairs`, unless an earlier send of it ran.
     pub fn record(
         &self,
         event: &Event,
+        id: u64,
+        attempt: Attempt,
         pairs: &[(u16, u64)],
         now_ms: u64,
-        session_timeout_ms: u64,
-        max_visitors: usize,
-    ) -> Result<Touched, RedisError> {
+        settings: &Settings,
+    ) -> Result<Touched, Unanswered> {
         let kind = match event.kind {
             Kind::PageView => "p",
             Kind::Engagement => "e",
@@ -159,16 +228,32 @@ impl Store {
         let mut invocation = self.record.prepare_invoke();
         invocation
             .arg(now_ms)
-            .arg(session_timeout_ms)
-            .arg(max_visitors)
+            .arg(settings.session_timeout.as_millis() as u64)
+            .arg(settings.max_visitors)
             .arg(kind)
             .arg(device)
             .arg(&*event.path)
-            .arg(event.referrer.as_deref().unwrap_or(""));
+            .arg(event.referrer.as_deref().unwrap_or(""))
+            .arg(KEY_TTL_MS)
+            .arg(EVENT_MARK_TTL_MS)
+            .arg(format!("{id:016x}"));
+        match attempt {
+            Attempt::First => invocation.arg("first").arg("").arg(0),
+            Attempt::Again(None) => invocation.arg("again").arg("").arg(0),
+            Attempt::Again(Some(call)) => invocation
+                .arg("again")
+                .arg(format!("{:016x}", call.connection))
+                .arg(call.number),
+        };
         for (site, id) in pairs {
             invocation.arg(site).arg(format!("{id:016x}"));
         }
-        let (counted, evicted): (u8, u64) = self.with(|c| invocation.invoke(c))?;
+        let (counted, evicted): (u8, u64) = self.with_call(|c, this| {
+            invocation
+                .arg(format!("{:016x}", this.connection))
+                .arg(this.number)
+                .invoke(c)
+        })?;
         Ok(Touched {
             counted: counted == 1,
             evicted,
@@ -219,7 +304,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use super::super::{DAY_MS, Live, Recorded, Settings};
+    use super::super::{DAY_MS, Live, Recorded, Settings, Totals};
     use super::*;
 
     /// Debian's redis-server on a free port, without persistence; killed on drop.
@@ -244,18 +329,31 @@ mod tests {
                 .spawn()
                 .expect("redis-server: apt-get install redis-server, as scripts/test.sh does");
             let server = Server(child, port);
+            server.wait_until_it_answers();
+            server
+        }
+
+        fn wait_until_it_answers(&self) {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 let mut pong = [0; 7];
-                let answered = TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut s| {
+                let answered = TcpStream::connect(("127.0.0.1", self.1)).is_ok_and(|mut s| {
                     s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut pong).is_ok()
                 });
                 if answered {
-                    return server;
+                    return;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            panic!("redis-server did not answer on port {port}");
+            panic!("redis-server did not answer on port {}", self.1);
+        }
+
+        /// Sends `signal` (`-STOP`, `-CONT`) to the server.
+        fn signal(&self, signal: &str) {
+            let sent = Command::new("kill")
+                .args([signal, &self.0.id().to_string()])
+                .status();
+            assert!(sent.is_ok_and(|s| s.success()), "kill {signal}");
         }
     }
 
@@ -264,6 +362,87 @@ mod tests {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+
+    /// An event whose call timed out while Redis hung is held; Redis runs the call when
+    /// it resumes, and the held event is replayed at the next tick: counted once.
+    #[test]
+    #[ignore = "slow tier: needs redis-server (scripts/test.sh installs it)"]
+    fn an_event_redis_ran_after_its_call_timed_out_is_counted_once() {
+        let server = Server::start();
+        let settings = Settings {
+            sites: vec!["a.example".into()],
+            interval: Duration::from_millis(1500),
+            active_window: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(1800),
+            max_visitors: 1000,
+            history_ticks: 100,
+        };
+        let store = Store::new(&format!("redis://127.0.0.1:{}", server.1)).unwrap();
+        let live = Live::new(settings, Arc::default(), Some(store));
+        let now = DAY_MS * 20_000;
+        let view = Event {
+            domains: vec!["a.example".into()],
+            kind: Kind::PageView,
+            path: "/".into(),
+            referrer: None,
+            width: None,
+        };
+        // Every pooled connection open, so that the next call is sent at once.
+        for visitor in 0..2 * POOL as u64 {
+            assert_eq!(live.record(&view, visitor, false, now), Recorded::Counted);
+        }
+        server.signal("-STOP");
+        let held = live.record(&view, 99, false, now + 1);
+        server.signal("-CONT");
+        assert_eq!(held, Recorded::Buffered);
+        server.wait_until_it_answers();
+        let seq = now / 1500 + 1;
+        let sample = &live.tick(seq, seq * 1500)[0];
+        assert!(!sample.stale);
+        assert_eq!(
+            (sample.page_views, sample.active_users),
+            (2 * POOL as u32 + 1, 2 * POOL as u32 + 1)
+        );
+    }
+
+    /// Whichever send of an event runs first counts it: a first send that ran late, after
+    /// a send again counted the event, counts nothing.
+    #[test]
+    #[ignore = "slow tier: needs redis-server (scripts/test.sh installs it)"]
+    fn a_first_send_that_runs_after_a_send_again_counts_nothing() {
+        let server = Server::start();
+        let store = Store::new(&format!("redis://127.0.0.1:{}", server.1)).unwrap();
+        let now = DAY_MS * 20_000;
+        let view = Event {
+            domains: vec!["a.example".into()],
+            kind: Kind::PageView,
+            path: "/".into(),
+            referrer: None,
+            width: None,
+        };
+        let settings = Settings {
+            sites: vec!["a.example".into()],
+            interval: Duration::from_millis(1500),
+            active_window: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(1800),
+            max_visitors: 100,
+            history_ticks: 100,
+        };
+        let record = |id, attempt| {
+            let touched = store.record(&view, id, attempt, &[(0, id)], now, &settings);
+            touched.map(|t| t.counted).map_err(|f| f.error).unwrap()
+        };
+        assert!(record(1, Attempt::Again(None)));
+        assert!(record(1, Attempt::First), "said counted");
+        assert!(record(2, Attempt::First));
+        let seq = now / 1500 + 1;
+        let totals = store.tick(seq, seq * 1500, &settings).unwrap().totals;
+        let sample = Totals::parse(&totals, 1)
+            .unwrap()
+            .remove(0)
+            .sample(seq, seq * 1500);
+        assert_eq!((sample.page_views, sample.active_users), (2, 2));
     }
 
     /// The same events, at the same times, counted in this process and in Redis, give
