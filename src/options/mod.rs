@@ -189,13 +189,26 @@ pub fn parse(
         options.scenario = one_of("scenario", &Scenario::ALL, Scenario::name, v)?;
     }
     if let Some(v) = get("fields") {
+        // Live mode has no geolocation: no countries.
+        let known: Vec<&str> = FIELDS
+            .into_iter()
+            .filter(|&f| sites.is_empty() || f != "countries")
+            .collect();
+        let known = known.join(", ");
         options.fields = Fields::parse(v).map_err(|name| Invalid {
             parameter: "fields",
-            message: format!(
-                "Unknown field \"{}\". Use a comma-separated list of: {}, or \"all\".",
-                printable(name),
-                FIELDS.join(", ")
-            ),
+            message: match name.trim_matches([',', ' ']) {
+                "" => {
+                    format!("No field named. Use a comma-separated list of: {known}, or \"all\".")
+                }
+                "all" => format!(
+                    "\"all\" stands alone: send fields=all, or a comma-separated list of: {known}."
+                ),
+                _ => format!(
+                    "Unknown field \"{}\". Use a comma-separated list of: {known}, or \"all\".",
+                    printable(&name)
+                ),
+            },
         })?;
         // `all` stays valid: it takes what there is.
         if !sites.is_empty() && options.fields.names().contains(&"countries") {
@@ -412,6 +425,8 @@ mod tests {
         }
         let e = live("fields=active_users,countries").unwrap_err();
         assert!(e.message.contains("geolocation"), "{}", e.message);
+        let e = live("fields=visits").unwrap_err();
+        assert!(!e.message.contains("countries"), "{}", e.message);
         let all = live("fields=all").unwrap().fields.names();
         assert!(
             !all.contains(&"countries"),
@@ -499,6 +514,8 @@ mod tests {
             ),
             ("profile=wiki", "profile", "blog, shop, news"),
             ("fields=visits", "fields", "active_users"),
+            ("fields=all,devices", "fields", "\"all\" stands alone"),
+            ("fields=,", "fields", "No field named"),
             ("every=0", "every", "1 to 1000"),
             ("every=x", "every", "1 to 1000"),
             ("interval_ms=1000", "interval_ms", "1500 ms"),
