@@ -70,15 +70,22 @@ fn serve(config: &Config) -> ExitCode {
     let caps = server.caps();
     let host = server.host();
     log::info!(
-        "{} {} listening on http://{addr} (instance {}, {}, interval {} ms): REST http://{host}/api/analytics, \
+        "{} {} listening on http://{addr} (instance {}, {}, INTERVAL_MS={}): REST http://{host}/api/analytics, \
          WebSocket ws://{host}/api/analytics, SSE the same URL with Accept: text/event-stream, \
          dashboard http://{host}/dashboard, API http://{host}/openapi.json, service info \
          http://{host}/ and http://{host}/api",
         env!("CARGO_PKG_NAME"),
         env!("CARGO_PKG_VERSION"),
         server.instance(),
+        // What instances must share to send the same bytes.
         match config.mode {
-            Mode::Sim => format!("seed {}", config.seed),
+            Mode::Sim => format!(
+                "sim, SEED={} PROFILE={} SCENARIO={} UTC_OFFSET_HOURS={}",
+                config.seed,
+                config.profile.name(),
+                config.scenario.name(),
+                config.utc_offset_hours,
+            ),
             Mode::Live => format!("live, SITES={}", config.sites.join(",")),
         },
         config.interval.as_millis(),

@@ -187,8 +187,14 @@ fn the_other_modes_variables_are_logged_as_ignored() {
 fn startup_line_gives_the_url_of_every_endpoint() {
     let p = Process::spawn(&[("HOST", "127.0.0.1"), ("PORT", "0"), ("INSTANCE", "eu-1")]);
     let line = p.wait_for_line("listening on");
-    // Which of several instances wrote this log.
-    assert!(line.contains("(instance eu-1, "), "{line}");
+    // Which of several instances wrote this log, and what they must share to agree.
+    assert!(
+        line.contains(
+            "(instance eu-1, sim, SEED=20250412 PROFILE=blog SCENARIO=normal \
+             UTC_OFFSET_HOURS=0, INTERVAL_MS=1500)"
+        ),
+        "{line}"
+    );
     let addr = p_addr(&line);
     for url in [
         format!("http://{addr}/api/analytics"),
