@@ -46,11 +46,11 @@ pub struct BadEvent(pub String);
 #[derive(Deserialize)]
 struct Body {
     #[serde(alias = "n")]
-    name: Option<String>,
+    name: Option<Value>,
     #[serde(alias = "u")]
-    url: Option<String>,
+    url: Option<Value>,
     #[serde(alias = "d")]
-    domain: Option<String>,
+    domain: Option<Value>,
     #[serde(alias = "r")]
     referrer: Option<Value>,
     #[serde(alias = "w", alias = "screen_width")]
@@ -78,12 +78,24 @@ pub fn parse(body: &[u8]) -> Result<Event, BadEvent> {
             "The event has no \"{field}\" (\"{short}\"): send it."
         ))
     };
-    let name = body
-        .name
-        .filter(|n| !n.trim().is_empty())
-        .ok_or_else(|| missing("name", "n"))?;
-    let url = body.url.ok_or_else(|| missing("url", "u"))?;
-    let domain = body.domain.ok_or_else(|| missing("domain", "d"))?;
+    let text = |value: Option<Value>, field: &str, short: &str, example: &str| match value {
+        None | Some(Value::Null) => Err(missing(field, short)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(BadEvent(format!(
+            "\"{field}\" (\"{short}\") is a string, such as {example}."
+        ))),
+    };
+    let name = text(body.name, "name", "n", "\"pageview\"")?;
+    if name.trim().is_empty() {
+        return Err(missing("name", "n"));
+    }
+    let url = text(body.url, "url", "u", "\"https://example.com/\"")?;
+    let domain = text(
+        body.domain,
+        "domain",
+        "d",
+        "\"example.com\" (several: \"a.example,b.example\")",
+    )?;
     let hash_mode = match body.hash {
         None | Some(Value::Null) => false,
         Some(Value::Bool(on)) => on,
@@ -277,6 +289,27 @@ mod tests {
             assert!(e.contains("\"screen_width\" (\"w\")"), "{w}: {e}");
         }
         assert!(typed(r#""h":2"#).contains("\"h\""));
+        for (body, says) in [
+            (
+                r#"{"n":5,"u":"https://a.example","d":"a.example"}"#,
+                r#""name" ("n") is a string"#,
+            ),
+            (
+                r#"{"n":"pageview","url":5,"d":"a.example"}"#,
+                r#""url" ("u") is a string"#,
+            ),
+            (
+                r#"{"n":"pageview","u":"https://a.example","d":["a.example"]}"#,
+                r#""domain" ("d") is a string"#,
+            ),
+            (
+                r#"{"n":null,"u":"https://a.example","d":"a.example"}"#,
+                r#"no "name" ("n")"#,
+            ),
+        ] {
+            let e = e(body);
+            assert!(e.contains(says), "{body}: {e}");
+        }
         for r in [r#""r":5"#, r#""referrer":[]"#] {
             let e = typed(r);
             assert!(e.contains("\"referrer\" (\"r\")"), "{r}: {e}");
