@@ -364,30 +364,40 @@ mod tests {
         }
     }
 
-    /// An event whose call timed out while Redis hung is held; Redis runs the call when
-    /// it resumes, and the held event is replayed at the next tick: counted once.
-    #[test]
-    #[ignore = "slow tier: needs redis-server (scripts/test.sh installs it)"]
-    fn an_event_redis_ran_after_its_call_timed_out_is_counted_once() {
-        let server = Server::start();
-        let settings = Settings {
+    /// Live mode counting one site, `a.example`.
+    fn one_site() -> Settings {
+        Settings {
             sites: vec!["a.example".into()],
             interval: Duration::from_millis(1500),
             active_window: Duration::from_secs(300),
             session_timeout: Duration::from_secs(1800),
             max_visitors: 1000,
             history_ticks: 100,
-        };
-        let store = Store::new(&format!("redis://127.0.0.1:{}", server.1)).unwrap();
-        let live = Live::new(settings, Arc::default(), Some(store));
-        let now = DAY_MS * 20_000;
-        let view = Event {
+        }
+    }
+
+    /// A page view of `a.example/`.
+    fn page_view() -> Event {
+        Event {
             domains: vec!["a.example".into()],
             kind: Kind::PageView,
             path: "/".into(),
             referrer: None,
             width: None,
-        };
+        }
+    }
+
+    /// An event whose call timed out while Redis hung is held; Redis runs the call when
+    /// it resumes, and the held event is replayed at the next tick: counted once.
+    #[test]
+    #[ignore = "slow tier: needs redis-server (scripts/test.sh installs it)"]
+    fn an_event_redis_ran_after_its_call_timed_out_is_counted_once() {
+        let server = Server::start();
+        let settings = one_site();
+        let store = Store::new(&format!("redis://127.0.0.1:{}", server.1)).unwrap();
+        let live = Live::new(settings, Arc::default(), Some(store));
+        let now = DAY_MS * 20_000;
+        let view = page_view();
         // Every pooled connection open, so that the next call is sent at once.
         for visitor in 0..2 * POOL as u64 {
             assert_eq!(live.record(&view, visitor, false, now), Recorded::Counted);
@@ -414,21 +424,8 @@ mod tests {
         let server = Server::start();
         let store = Store::new(&format!("redis://127.0.0.1:{}", server.1)).unwrap();
         let now = DAY_MS * 20_000;
-        let view = Event {
-            domains: vec!["a.example".into()],
-            kind: Kind::PageView,
-            path: "/".into(),
-            referrer: None,
-            width: None,
-        };
-        let settings = Settings {
-            sites: vec!["a.example".into()],
-            interval: Duration::from_millis(1500),
-            active_window: Duration::from_secs(300),
-            session_timeout: Duration::from_secs(1800),
-            max_visitors: 100,
-            history_ticks: 100,
-        };
+        let view = page_view();
+        let settings = one_site();
         let record = |id, attempt| {
             let touched = store.record(&view, id, attempt, &[(0, id)], now, &settings);
             touched.map(|t| t.counted).map_err(|f| f.error).unwrap()
