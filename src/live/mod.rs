@@ -137,7 +137,12 @@ const DOWN: u8 = 2;
 /// An event waiting for Redis.
 struct Pending {
     event: Event,
-    /// Its id in Redis, the same at each send.
+    delivery: Delivery,
+}
+
+/// What Redis is sent with an event, the same at each send.
+struct Delivery {
+    /// The event's id in Redis.
     id: u64,
     /// The first send, if it was sent: it may yet run.
     first: Option<Call>,
@@ -295,8 +300,7 @@ impl Live {
             return Recorded::Bot;
         }
         if let Some(shared) = &self.shared {
-            let mut pending = Pending {
-                event: event.clone(),
+            let mut delivery = Delivery {
                 id: rand::random(),
                 first: None,
                 sites,
@@ -305,15 +309,16 @@ impl Live {
             };
             // While Redis is down, only the generator's ticks try it.
             if shared.redis.load(Ordering::Relaxed) != DOWN {
-                match self.record_shared(shared, &pending, Attempt::First) {
+                match self.record_shared(shared, event, &delivery, Attempt::First) {
                     Ok(recorded) => return recorded,
                     Err(failed) => {
                         self.failed(shared, &failed.error);
-                        pending.first = failed.call;
+                        delivery.first = failed.call;
                     }
                 }
             }
-            return self.hold(shared, pending);
+            let event = event.clone();
+            return self.hold(shared, Pending { event, delivery });
         }
         let mut state = lock(&self.state);
         state.rotate(now_ms);
@@ -382,12 +387,13 @@ impl Live {
     fn record_shared(
         &self,
         shared: &Shared,
-        p: &Pending,
+        event: &Event,
+        d: &Delivery,
         attempt: Attempt,
     ) -> Result<Recorded, Unanswered> {
         let pairs = {
             let mut state = lock(&self.state);
-            state.rotate(p.now_ms);
+            state.rotate(d.now_ms);
             if !state.key_shared {
                 state.key = shared
                     .store
@@ -395,17 +401,17 @@ impl Live {
                     .map_err(|error| Unanswered { error, call: None })?;
                 state.key_shared = true;
             }
-            let ids: Vec<(u16, u64)> = p
+            let ids: Vec<(u16, u64)> = d
                 .sites
                 .iter()
-                .map(|&site| (site, state.hash(site_and(site, p.visitor))))
+                .map(|&site| (site, state.hash(site_and(site, d.visitor))))
                 .collect();
             ids
         };
         let recorded =
             shared
                 .store
-                .record(&p.event, p.id, attempt, &pairs, p.now_ms, &self.settings)?;
+                .record(event, d.id, attempt, &pairs, d.now_ms, &self.settings)?;
         for _ in 0..recorded.evicted {
             self.metrics.visitor_evicted();
         }
@@ -495,7 +501,8 @@ impl Live {
                 break;
             };
             // At the time it was received, with the key of the day it is counted in.
-            if let Err(failed) = self.record_shared(shared, &p, Attempt::Again(p.first)) {
+            let again = Attempt::Again(p.delivery.first);
+            if let Err(failed) = self.record_shared(shared, &p.event, &p.delivery, again) {
                 lock(&shared.buffer).push_front(p);
                 return Err(failed.error);
             }
